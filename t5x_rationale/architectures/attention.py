@@ -1,0 +1,187 @@
+"""One attention function with explicit masks, and the multi-head attention layer.
+
+Masks are boolean, broadcastable to [batch, heads, q_len, k_len], True = may attend.
+Biases are additive, broadcastable to the same shape. The implementation is pluggable:
+``xla`` (everywhere), ``cudnn`` (fused flash attention on NVIDIA GPUs) and ``auto``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_rationale.architectures.axes import constrain
+from t5x_rationale.architectures.layers import DenseGeneral, Dtype
+from t5x_rationale.architectures.position import apply_rope
+
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+# ----------------------------------------------------------------------------- masks
+
+def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """[b, 1, q, k]: key position <= query position."""
+    return (key_positions[:, None, None, :] <= query_positions[:, None, :, None])
+
+
+def sliding_window_mask(query_positions: jax.Array, key_positions: jax.Array, window: int) -> jax.Array:
+    """[b, 1, q, k]: the key is fewer than `window` positions behind the query."""
+    return (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
+
+
+def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> jax.Array:
+    """[b, 1, q, k]: same packed segment and neither is padding (segment id 0)."""
+    same = query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :]
+    return same & (key_segment_ids[:, None, None, :] > 0) & (query_segment_ids[:, None, :, None] > 0)
+
+
+def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
+    """[b, 1, q, k] from boolean validity of query and key tokens."""
+    return query_valid[:, None, :, None] & key_valid[:, None, None, :]
+
+
+def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
+    """Logical AND of the given masks, ignoring None; None if all are None."""
+    present = [m for m in masks if m is not None]
+    if not present:
+        return None
+    out = present[0]
+    for m in present[1:]:
+        out = out & m
+    return out
+
+
+# ------------------------------------------------------------------------ attention op
+
+def _xla_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate):
+    b, q_len, heads, d = query.shape
+    kv_heads = key.shape[2]
+    group = heads // kv_heads
+    q = query.reshape(b, q_len, kv_heads, group, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, key, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        bias = jnp.broadcast_to(bias, (bias.shape[0], heads) + bias.shape[2:]) if bias.shape[1] == 1 else bias
+        scores = scores + bias.reshape(bias.shape[0], kv_heads, group, *bias.shape[2:]).astype(jnp.float32)
+    if mask is not None:
+        if mask.shape[1] == 1:
+            mask = mask[:, :, None]
+        else:
+            mask = mask.reshape(mask.shape[0], kv_heads, group, *mask.shape[2:])
+        scores = jnp.where(mask, scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1)
+    if dropout_rng is not None and dropout_rate > 0.0:
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(value.dtype), value)
+    return out.reshape(b, q_len, heads, d)
+
+
+def _cudnn_usable(query, dropout_active: bool) -> bool:
+    return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
+            and not dropout_active and query.shape[-1] <= 128)
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
+                          bias: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
+                          scale: Optional[float] = None, implementation: str = "xla",
+                          dropout_rng: Optional[jax.Array] = None,
+                          dropout_rate: float = 0.0) -> jax.Array:
+    """Softmax attention with grouped-query support.
+
+    Args:
+      query: [batch, q_len, heads, head_dim].
+      key, value: [batch, k_len, kv_heads, head_dim]; heads % kv_heads == 0.
+      bias: additive, broadcastable to [batch, heads, q_len, k_len].
+      mask: boolean, broadcastable to [batch, heads, q_len, k_len]; True = attend.
+      scale: logit scale; default 1/sqrt(head_dim). T5 uses 1.0.
+      implementation: 'xla', 'cudnn' or 'auto' (cuDNN when on GPU with bf16/fp16, no dropout).
+      dropout_rng, dropout_rate: attention-probability dropout (XLA path only).
+
+    Returns:
+      [batch, q_len, heads, head_dim] in the value dtype.
+    """
+    if query.shape[2] % key.shape[2]:
+        raise ValueError(f"query heads {query.shape[2]} not a multiple of kv heads {key.shape[2]}")
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    dropout_active = dropout_rng is not None and dropout_rate > 0.0
+    if implementation == "auto":
+        implementation = "cudnn" if _cudnn_usable(query, dropout_active) else "xla"
+    if implementation == "cudnn":
+        if not _cudnn_usable(query, dropout_active):
+            raise ValueError("cudnn attention needs a GPU, bf16/fp16 inputs, head_dim <= 128 and no "
+                             f"dropout; got backend {jax.default_backend()}, dtype {query.dtype}")
+        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                            implementation="cudnn")
+    if implementation != "xla":
+        raise ValueError(f"unknown attention implementation {implementation!r}")
+    return _xla_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate)
+
+
+# --------------------------------------------------------------------------- the layer
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head / grouped-query attention with optional RoPE and a KV cache for decoding.
+
+    Params: query [embed, heads, kv], key/value [embed, kv_heads, kv], out [heads, kv, embed].
+    In decode mode the layer keeps `cached_key`/`cached_value` [batch, max_len, kv_heads, kv]
+    in the 'cache' collection; the caller supplies the write position (`cache_index`) and the
+    mask over all max_len keys, so one index lives in the stack rather than in every layer.
+    """
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    dropout_rate: float = 0.0
+    scale: Optional[float] = None
+    rope_theta: Optional[float] = None  # None: no rotary embedding
+    implementation: str = "xla"
+    query_init_scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
+                 mask: Optional[jax.Array] = None, bias: Optional[jax.Array] = None,
+                 query_positions: Optional[jax.Array] = None, key_positions: Optional[jax.Array] = None,
+                 decode: bool = False, cache_index: Optional[jax.Array] = None,
+                 deterministic: bool = True) -> jax.Array:
+        dense = lambda features, axes, name, **kw: DenseGeneral(  # noqa: E731
+            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        q_init = nn.initializers.variance_scaling(self.query_init_scale, "fan_in", "truncated_normal")
+        query = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), "query",
+                      kernel_init=q_init)(inputs_q)
+        key = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "key")(inputs_kv)
+        value = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "value")(inputs_kv)
+        if self.rope_theta is not None:
+            query = apply_rope(query, query_positions, self.rope_theta)
+            key = apply_rope(key, key_positions, self.rope_theta)
+        query = constrain(query, ("batch", "length", "heads", "kv"))
+        key = constrain(key, ("batch", "length", "kv_heads", "kv"))
+        value = constrain(value, ("batch", "length", "kv_heads", "kv"))
+        if decode:
+            key, value = self._update_cache(key, value, cache_index)
+        dropout_rng = None
+        if not deterministic and self.dropout_rate > 0.0:
+            dropout_rng = self.make_rng("dropout")
+        out = dot_product_attention(query, key, value, bias=bias, mask=mask, scale=self.scale,
+                                    implementation=self.implementation, dropout_rng=dropout_rng,
+                                    dropout_rate=self.dropout_rate)
+        out = constrain(out, ("batch", "length", "heads", "kv"))
+        return dense(inputs_q.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
+
+    def _update_cache(self, key, value, cache_index):
+        """Writes this call's keys/values at `cache_index`; returns the whole cache."""
+        is_initialized = self.has_variable("cache", "cached_key")
+        cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+        cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+        if not is_initialized:  # init pass: the input length defines the cache length
+            return key, value
+        if cache_index is None:
+            raise ValueError("decode=True needs cache_index")
+        start = (0, cache_index, 0, 0)
+        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
+        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
+        return cached_key.value, cached_value.value

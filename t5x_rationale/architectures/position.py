@@ -1,0 +1,77 @@
+"""Position information: rotary embeddings (Llama) and T5 relative position buckets."""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+    """Rotary position embedding, rotate-half convention (the Hugging Face Llama layout).
+
+    Args:
+      x: [batch, length, heads, head_dim].
+      positions: [batch, length] integer positions.
+      theta: RoPE base.
+    """
+    half = x.shape[-1] // 2
+    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles = positions.astype(jnp.float32)[..., None] * freqs  # [b, l, half]
+    sin = jnp.sin(angles)[:, :, None, :]
+    cos = jnp.cos(angles)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+    """T5 bucketing of (key - query) distances: exact for small, log-spaced for large."""
+    ret = jnp.zeros_like(relative_position)
+    n = -relative_position
+    if bidirectional:
+        num_buckets //= 2
+        ret += (n < 0).astype(jnp.int32) * num_buckets
+        n = jnp.abs(n)
+    else:
+        n = jnp.maximum(n, 0)
+    max_exact = num_buckets // 2
+    is_small = n < max_exact
+    n_safe = jnp.maximum(n, 1).astype(jnp.float32)
+    val_if_large = max_exact + (
+        jnp.log(n_safe / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    ).astype(jnp.int32)
+    val_if_large = jnp.minimum(val_if_large, num_buckets - 1)
+    return ret + jnp.where(is_small, n, val_if_large)
+
+
+class RelativePositionBias(nn.Module):
+    """Learned per-head bias from bucketed relative positions, shared across a T5 stack."""
+
+    num_buckets: int
+    max_distance: int
+    num_heads: int
+    bidirectional: bool
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+        """Bias [batch, heads, q_len, k_len] from [batch, q_len] and [batch, k_len] positions.
+
+        Pass positions with batch 1 when they are shared by the batch (no packing) to keep
+        the bias [1, heads, q, k].
+        """
+        rel_embedding = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")),
+            (self.num_heads, self.num_buckets), self.param_dtype)
+        relative = key_positions[:, None, :] - query_positions[:, :, None]
+        buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
+                                           num_buckets=self.num_buckets, max_distance=self.max_distance)
+        bias = jnp.take(rel_embedding, buckets, axis=1)  # [heads, b, q, k]
+        return jnp.transpose(bias, (1, 0, 2, 3)).astype(self.dtype)

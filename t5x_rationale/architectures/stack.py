@@ -1,0 +1,43 @@
+"""Repeating a layer: unrolled or `nn.scan` over layers, with a rematerialisation policy.
+
+A layer module's `__call__(x, *args)` returns `(x, None)` so the same class works in both
+modes; `deterministic` and `decode` are module attributes so remat/scan see only arrays.
+Unrolled params are named `layers_{i}` (T5X naming); scanned params live under `layers`
+with a leading `layers` logical axis.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+
+_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def repeat_layer(layer_cls: type[nn.Module], num_layers: int, *,
+                 scan: bool, remat_policy: str, layer_kwargs: dict[str, Any],
+                 x: jax.Array, args: Sequence[Any]) -> jax.Array:
+    """Applies `num_layers` copies of `layer_cls` to `x`; call inside a compact method."""
+    cls = layer_cls
+    if remat_policy != "none":
+        cls = nn.remat(cls, policy=_POLICIES[remat_policy], prevent_cse=not scan)
+    if scan:
+        scanned = nn.scan(
+            cls,
+            variable_axes={"params": 0, "cache": 0},
+            split_rngs={"params": True, "dropout": True},
+            in_axes=(nn.broadcast,) * len(args),
+            length=num_layers,
+            metadata_params={nn.PARTITION_NAME: "layers"},
+        )
+        x, _ = scanned(**layer_kwargs, name="layers")(x, *args)
+        return x
+    for i in range(num_layers):
+        x, _ = cls(**layer_kwargs, name=f"layers_{i}")(x, *args)
+    return x
