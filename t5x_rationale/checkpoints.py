@@ -1,0 +1,139 @@
+"""Orbax checkpoints of the train state, the data-iterator position and a model signature.
+
+Each step directory holds three items: `state` (the sharded TrainState, restorable onto any
+mesh), `data` (JSON position of the input pipeline) and `signature` (JSON path -> shape and
+dtype of every state leaf, checked before restoring so a checkpoint of another model fails
+with a readable diff). Orbax writes into a temporary directory and renames it when the
+save is complete, so a partially written checkpoint is never listed or restored.
+
+Restore order (`restore_or_init`): latest complete step in the run directory, then an
+explicit checkpoint path, then a fresh init.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any, Callable, Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint holds a different model/optimizer than the one being restored."""
+
+
+def state_signature(abstract_state: Any) -> dict[str, list]:
+    """path -> [shape, dtype] of every leaf of a (possibly abstract) state."""
+    return {jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)]
+            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+
+
+def _describe_mismatch(saved: dict, expected: dict, limit: int = 12) -> str:
+    params_first = lambda k: (not k.startswith(".params"), k)  # noqa: E731
+    missing = sorted(set(expected) - set(saved), key=params_first)
+    unexpected = sorted(set(saved) - set(expected), key=params_first)
+    changed = sorted((k for k in set(saved) & set(expected) if saved[k] != expected[k]), key=params_first)
+    lines = [f"  expected but not in checkpoint: {k} {expected[k]}" for k in missing[:limit]]
+    lines += [f"  in checkpoint but not expected: {k} {saved[k]}" for k in unexpected[:limit]]
+    lines += [f"  {k}: checkpoint has {saved[k]}, model expects {expected[k]}" for k in changed[:limit]]
+    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(changed)} with other shape/dtype"
+    return counts + "\n" + "\n".join(lines)
+
+
+class Checkpointer:
+    """Saves and restores train state + data position in one run directory.
+
+    Args:
+      directory: the run's checkpoint directory (created if absent).
+      keep: how many most recent checkpoints to keep (None keeps all).
+      save_every: save when `step % save_every == 0` (forced saves ignore it).
+      async_save: write in a background thread; `wait()` before reading or exiting.
+    """
+
+    def __init__(self, directory: str, *, keep: Optional[int] = 3, save_every: int = 1000,
+                 async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self._manager = self._make_manager(self.directory, keep=keep, save_every=save_every,
+                                           async_save=async_save)
+
+    @staticmethod
+    def _make_manager(directory, *, keep, save_every, async_save, read_only=False):
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
+        return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "signature"))
+
+    # ---------------------------------------------------------------------- save
+
+    def save(self, step: int, state: Any, data_state: Optional[dict] = None, *, force: bool = False) -> bool:
+        """Saves if `step` is due (or `force`); returns whether a save was started."""
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                  data=ocp.args.JsonSave(data_state or {}),
+                                  signature=ocp.args.JsonSave(state_signature(state)))
+        return self._manager.save(step, args=args, force=force)
+
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host once a preemption notice has reached the job (multi-host safe)."""
+        return self._manager.reached_preemption(step)
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()
+
+    @property
+    def latest_step(self) -> Optional[int]:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    # ------------------------------------------------------------------- restore
+
+    def restore(self, step: int, abstract_state: Any, *, manager=None) -> tuple[Any, dict]:
+        """Restores `step` onto the shardings carried by `abstract_state`."""
+        manager = manager or self._manager
+        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))["signature"]
+        expected = state_signature(abstract_state)
+        if saved != expected:
+            raise CheckpointMismatchError(
+                f"checkpoint {manager.directory}/{step} does not match the model being restored: "
+                + _describe_mismatch(saved, expected))
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return restored["state"], dict(restored["data"] or {})
+
+    def restore_or_init(self, abstract_state: Any, init_fn: Callable[[], Any], *,
+                        explicit_path: Optional[str] = None) -> tuple[Any, dict, str]:
+        """(state, data_state, source): latest in this run, else `explicit_path`, else `init_fn()`.
+
+        `explicit_path` is a step directory of any run (`.../checkpoints/1200`).
+        """
+        latest = self.latest_step
+        if latest is not None:
+            state, data = self.restore(latest, abstract_state)
+            return state, data, f"{self.directory}/{latest}"
+        if explicit_path:
+            parent, step = _split_step_path(explicit_path)
+            other = self._make_manager(parent, keep=None, save_every=1, async_save=False, read_only=True)
+            if step not in other.all_steps():
+                raise FileNotFoundError(f"no complete checkpoint at {explicit_path} "
+                                        f"(complete steps in {parent}: {list(other.all_steps())})")
+            state, data = self.restore(step, abstract_state, manager=other)
+            other.close()
+            return state, data, explicit_path
+        return init_fn(), {}, "fresh init"
+
+
+def _split_step_path(path: str) -> tuple[str, int]:
+    path = os.path.abspath(path.rstrip("/"))
+    base = os.path.basename(path)
+    if not re.fullmatch(r"\d+", base):
+        raise ValueError(f"checkpoint path {path!r} must end in a step directory such as .../1200")
+    return os.path.dirname(path), int(base)

@@ -1,0 +1,73 @@
+"""Model FLOPs of a train step and the measured peak matmul rate of the machine.
+
+Model FLOPs count the matmuls the model needs (forward x3 for forward + backward), not what
+rematerialisation recomputes, and count attention over the full length (PaLM convention).
+MFU = model FLOPs per second / peak FLOPs per second measured on the same machine.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+from t5x_rationale.architectures.configs import DecoderConfig, T5Config
+
+
+def _mlp_params(c) -> int:
+    num_in = len(c.mlp_activations) if isinstance(c, T5Config) else 2
+    return num_in * c.emb_dim * c.mlp_dim + c.mlp_dim * c.emb_dim
+
+
+def decoder_forward_flops(c: DecoderConfig, batch: int, length: int) -> int:
+    """Forward matmul FLOPs of a decoder-only LM over [batch, length] tokens."""
+    q_out = 2 * c.emb_dim * c.num_heads * c.head_dim
+    kv = 2 * c.emb_dim * c.kv_heads * c.head_dim
+    per_token_layer = 2 * (q_out + kv + _mlp_params(c))
+    attention = 2 * 2 * length * c.num_heads * c.head_dim  # scores + weighted values, per token
+    logits = 2 * c.emb_dim * c.vocab_size
+    tokens = batch * length
+    return tokens * (c.num_layers * (per_token_layer + attention) + logits)
+
+
+def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: int) -> int:
+    """Forward matmul FLOPs of T5 over [batch, input_length] -> [batch, target_length]."""
+    d_attn = c.num_heads * c.head_dim
+    proj = 2 * c.emb_dim * d_attn  # one of q, k, v, o
+    mlp = 2 * _mlp_params(c)
+    enc_tokens, dec_tokens = batch * input_length, batch * target_length
+    encoder = enc_tokens * c.num_encoder_layers * (4 * proj + mlp + 4 * input_length * d_attn)
+    decoder_per_token = (4 * proj                       # self-attention q, k, v, o
+                         + 2 * proj                     # cross-attention q, o
+                         + mlp
+                         + 4 * target_length * d_attn   # self-attention scores/values
+                         + 4 * input_length * d_attn)   # cross-attention scores/values
+    decoder = dec_tokens * c.num_decoder_layers * decoder_per_token
+    cross_kv = enc_tokens * c.num_decoder_layers * 2 * proj  # cross-attention k, v of the encoder output
+    logits = dec_tokens * 2 * c.emb_dim * c.vocab_size
+    return encoder + decoder + cross_kv + logits
+
+
+def train_step_flops(config: T5Config | DecoderConfig, batch: int, *, target_length: int,
+                     input_length: int = 0) -> int:
+    """Model FLOPs of one training step (forward + backward = 3x forward)."""
+    if isinstance(config, T5Config):
+        return 3 * t5_forward_flops(config, batch, input_length, target_length)
+    return 3 * decoder_forward_flops(config, batch, target_length)
+
+
+def measure_peak_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 10,
+                              device=None) -> float:
+    """Best-of-`repeats` FLOP/s of a square matmul on one device (the MFU denominator)."""
+    device = device or jax.devices()[0]
+    a = jax.device_put(jnp.ones((size, size), dtype) * 0.5, device)
+    b = jax.device_put(jnp.ones((size, size), dtype) * 0.25, device)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best
