@@ -123,19 +123,29 @@ class Trainer:
 
     # ----------------------------------------------------------------------- step
 
-    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
-        """One optimizer step on a global batch; the input state is donated."""
+    def _jitted_step(self, batch):
         if self._step_fn is None:
             _, _, shardings, _ = self.layout(batch)
             self._step_fn = jax.jit(self._step, out_shardings=(shardings, self.partitioner.replicated),
                                     donate_argnums=(0,))
+        return self._step_fn
+
+    def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
+        """One optimizer step on a global batch; the input state is donated."""
+        step_fn = self._jitted_step(batch)
         with self.context():
-            return self._step_fn(state, batch)
+            return step_fn(state, batch)
+
+    def compile_step(self, state: TrainState, batch: dict[str, jax.Array]):
+        """The compiled train step for these shapes (for memory and cost analysis)."""
+        step_fn = self._jitted_step(batch)
+        with self.context():
+            return step_fn.lower(state, batch).compile()
 
     def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
         grads, metrics = self._gradients(state.params, batch, rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)

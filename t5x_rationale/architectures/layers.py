@@ -56,7 +56,10 @@ class Embed(nn.Module):
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
             raise ValueError(f"Embed expects integer token ids, got {tokens.dtype}")
-        return jnp.take(self.embedding, tokens, axis=0).astype(self.dtype)
+        # Gather whole embedding rows: an fsdp-split embed dim would leave the lookup sharded
+        # against the batch and force XLA to replicate the result.
+        table = constrain(self.embedding, ("vocab", None))
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, accumulated in float32."""

@@ -1,0 +1,135 @@
+"""Train-step benchmark: step time, tokens/s, model FLOPs, MFU and peak memory.
+
+    python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128
+    python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 --json out.json
+
+The peak matmul rate is measured in the same run (float32 2048x2048 matmul on each device,
+best of several), so MFU compares against what this machine actually reaches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+
+import jax
+
+from t5x_rationale.architectures import build_model, get_preset
+from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.objectives import token_loss
+from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.random_batches import RandomBatches
+from t5x_rationale.trainer import Trainer
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", required=True)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--input_length", type=int, default=0, help="encoder length (encoder-decoder only)")
+    p.add_argument("--target_length", type=int, default=128)
+    p.add_argument("--mesh", default="-1x1x1", help="DATAxFSDPxTENSOR, -1 fills the devices")
+    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps after compilation")
+    p.add_argument("--dtype", default="float32", help="compute dtype")
+    p.add_argument("--remat", default="none")
+    p.add_argument("--scan_layers", action="store_true")
+    p.add_argument("--microbatches", type=int, default=1)
+    p.add_argument("--peak_matmul_size", type=int, default=2048)
+    p.add_argument("--json", help="write the result row to this file")
+    return p.parse_args(argv)
+
+
+def _memory_stats(compiled) -> dict:
+    out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    try:
+        m = compiled.memory_analysis()
+        out["compiled_temp_gib"] = m.temp_size_in_bytes / 2**30
+        out["compiled_total_gib"] = (m.temp_size_in_bytes + m.argument_size_in_bytes
+                                     + m.output_size_in_bytes - m.alias_size_in_bytes) / 2**30
+    except Exception:  # memory_analysis is optional per backend
+        pass
+    stats = jax.devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        out["device_peak_gib"] = stats["peak_bytes_in_use"] / 2**30
+    return out
+
+
+def run(args: argparse.Namespace) -> dict:
+    config = get_preset(args.preset, dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan_layers)
+    if config.architecture == "encoder_decoder" and args.input_length <= 0:
+        raise ValueError(f"preset {args.preset} is an encoder-decoder: pass --input_length")
+    input_length = args.input_length if config.architecture == "encoder_decoder" else 0
+    peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
+    partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
+    tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4))
+    trainer = Trainer(build_model(config), token_loss, tx, partitioner, learning_rate_fn=schedule,
+                      num_microbatches=args.microbatches)
+    data = RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=args.target_length,
+                         input_length=input_length)
+    batches = [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
+    state = trainer.init_state(0, batches[0])
+
+    start = time.perf_counter()
+    compiled = trainer.compile_step(state, batches[0])
+    state, metrics = trainer.train_step(state, batches[0])
+    jax.block_until_ready(metrics)
+    compile_s = time.perf_counter() - start
+    for i in range(args.warmup):
+        state, metrics = trainer.train_step(state, batches[i % 2])
+    jax.block_until_ready(metrics)
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = trainer.train_step(state, batches[i % 2])
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t0)
+
+    step_s = statistics.median(times)
+    flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length)
+    peak = peak_per_device * jax.device_count()
+    row = {
+        "preset": args.preset, "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
+        "devices": jax.device_count(), "backend": jax.default_backend(), "dtype": args.dtype,
+        "remat": args.remat, "scan_layers": args.scan_layers, "batch": args.batch,
+        "input_length": input_length, "target_length": args.target_length,
+        "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+        "compile_s": compile_s, "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
+        "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
+        "model_gflop_per_step": flops / 1e9, "achieved_gflop_per_s": flops / step_s / 1e9,
+        "peak_matmul_gflop_per_s": peak / 1e9, "mfu": flops / step_s / peak,
+        "loss": float(metrics["loss"]),
+    }
+    row.update(_memory_stats(compiled))
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    cols = ["preset", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
+            "tokens_per_s", "model_gflop_per_step", "achieved_gflop_per_s", "peak_matmul_gflop_per_s",
+            "mfu", "compiled_total_gib", "peak_rss_gib", "compile_s"]
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
+    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    row = run(args)
+    print(format_table([row]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(row, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
