@@ -57,14 +57,18 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, keep: Optional[int] = 3, save_every: int = 1000,
                  async_save: bool = True):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = os.path.abspath(directory)
-        self._manager = self._make_manager(self.directory, keep=keep, save_every=save_every,
-                                           async_save=async_save)
+        self.save_every = save_every
+        self._manager = self._make_manager(self.directory, keep=keep, async_save=async_save)
 
     @staticmethod
-    def _make_manager(directory, *, keep, save_every, async_save, read_only=False):
+    def _make_manager(directory, *, keep, async_save, read_only=False):
+        # The save interval is decided in `save`; orbax's own policy would also save the
+        # first step of a fresh directory.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=save_every, enable_async_checkpointing=async_save,
+            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
             cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
         return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "signature"))
 
@@ -72,10 +76,12 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_state: Optional[dict] = None, *, force: bool = False) -> bool:
         """Saves if `step` is due (or `force`); returns whether a save was started."""
+        if not force and step % self.save_every:
+            return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state or {}),
                                   signature=ocp.args.JsonSave(state_signature(state)))
-        return self._manager.save(step, args=args, force=force)
+        return self._manager.save(step, args=args, force=True)
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice has reached the job (multi-host safe)."""
@@ -121,12 +127,14 @@ class Checkpointer:
             return state, data, f"{self.directory}/{latest}"
         if explicit_path:
             parent, step = _split_step_path(explicit_path)
-            other = self._make_manager(parent, keep=None, save_every=1, async_save=False, read_only=True)
-            if step not in other.all_steps():
-                raise FileNotFoundError(f"no complete checkpoint at {explicit_path} "
-                                        f"(complete steps in {parent}: {list(other.all_steps())})")
-            state, data = self.restore(step, abstract_state, manager=other)
-            other.close()
+            other = self._make_manager(parent, keep=None, async_save=False, read_only=True)
+            try:
+                if step not in other.all_steps():
+                    raise FileNotFoundError(f"no complete checkpoint at {explicit_path} "
+                                            f"(complete steps in {parent}: {list(other.all_steps())})")
+                state, data = self.restore(step, abstract_state, manager=other)
+            finally:
+                other.close()
             return state, data, explicit_path
         return init_fn(), {}, "fresh init"
 

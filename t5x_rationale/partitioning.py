@@ -60,9 +60,10 @@ class MeshConfig:
         if len(parts) != 3:
             raise ValueError(f"mesh {text!r} must be DATAxFSDPxTENSOR, e.g. 2x2x2")
         try:
-            return cls(*(int(p) for p in parts))
-        except ValueError as e:
-            raise ValueError(f"mesh {text!r} must be three integers DATAxFSDPxTENSOR: {e}") from None
+            sizes = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"mesh {text!r} must be three integers DATAxFSDPxTENSOR") from None
+        return cls(*sizes)
 
 
 def create_mesh(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

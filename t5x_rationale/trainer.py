@@ -69,6 +69,7 @@ class Trainer:
         self.max_bad_steps = max_bad_steps
         self._layout = None  # (abstract state, logical specs, shardings, notes), from first batch
         self._step_fn = None
+        self._init_jit = None
 
     # ------------------------------------------------------------------- contexts
 
@@ -116,10 +117,11 @@ class Trainer:
 
     def init_state(self, seed: int, example_batch: dict) -> TrainState:
         """A fresh, sharded train state; identical for any mesh given the same seed."""
-        _, _, shardings, _ = self.layout(example_batch)
-        init = self._init_fn(example_batch)
+        if self._init_jit is None:
+            _, _, shardings, _ = self.layout(example_batch)
+            self._init_jit = jax.jit(self._init_fn(example_batch), out_shardings=shardings)
         with self.context():
-            return jax.jit(init, out_shardings=shardings)(jax.random.PRNGKey(seed))
+            return self._init_jit(jax.random.PRNGKey(seed))
 
     # ----------------------------------------------------------------------- step
 

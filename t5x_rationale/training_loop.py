@@ -43,7 +43,7 @@ def train_loop(trainer: Trainer, state: TrainState, data: Iterator[dict], *, num
 
     `data` yields host-local NumPy batches and has `get_state()` (saved with every
     checkpoint). The last step is always checkpointed; a SIGTERM or a multi-host preemption
-    notice saves the current step and raises `Preempted`.
+    notice saves the current step (when there is a checkpointer) and raises `Preempted`.
     """
     partitioner = trainer.partitioner
     step = int(state.step)
@@ -60,12 +60,15 @@ def train_loop(trainer: Trainer, state: TrainState, data: Iterator[dict], *, num
             if on_metrics is not None:
                 on_metrics(step, values)
             trainer.check_finite(values)
+            preempted = stop.event.is_set()
             if checkpointer is not None:
-                preempted = stop.event.is_set() or checkpointer.reached_preemption(step)
+                preempted = preempted or checkpointer.reached_preemption(step)
                 checkpointer.save(step, state, data.get_state(), force=preempted or step == num_steps)
                 if preempted:
                     checkpointer.wait()
                     raise Preempted(f"stopped at step {step} after saving a checkpoint")
+            if preempted:
+                raise Preempted(f"stopped at step {step} (no checkpointer: nothing saved)")
     if checkpointer is not None:
         checkpointer.wait()
     return state

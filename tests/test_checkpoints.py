@@ -336,9 +336,6 @@ def test_save_every_unless_forced(saved, tmp_path):
     checkpointer.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: Checkpointer documents 'save when step % save_every == 0', but orbax's default "
-    "save-decision policy (InitialSavePolicy) also saves the first step of an empty run directory"))
 def test_first_save_respects_save_every(saved, tmp_path):
     checkpointer = Checkpointer(str(tmp_path / "run"), save_every=2)
     assert checkpointer.save(1, _small_state(saved.trainer.partitioner.mesh, 1)) is False
@@ -391,6 +388,11 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
     restored, data_state = checkpointer.restore(4, trainer.abstract_state(EXAMPLE))
     assert data_state == {"position": 4, "seed": 1}
     assert_bitwise_equal(restored, final_host)
+    # Step 3 was saved asynchronously and its state then donated to step 4: the checkpoint
+    # must still hold the step-3 state (the fixture computed the same 3 steps by hand).
+    restored, data_state = checkpointer.restore(3, trainer.abstract_state(EXAMPLE))
+    assert data_state == saved.data3
+    assert_bitwise_equal(restored, saved.host3)
     checkpointer.close()
 
     # Interrupted run: SIGTERM during step 2 saves step 2 and raises Preempted.
@@ -437,3 +439,16 @@ def test_train_loop_without_work_still_waits_and_returns(saved, tmp_path):
     assert out is state
     assert checkpointer.all_steps() == []
     checkpointer.close()
+
+
+def test_train_loop_sigterm_without_checkpointer_stops(saved, sigterm_guard):
+    guard, caught = sigterm_guard
+    losses = {}
+    try:
+        train_loop(saved.trainer, _fresh_state(saved), make_data(), num_steps=3,
+                   on_metrics=_recorder(losses, sigterm_at=1))
+    except Preempted:
+        pass
+    assert caught == []
+    assert signal.getsignal(signal.SIGTERM) is guard
+    assert sorted(losses) == [1], f"SIGTERM at step 1 was ignored; steps run: {sorted(losses)}"

@@ -62,7 +62,8 @@ def run_schedule(step, cache, tokens, full, schedule):
 
 @pytest.mark.parametrize("overrides", [
     dict(),                                                   # 2 layers, 8 heads / 4 kv heads
-    dict(num_kv_heads=2, sliding_window=3, scan_layers=True),  # window < length, scanned cache
+    # Window < length (test_architectures checks that the window changes these logits).
+    dict(num_kv_heads=2, sliding_window=3, scan_layers=True),
 ])
 def test_decoder_only_cached_decoding_matches_full_forward(overrides):
     c = get_preset("decoder-tiny", **overrides)
@@ -94,15 +95,15 @@ def test_decoder_only_cached_decoding_matches_full_forward(overrides):
     run_schedule(step, cache, tokens, full, [1] * length)        # one token at a time
     run_schedule(step, cache, tokens, full, [3, 3, 1, 1, 1])     # prefill, a mid-sequence chunk, singles
 
-    if c.sliding_window is not None:
-        # The window really cuts attention here: plain causal attention gives other logits.
-        causal = np.asarray(jax.jit(build_model(get_preset("decoder-tiny", **{**overrides, "sliding_window": None})
-                                                ).apply)({"params": params}, tokens))
-        assert np.abs(causal[:, c.sliding_window:] - full[:, c.sliding_window:]).max() > 1e-3
+    # Garbage in not-yet-written cache slots must not leak into a decode step.
+    noisy = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.asarray(1e3 * rng.standard_normal(x.shape), x.dtype)
+        if "cached_" in jax.tree_util.keystr(path) else x, cache)
+    run_schedule(step, noisy, tokens, full, [3, 3, 1, 1, 1])
 
 
 def test_encoder_decoder_cached_decoding_matches_full_forward():
-    c = get_preset("t5-tiny", num_encoder_layers=1, num_decoder_layers=2)
+    c = get_preset("t5-tiny", num_encoder_layers=1, num_decoder_layers=1)
     model = build_model(c)
     rng = np.random.default_rng(1)
     enc = rng.integers(1, c.vocab_size, (2, 6)).astype(np.int32)
@@ -124,11 +125,6 @@ def test_encoder_decoder_cached_decoding_matches_full_forward():
     assert jax.tree_util.tree_map(jnp.shape, cache) == jax.tree_util.tree_map(jnp.shape, init_shapes)
     assert cache_index(cache) == 0
 
-    # __call__ with decode=True (the encoder reruns every step).
-    call_step = jax.jit(lambda cache, toks: model.apply({"params": params, "cache": cache}, enc, toks,
-                                                        decode=True, mutable=["cache"]))
-    run_schedule(call_step, cache, dec, full, [1] * length)
-
     # encode once, then decode steps through the `decode` method.
     encoded = jax.jit(lambda p, e: model.apply({"params": p}, e, method=model.encode))(params, enc)
     decode_step = jax.jit(lambda cache, toks: model.apply(
@@ -136,22 +132,3 @@ def test_encoder_decoder_cached_decoding_matches_full_forward():
         method=model.decode))
     run_schedule(decode_step, cache, dec, full, [3, 3, 1])
     run_schedule(decode_step, cache, dec, full, [1] * length)
-
-
-def test_cached_step_does_not_see_future_cache_slots():
-    """Garbage in not-yet-written cache slots must not leak into a decode step."""
-    c = get_preset("decoder-tiny", num_layers=1)
-    model = build_model(c)
-    rng = np.random.default_rng(2)
-    tokens = jnp.asarray(rng.integers(1, c.vocab_size, (1, 6)), jnp.int32)
-    params = random_params(model, decoder_input_tokens=tokens)
-    full = np.asarray(jax.jit(model.apply)({"params": params}, tokens))
-    _, created = jax.jit(lambda p: model.apply({"params": p}, jnp.zeros_like(tokens), decode=True,
-                                               mutable=["cache"]))(params)
-    cache = created["cache"]
-    noisy = jax.tree_util.tree_map_with_path(
-        lambda path, x: jnp.asarray(1e3 * rng.standard_normal(x.shape), x.dtype)
-        if "cached_" in jax.tree_util.keystr(path) else x, cache)
-    step = jax.jit(lambda cache, toks: model.apply({"params": params, "cache": cache}, toks,
-                                                   decode=True, mutable=["cache"]))
-    run_schedule(step, noisy, tokens, full, [2, 1, 1, 1, 1])
