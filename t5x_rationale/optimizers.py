@@ -19,8 +19,9 @@ class OptimizerConfig:
 
     Schedules: linear warmup from 0 over `warmup_steps`, then `constant`, `cosine` or
     `linear` decay to `end_lr_fraction * learning_rate` at `total_steps`, or T5's `rsqrt`
-    (lr * sqrt(warmup / step) after warmup). Weight decay (decoupled) applies to kernels and
-    embeddings (rank >= 2), not to norm scales.
+    (lr * sqrt(warmup / step) after warmup). Weight decay (decoupled) applies to params named
+    kernel / embedding / rel_embedding, not to norm scales. AdamW multiplies it by the
+    learning rate; Adafactor applies it unscaled (T5X convention).
     """
 
     name: str = "adamw"
@@ -73,8 +74,17 @@ def make_schedule(c: OptimizerConfig) -> optax.Schedule:
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warm), after], [warm])
 
 
+DECAYED_PARAM_NAMES = ("kernel", "embedding", "rel_embedding")
+
+
 def _decay_mask(params):
-    return jax.tree.map(lambda p: p.ndim >= 2, params)
+    """Decay kernels and embeddings by name, never norm scales (rank would misjudge scanned
+    layers, whose scales are stacked to [layers, embed])."""
+    def decayed(path, _):
+        last = path[-1]
+        name = getattr(last, "key", getattr(last, "name", None))
+        return name in DECAYED_PARAM_NAMES
+    return jax.tree_util.tree_map_with_path(decayed, params)
 
 
 def make_optimizer(c: OptimizerConfig) -> tuple[optax.GradientTransformation, optax.Schedule]:

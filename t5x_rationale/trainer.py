@@ -160,7 +160,9 @@ class Trainer:
         metrics = dict(metrics, grad_norm=grad_norm, skipped=bad, skipped_steps=new_state.skipped_steps,
                        bad_streak=new_state.bad_streak)
         if self.learning_rate_fn is not None:
-            metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
+            # Skipped steps freeze the optimizer's own step count, so its schedule lags state.step.
+            applied_updates = state.step - state.skipped_steps
+            metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(applied_updates), jnp.float32)
         return new_state, metrics
 
     def _loss_and_grads(self, params, batch, rng):

@@ -520,7 +520,8 @@ def test_decoder_packing_with_prefix_lm_and_sliding_window_matches_numpy():
     rng = np.random.default_rng(12)
     tokens = random_tokens(rng, (2, 9), c.vocab_size)
     seg = np.array([[1, 1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 0, 0]], np.int32)
-    pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5, 6, 0, 0]], np.int32)
+    # Row 1 has explicit positions with gaps: RoPE and the window must use them, not the index.
+    pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 5, 6, 7, 10, 0, 0]], np.int32)
     prefix = np.array([[1, 1, 0, 0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0]], np.int32)
     params = random_params(model, decoder_input_tokens=tokens)
     got = logits_of(model, params, decoder_input_tokens=tokens, decoder_segment_ids=seg,

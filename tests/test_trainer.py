@@ -279,10 +279,6 @@ def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
                 trainer.check_finite(values)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "library bug: Trainer._step reports learning_rate_fn(state.step), but state.step also counts "
-    "skipped steps while the optimizer's schedule count (kept in opt_state) does not, so after a "
-    "skipped step the reported learning_rate is not the one applied"))
 def test_reported_learning_rate_is_the_applied_one_after_a_skipped_step(setup, nan_trainer):
     trainer = nan_trainer
     state = setup.fresh_state(trainer)
