@@ -1,7 +1,7 @@
 """One attention function with explicit masks, and the multi-head attention layer.
 
-Masks are boolean, broadcastable to [batch, heads, q_len, k_len], True = may attend.
-Biases are additive, broadcastable to the same shape. The implementation is pluggable:
+Masks are boolean, rank 4 and broadcastable to [batch, heads, q_len, k_len], True = may
+attend. Biases are additive, rank 4, broadcastable to the same shape. The implementation is pluggable:
 ``xla`` (everywhere), ``cudnn`` (fused flash attention on NVIDIA GPUs) and ``auto``.
 """
 
@@ -94,8 +94,8 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
     Args:
       query: [batch, q_len, heads, head_dim].
       key, value: [batch, k_len, kv_heads, head_dim]; heads % kv_heads == 0.
-      bias: additive, broadcastable to [batch, heads, q_len, k_len].
-      mask: boolean, broadcastable to [batch, heads, q_len, k_len]; True = attend.
+      bias: additive, rank 4, broadcastable to [batch, heads, q_len, k_len].
+      mask: boolean, rank 4, broadcastable to [batch, heads, q_len, k_len]; True = attend.
       scale: logit scale; default 1/sqrt(head_dim). T5 uses 1.0.
       implementation: 'xla', 'cudnn' or 'auto' (cuDNN when on GPU with bf16/fp16, no dropout).
       dropout_rng, dropout_rate: attention-probability dropout (XLA path only).
@@ -129,6 +129,7 @@ class MultiHeadAttention(nn.Module):
     In decode mode the layer keeps `cached_key`/`cached_value` [batch, max_len, kv_heads, kv]
     in the 'cache' collection; the caller supplies the write position (`cache_index`) and the
     mask over all max_len keys, so one index lives in the stack rather than in every layer.
+    Writing past max_len is not checked inside the jitted step: decoders cap their length.
     """
 
     num_heads: int

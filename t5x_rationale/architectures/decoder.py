@@ -68,6 +68,11 @@ class DecoderStack(nn.Module):
                  deterministic=True, decode=False):
         c = self.config
         if decode:
+            given = [n for n, v in (("segment_ids", segment_ids), ("positions", positions),
+                                    ("causal_attention", causal_attention)) if v is not None]
+            if given:  # the cache holds one unpacked, causal sequence per row
+                raise ValueError(f"decode=True does not support {given}; prefill packed or prefix-LM "
+                                 "prompts without the cache")
             q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
             mask = attn.causal_mask(q_pos, k_pos)
             if c.sliding_window is not None:
