@@ -4,7 +4,8 @@
     python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 --json out.json
 
 The peak matmul rate is measured in the same run (float32 2048x2048 matmul on each device,
-best of several), so MFU compares against what this machine actually reaches.
+best of several, before and after the timed steps), so MFU compares against what this
+machine actually reaches; `mfu` uses the median step time, `mfu_best_step` the fastest.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ def run(args: argparse.Namespace) -> dict:
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t0)
 
+    # The machine's speed drifts (shared hosts, clocks): take the best matmul rate seen before
+    # and after the timed steps, which can only lower the reported MFU.
+    peak_per_device = max(peak_per_device, measure_peak_matmul_flops(args.peak_matmul_size))
     step_s = statistics.median(times)
     flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length)
     peak = peak_per_device * jax.device_count()
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> dict:
         "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
         "model_gflop_per_step": flops / 1e9, "achieved_gflop_per_s": flops / step_s / 1e9,
         "peak_matmul_gflop_per_s": peak / 1e9, "mfu": flops / step_s / peak,
+        "mfu_best_step": flops / min(times) / peak,
         "loss": float(metrics["loss"]),
     }
     row.update(_memory_stats(compiled))
@@ -113,7 +118,7 @@ def run(args: argparse.Namespace) -> dict:
 def format_table(rows: list[dict]) -> str:
     cols = ["preset", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
             "tokens_per_s", "model_gflop_per_step", "achieved_gflop_per_s", "peak_matmul_gflop_per_s",
-            "mfu", "compiled_total_gib", "peak_rss_gib", "compile_s"]
+            "mfu", "mfu_best_step", "compiled_total_gib", "peak_rss_gib", "compile_s"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
