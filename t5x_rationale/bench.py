@@ -11,7 +11,6 @@ machine actually reaches; `mfu` uses the median step time, `mfu_best_step` the f
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import resource
 import statistics

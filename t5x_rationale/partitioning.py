@@ -12,7 +12,6 @@ import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
-import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -100,10 +99,6 @@ class Partitioner:
         self.mesh_shape = dict(mesh.shape)
 
     # ------------------------------------------------------------------ parameters
-
-    def logical_specs(self, boxed_tree) -> Any:
-        """Logical names of every leaf of a tree with flax LogicallyPartitioned boxes."""
-        return nn.get_partition_spec(boxed_tree)
 
     def shardings_for(self, abstract_tree, logical_specs) -> tuple[Any, list[str]]:
         """NamedShardings for an (unboxed) abstract tree given logical specs.

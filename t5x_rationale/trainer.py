@@ -16,9 +16,8 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import PartitionSpec
 
 from t5x_rationale.architectures import model_inputs
 from t5x_rationale.partitioning import Partitioner
@@ -269,7 +268,3 @@ class Throughput:
 def host_metrics(metrics: dict) -> dict[str, float]:
     """Device metrics -> Python floats (one transfer)."""
     return {k: float(v) for k, v in jax.device_get(metrics).items()}
-
-
-def count_params(params) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
