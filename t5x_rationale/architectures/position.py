@@ -73,5 +73,11 @@ class RelativePositionBias(nn.Module):
         relative = key_positions[:, None, :] - query_positions[:, :, None]
         buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
                                            num_buckets=self.num_buckets, max_distance=self.max_distance)
+        if buckets.shape[0] == 1:
+            # Shared positions: a one-hot contraction, whose gradient is a small matmul rather
+            # than a scatter-add of q*k values into a few table cells (slow on CPU).
+            one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [1, q, k, n]
+            bias = jnp.einsum("bqkn,hn->bhqk", one_hot, rel_embedding.astype(jnp.float32))
+            return bias.astype(self.dtype)
         bias = jnp.take(rel_embedding, buckets, axis=1)  # [heads, b, q, k]
         return jnp.transpose(bias, (1, 0, 2, 3)).astype(self.dtype)
