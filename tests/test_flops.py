@@ -42,14 +42,19 @@ def _xla_flops(config, batch_size, target_length, input_length=0):
 
 
 def _jaxpr_matmul_flops(config, batch_size, target_length, input_length=0):
-    """2 x (output elements) x (contracted size), summed over every dot_general in the jaxpr."""
+    """2 x (output elements) x (contracted size), summed over the dot_generals in the jaxpr."""
     forward, params, inputs = _forward(config, batch_size, target_length, input_length)
     closed = jax.make_jaxpr(forward)(params, inputs)
+
+    # The T5 relative-position bias is a [heads, buckets] table lookup written as a one-hot
+    # contraction: not a model matmul, so it is left out of the count.
+    lookup_table = (config.num_heads, getattr(config, "relative_attention_num_buckets", -1))
 
     def count(jaxpr, multiplier=1):
         total = 0
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
+            is_lookup = any(v.aval.shape == lookup_table for v in eqn.invars)
+            if eqn.primitive.name == "dot_general" and not is_lookup:
                 (lhs_contract, _), _ = eqn.params["dimension_numbers"]
                 lhs = eqn.invars[0].aval.shape
                 out = eqn.outvars[0].aval.shape
