@@ -19,6 +19,7 @@ from flax.core import meta
 from t5x_rationale.architectures import (DecoderConfig, DecoderOnly, EncoderDecoder, T5Config, build_model,
                                          dummy_batch, get_preset, model_inputs)
 from t5x_rationale.architectures.position import apply_rope, relative_position_bucket
+from random_params import random_params
 
 RTOL = ATOL = 1e-5
 
@@ -208,30 +209,6 @@ def np_llama_forward(params, c: DecoderConfig, tokens, *, allowed=None, position
 
 def to_f64(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def random_params(model, seed=0, **inputs):
-    """Float32 params with the model's tree and shapes, drawn here (no Flax init is compiled).
-
-    Kernels ~ N(0, 1/fan_in), embeddings and relative-bias tables ~ N(0, 1), RMSNorm scales
-    1 + 0.3 N(0, 1) so that they matter. Works for unrolled models (no leading layer axis).
-    """
-    inputs = {k: jnp.asarray(v) for k, v in inputs.items()}
-    shapes = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), **inputs)["params"])
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name, parent = path[-1].key, path[-2].key
-        if name == "scale":
-            value = 1.0 + 0.3 * rng.standard_normal(s.shape)
-        elif name == "kernel":
-            fan_in = math.prod(s.shape[:2]) if parent == "out" else s.shape[0]
-            value = rng.standard_normal(s.shape) / math.sqrt(fan_in)
-        else:
-            value = rng.standard_normal(s.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,38 +7,17 @@ length) and writes nothing; later calls write their tokens at the cache index an
 
 from __future__ import annotations
 
-import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax.core import meta
 
 from t5x_rationale.architectures import build_model, get_preset
 
+from random_params import random_params
+
 RTOL = ATOL = 1e-5
-
-
-def random_params(model, seed=0, **inputs):
-    """Float32 params with the model's tree and shapes, drawn with numpy (no init compile)."""
-    shapes = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                                       **{k: jnp.asarray(v) for k, v in inputs.items()})["params"])
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name, parent = path[-1].key, path[-2].key
-        if name == "scale":
-            value = 1.0 + 0.3 * rng.standard_normal(s.shape)
-        elif name == "kernel":
-            layer_axis = 1 if any(getattr(k, "key", None) == "layers" for k in path) else 0
-            in_dims = s.shape[layer_axis:layer_axis + (2 if parent == "out" else 1)]
-            value = rng.standard_normal(s.shape) / math.sqrt(math.prod(in_dims))
-        else:
-            value = rng.standard_normal(s.shape)
-        return jnp.asarray(value, jnp.float32)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def cache_index(cache):
