@@ -139,6 +139,40 @@ class Checkpointer:
         return init_fn(), {}, "fresh init"
 
 
+def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
+    """(params, step) of a checkpoint, without its optimizer state (for evaluation and export).
+
+    `path` is a run's checkpoint directory (its latest complete step is used) or one step
+    directory (`.../checkpoints/1200`). Params land on the shardings in `abstract_params`.
+    """
+    path = os.path.abspath(path.rstrip("/"))
+    if re.fullmatch(r"\d+", os.path.basename(path)):
+        directory, step = _split_step_path(path)
+    else:
+        directory, step = path, None
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"checkpoint directory {directory} does not exist")
+    manager = Checkpointer._make_manager(directory, keep=None, async_save=False, read_only=True)
+    try:
+        steps = list(manager.all_steps())
+        step = max(steps) if step is None and steps else step
+        if step is None or step not in steps:
+            raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in {directory} "
+                                    f"(complete steps: {steps})")
+        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))["signature"]
+        expected = {".params" + k: v for k, v in state_signature(abstract_params).items()}
+        mine = {k: v for k, v in saved.items() if k.startswith(".params")}
+        if mine != expected:
+            raise CheckpointMismatchError(f"checkpoint {directory}/{step} does not match the model: "
+                                          + _describe_mismatch(mine, expected))
+        item = {"params": abstract_params}
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+    finally:
+        manager.close()
+    return restored["state"]["params"], step
+
+
 def _split_step_path(path: str) -> tuple[str, int]:
     path = os.path.abspath(path.rstrip("/"))
     base = os.path.basename(path)

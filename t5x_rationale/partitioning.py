@@ -139,6 +139,18 @@ class Partitioner:
             raise ValueError(f"global batch size {batch_size} is not divisible by data x fsdp = "
                              f"{self.mesh_shape['data']}x{self.mesh_shape['fsdp']} = {self.batch_shards}")
 
+    def host_rows(self, global_batch_size: int) -> slice:
+        """The contiguous rows of a global batch that this process's devices hold."""
+        self.check_global_batch_size(global_batch_size)
+        indices = self.batch_sharding(1).addressable_devices_indices_map((global_batch_size,))
+        starts = sorted({idx[0].start or 0 for idx in indices.values()})
+        stops = sorted({global_batch_size if idx[0].stop is None else idx[0].stop for idx in indices.values()})
+        rows = slice(starts[0], stops[-1])
+        if (rows.stop - rows.start) * jax.process_count() != global_batch_size:
+            raise ValueError(f"this process's devices hold rows {starts}..{stops} of a batch of "
+                             f"{global_batch_size}, which are not one contiguous block of 1/{jax.process_count()}")
+        return rows
+
     def host_batch_to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Host-local NumPy batch (this process's rows) -> global sharded jax.Arrays."""
         out = {}

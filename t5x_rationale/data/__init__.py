@@ -1,0 +1,1 @@
+"""seqio data: sources, tasks, converters and streams (TensorFlow lives here only)."""

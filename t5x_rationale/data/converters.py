@@ -1,0 +1,326 @@
+"""seqio feature converters: task features (`inputs`, `targets`, ...) to model batches.
+
+Every converter trims sequences itself and records which examples were cut, so truncation
+is counted (`*_truncated` features, reported in the training metrics) instead of silent.
+Packing concatenates several examples per row with segment ids and positions, T5X style.
+
+Model features produced (all int32 unless noted; `length` axis last):
+
+- encoder-decoder: `encoder_input_tokens`, `decoder_input_tokens`, `decoder_target_tokens`,
+  `decoder_loss_weights` (float32) and, when packed, `encoder_segment_ids`,
+  `encoder_positions`, `decoder_segment_ids`, `decoder_positions`;
+- decoder-only: the `decoder_*` features over `inputs ++ targets`, loss weights on the
+  targets only (optionally everywhere) and, for a bidirectional prefix,
+  `decoder_causal_attention` (T5X name: 1 on prefix positions of the shifted inputs);
+- multi-task variants add `decoder_task_ids` (the example's `task_id` on each target token,
+  0 on padding), so a loss can be normalised per task inside a packed batch;
+- `CandidatesConverter`: `encoder_input_tokens` [L] and, per candidate slot,
+  `candidate_input_tokens`/`candidate_target_tokens`/`candidate_loss_weights` [K, L] with
+  `candidate_mask` and `candidate_is_positive` [K].
+
+`decoder_truncated` / `candidate_truncated` mark truncated examples (1 on the first target
+token of each cut example); the data stream pops them and counts them on the host.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import seqio
+import tensorflow as tf
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+AUTOTUNE = tf.data.AUTOTUNE
+TRUNCATION_FEATURES = ("decoder_truncated", "candidate_truncated")
+
+
+def _cut(seq: tf.Tensor, length: int) -> tuple[tf.Tensor, tf.Tensor]:
+    """The first `length` items of `seq` and whether anything was dropped (int32 0/1)."""
+    return seq[:length], tf.cast(tf.size(seq) > length, tf.int32)
+
+
+def _flag_first(length_like: tf.Tensor, flag: tf.Tensor) -> tf.Tensor:
+    """A per-token feature that is `flag` on the first token and 0 elsewhere."""
+    n = tf.size(length_like)
+    return tf.concat([tf.reshape(flag, [1]), tf.zeros([n - 1], tf.int32)], 0)[:n]
+
+
+def _shift_right(targets: tf.Tensor, segment_ids: tf.Tensor | None) -> tf.Tensor:
+    """Decoder inputs: targets shifted right with 0, restarting at 0 in each packed segment.
+
+    Positions whose target is padding get 0 too (not the shifted EOS), so padding is all 0.
+    """
+    shifted = seqio.utils.make_autoregressive_inputs(targets, sequence_id=segment_ids, bos_id=0)
+    return shifted * tf.cast(targets > 0, shifted.dtype)
+
+
+def _pack_or_pad(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> tf.data.Dataset:
+    if pack:
+        return seqio.utils.trim_and_pack_dataset(ds, lengths)
+    return seqio.utils.trim_and_pad_dataset(ds, lengths)
+
+
+def _require_task_id(ds: tf.data.Dataset, converter: str) -> None:
+    spec = ds.element_spec.get("task_id")
+    if spec is None or spec.shape.rank != 0 or not spec.dtype.is_integer:
+        raise ValueError(f"{converter} needs a scalar integer 'task_id' feature in every example "
+                         f"(add one with t5x_rationale.data.tasks.add_task_id); the dataset has "
+                         f"{sorted(ds.element_spec)}")
+
+
+class _Converter(seqio.FeatureConverter):
+    """Shared scaffolding: lengths are checked and trimmed here, never asserted by seqio."""
+
+    PACKING_FEATURE_DTYPES = {}
+
+    def __init__(self, pack: bool = True):
+        super().__init__(pack=pack, apply_length_check=False)
+
+
+class EncDecConverter(_Converter):
+    """Encoder-decoder batches from `inputs`/`targets`, optionally packed."""
+
+    TASK_FEATURES = {"inputs": FeatureSpec(dtype=tf.int32), "targets": FeatureSpec(dtype=tf.int32)}
+    MODEL_FEATURES = {
+        "encoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_loss_weights": FeatureSpec(dtype=tf.float32),
+        "decoder_truncated": FeatureSpec(dtype=tf.int32),
+    }
+    PACKING_FEATURE_DTYPES = {
+        "encoder_segment_ids": tf.int32, "encoder_positions": tf.int32,
+        "decoder_segment_ids": tf.int32, "decoder_positions": tf.int32,
+    }
+    with_task_ids = False
+
+    def _trim(self, ex, lengths):
+        inputs, cut_in = _cut(ex["inputs"], lengths["inputs"])
+        targets, cut_t = _cut(ex["targets"], lengths["targets"])
+        out = {"inputs": inputs, "targets": targets,
+               "targets_truncated": _flag_first(targets, tf.maximum(cut_in, cut_t))}
+        if self.with_task_ids:
+            out["targets_task"] = tf.fill(tf.shape(targets), tf.cast(ex["task_id"], tf.int32))
+        return out
+
+    def _convert_features(self, ds, task_feature_lengths):
+        if self.with_task_ids:
+            _require_task_id(ds, type(self).__name__)
+        lengths = dict(task_feature_lengths)
+        ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)
+        packed = {"inputs": lengths["inputs"], "targets": lengths["targets"],
+                  "targets_truncated": lengths["targets"]}
+        if self.with_task_ids:
+            packed["targets_task"] = lengths["targets"]
+        ds = _pack_or_pad(ds, packed, self.pack)
+        return ds.map(self._model_features, num_parallel_calls=AUTOTUNE)
+
+    def _model_features(self, ex):
+        segments = ex.get("targets_segment_ids")
+        out = {
+            "encoder_input_tokens": ex["inputs"],
+            "decoder_input_tokens": _shift_right(ex["targets"], segments),
+            "decoder_target_tokens": ex["targets"],
+            "decoder_loss_weights": tf.cast(ex["targets"] > 0, tf.float32),
+            "decoder_truncated": ex["targets_truncated"],
+        }
+        if self.with_task_ids:
+            out["decoder_task_ids"] = ex["targets_task"]
+        if self.pack:
+            out.update(encoder_segment_ids=ex["inputs_segment_ids"], encoder_positions=ex["inputs_positions"],
+                       decoder_segment_ids=segments, decoder_positions=ex["targets_positions"])
+        return out
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        n_in, n_t = task_feature_lengths["inputs"], task_feature_lengths["targets"]
+        lengths = {k: n_t for k in self.MODEL_FEATURES}
+        lengths["encoder_input_tokens"] = n_in
+        if self.pack:
+            lengths.update(encoder_segment_ids=n_in, encoder_positions=n_in,
+                           decoder_segment_ids=n_t, decoder_positions=n_t)
+        return lengths
+
+
+class MultiTaskEncDecConverter(EncDecConverter):
+    """`EncDecConverter` that keeps each example's `task_id` on its target tokens."""
+
+    MODEL_FEATURES = {**EncDecConverter.MODEL_FEATURES, "decoder_task_ids": FeatureSpec(dtype=tf.int32)}
+    with_task_ids = True
+
+
+class DecoderConverter(_Converter):
+    """Decoder-only batches over `inputs ++ targets` (prefix LM) or `targets` alone (plain LM).
+
+    Args:
+      pack: pack several examples per row.
+      loss_on_targets_only: weight only target tokens (the prompt gets no loss).
+      bidirectional_prefix: let prompt tokens attend to each other (T5X prefix LM); off by
+        default so that KV-cached decoding (causal) sees what training saw.
+      inputs: whether the task has an `inputs` feature; False for plain LM over `targets`.
+    """
+
+    MODEL_FEATURES = {
+        "decoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_target_tokens": FeatureSpec(dtype=tf.int32),
+        "decoder_loss_weights": FeatureSpec(dtype=tf.float32),
+        "decoder_truncated": FeatureSpec(dtype=tf.int32),
+    }
+    PACKING_FEATURE_DTYPES = {"decoder_segment_ids": tf.int32, "decoder_positions": tf.int32}
+    with_task_ids = False
+
+    def __init__(self, pack: bool = True, loss_on_targets_only: bool = True,
+                 bidirectional_prefix: bool = False, inputs: bool = True):
+        self.TASK_FEATURES = {"targets": FeatureSpec(dtype=tf.int32)}
+        if inputs:
+            self.TASK_FEATURES["inputs"] = FeatureSpec(dtype=tf.int32)
+        self.MODEL_FEATURES = dict(type(self).MODEL_FEATURES)
+        if bidirectional_prefix:
+            if not inputs:
+                raise ValueError("bidirectional_prefix needs inputs=True (a prompt to attend over)")
+            self.MODEL_FEATURES["decoder_causal_attention"] = FeatureSpec(dtype=tf.int32)
+        self.loss_on_targets_only = loss_on_targets_only
+        self.bidirectional_prefix = bidirectional_prefix
+        self.has_inputs = inputs
+        super().__init__(pack=pack)
+
+    def _trim(self, ex, lengths):
+        targets, cut = _cut(ex["targets"], lengths["targets"])
+        prompt = tf.zeros([0], tf.int32)
+        if self.has_inputs:
+            prompt, cut_in = _cut(ex["inputs"], lengths["inputs"])
+            cut = tf.maximum(cut, cut_in)
+        n_in, n_t = tf.size(prompt), tf.size(targets)
+        seq = tf.concat([prompt, targets], 0)
+        target_weight = tf.ones([n_t], tf.int32)
+        prompt_weight = tf.zeros([n_in], tf.int32) if self.loss_on_targets_only else tf.ones([n_in], tf.int32)
+        out = {"targets": seq, "targets_loss": tf.concat([prompt_weight, target_weight], 0),
+               "targets_truncated": _flag_first(seq, cut)}
+        if self.bidirectional_prefix:  # shifted inputs: BOS and every prompt token are prefix
+            out["targets_prefix"] = tf.cast(tf.range(n_in + n_t) <= n_in, tf.int32)
+        if self.with_task_ids:
+            out["targets_task"] = tf.fill([n_in + n_t], tf.cast(ex["task_id"], tf.int32))
+        return out
+
+    def _convert_features(self, ds, task_feature_lengths):
+        if self.with_task_ids:
+            _require_task_id(ds, type(self).__name__)
+        lengths = dict(task_feature_lengths)
+        total = self._total_length(lengths)
+        ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)
+        names = ["targets", "targets_loss", "targets_truncated"]
+        names += ["targets_prefix"] * self.bidirectional_prefix + ["targets_task"] * self.with_task_ids
+        ds = _pack_or_pad(ds, {k: total for k in names}, self.pack)
+        return ds.map(self._model_features, num_parallel_calls=AUTOTUNE)
+
+    def _total_length(self, lengths):
+        return lengths["targets"] + (lengths["inputs"] if self.has_inputs else 0)
+
+    def _model_features(self, ex):
+        segments = ex.get("targets_segment_ids")
+        tokens = ex["targets"]
+        out = {
+            "decoder_input_tokens": _shift_right(tokens, segments),
+            "decoder_target_tokens": tokens,
+            "decoder_loss_weights": tf.cast(ex["targets_loss"] * tf.cast(tokens > 0, tf.int32), tf.float32),
+            "decoder_truncated": ex["targets_truncated"],
+        }
+        if self.bidirectional_prefix:
+            out["decoder_causal_attention"] = ex["targets_prefix"]
+        if self.with_task_ids:
+            out["decoder_task_ids"] = ex["targets_task"]
+        if self.pack:
+            out.update(decoder_segment_ids=segments, decoder_positions=ex["targets_positions"])
+        return out
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        total = self._total_length(task_feature_lengths)
+        lengths = {k: total for k in self.MODEL_FEATURES}
+        if self.pack:
+            lengths.update(decoder_segment_ids=total, decoder_positions=total)
+        return lengths
+
+
+class MultiTaskDecoderConverter(DecoderConverter):
+    """`DecoderConverter` that keeps each example's `task_id` on its tokens."""
+
+    with_task_ids = True
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.MODEL_FEATURES["decoder_task_ids"] = FeatureSpec(dtype=tf.int32)
+
+
+class CandidatesConverter(_Converter):
+    """Question plus a fixed number of positive and negative candidate targets per example.
+
+    The task gives `inputs` [L_in], `positives` and `negatives` (ragged [n, None] token
+    lists). Slots `0..num_positives-1` hold positives, the rest negatives; missing
+    candidates are all-padding slots with `candidate_mask` 0, extra ones are dropped (and
+    counted as truncation). Candidates are targets of the encoder-decoder's decoder.
+    """
+
+    TASK_FEATURES = {"inputs": FeatureSpec(dtype=tf.int32),
+                     "positives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+                     "negatives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1)}
+    MODEL_FEATURES = {
+        "encoder_input_tokens": FeatureSpec(dtype=tf.int32),
+        "candidate_input_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+        "candidate_target_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+        "candidate_loss_weights": FeatureSpec(dtype=tf.float32, rank=2, sequence_dim=1),
+        "candidate_mask": FeatureSpec(dtype=tf.int32, rank=1),
+        "candidate_is_positive": FeatureSpec(dtype=tf.int32, rank=1),
+        "candidate_truncated": FeatureSpec(dtype=tf.int32, rank=1),
+    }
+
+    def __init__(self, num_positives: int = 1, num_negatives: int = 1, pack: bool = False):
+        if pack:
+            raise ValueError("CandidatesConverter does not pack: every row is one question with its "
+                             "candidate set; use pack=False")
+        if num_positives < 0 or num_negatives < 0 or num_positives + num_negatives == 0:
+            raise ValueError(f"need at least one candidate slot, got num_positives={num_positives}, "
+                             f"num_negatives={num_negatives}")
+        self.num_positives, self.num_negatives = num_positives, num_negatives
+        super().__init__(pack=False)
+
+    def _slots(self, candidates, count: int, length: int):
+        """Pads/trims a ragged [n, None] candidate set to a dense [count, length] block."""
+        candidates = tf.RaggedTensor.from_tensor(candidates) if isinstance(candidates, tf.Tensor) else candidates
+        n = candidates.nrows(out_type=tf.int32)
+        kept = candidates[:count]
+        too_long = tf.reduce_any(kept.row_lengths() > length)
+        dense = kept.to_tensor(default_value=0, shape=[count, length])
+        mask = tf.cast(tf.range(count) < n, tf.int32)
+        cut = tf.cast(tf.logical_or(n > count, too_long), tf.int32)
+        return dense, mask, cut
+
+    def _convert_features(self, ds, task_feature_lengths):
+        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
+        if task_feature_lengths["negatives"] != n_c:
+            raise ValueError(f"positives and negatives need the same length, got {dict(task_feature_lengths)}")
+
+        def convert(ex):
+            inputs, cut_in = _cut(ex["inputs"], n_in)
+            pos, pos_mask, cut_p = self._slots(ex["positives"], self.num_positives, n_c)
+            neg, neg_mask, cut_n = self._slots(ex["negatives"], self.num_negatives, n_c)
+            targets = tf.concat([pos, neg], 0)
+            k = self.num_positives + self.num_negatives
+            return {
+                "encoder_input_tokens": tf.pad(inputs, [[0, n_in - tf.size(inputs)]]),
+                "candidate_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
+                "candidate_target_tokens": targets,
+                "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
+                "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
+                "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
+                "candidate_truncated": _flag_first(tf.zeros([k], tf.int32), tf.reduce_max(
+                    tf.stack([cut_in, cut_p, cut_n]))),
+            }
+
+        return ds.map(convert, num_parallel_calls=AUTOTUNE)
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
+        k = self.num_positives + self.num_negatives
+        lengths = {k_: n_c for k_ in self.MODEL_FEATURES}
+        lengths.update(encoder_input_tokens=n_in, candidate_mask=k, candidate_is_positive=k,
+                       candidate_truncated=k)
+        return lengths

@@ -1,0 +1,153 @@
+"""Resumable streams of NumPy batches from seqio tasks, sharded over hosts.
+
+A `TaskStream` builds `task -> feature converter -> batch` with fixed seeds, so the k-th
+batch is a pure function of (task, split, lengths, converter, batch size, seed). Its state is
+the number of batches consumed; restoring rebuilds the pipeline and skips that many batches,
+so a resumed run sees exactly the batches an uninterrupted one would have.
+
+Hosts read data one of two ways (`host_sharding`):
+- `"rows"`: every host runs the same global pipeline and keeps its own rows of each global
+  batch. Global batches are identical for any host count (reproducible across topologies);
+  each host pays for preprocessing the whole stream. The default, right for fine-tuning sets.
+- `"source"`: each host reads its own shard of the source (`seqio.ShardInfo`) and batches
+  its rows locally; scales to large corpora, but batches depend on the host count.
+
+Truncation flags from the converters are popped from each batch and counted on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Mapping, Optional
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_rationale.data.converters import TRUNCATION_FEATURES
+
+HOST_SHARDING = ("rows", "source")
+PASSTHROUGH = ("task_id",)
+
+
+def _disable_tf_gpus() -> None:
+    """TensorFlow only feeds data: leave every accelerator to JAX."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised; nothing to do
+        pass
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What a stream reads: everything its batches depend on."""
+
+    mixture_or_task: str
+    split: str
+    task_feature_lengths: Mapping[str, int]
+    batch_size: int  # global batch size
+    shuffle: bool = True
+    seed: int = 0
+    num_epochs: Optional[int] = None  # None: repeat forever
+    host_sharding: str = "rows"
+
+    def __post_init__(self):
+        if self.host_sharding not in HOST_SHARDING:
+            raise ValueError(f"host_sharding must be one of {HOST_SHARDING}, got {self.host_sharding!r}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+
+class TaskStream(Iterator[dict]):
+    """Host-local NumPy batches of a seqio task or mixture; resumable by position.
+
+    Args:
+      spec: what to read.
+      converter: a seqio FeatureConverter (`converters.py`).
+      host_rows: this host's rows `slice` of each global batch (`Partitioner.host_rows`).
+      process_index, process_count: this host and the host count (for `"source"` sharding).
+    """
+
+    def __init__(self, spec: StreamSpec, converter: seqio.FeatureConverter, *, host_rows: slice,
+                 process_index: int = 0, process_count: int = 1):
+        _disable_tf_gpus()
+        self.spec, self.converter, self.host_rows = spec, converter, host_rows
+        self.process_index, self.process_count = process_index, process_count
+        self.position = 0
+        self.examples = 0
+        self.truncated_examples = 0
+        self._iterator = None
+        if spec.host_sharding == "source" and spec.batch_size % process_count:
+            raise ValueError(f"batch_size {spec.batch_size} is not divisible by {process_count} hosts")
+
+    # ------------------------------------------------------------------ building
+
+    def _dataset(self) -> tf.data.Dataset:
+        spec = self.spec
+        source_shard = spec.host_sharding == "source" and self.process_count > 1
+        shard_info = seqio.ShardInfo(self.process_index, self.process_count) if source_shard else None
+        provider = seqio.get_mixture_or_task(spec.mixture_or_task)
+        # A mixture keeps only output features unless told: keep the per-task id.
+        extra = {"passthrough_features": PASSTHROUGH} if isinstance(provider, seqio.Mixture) else {}
+        ds = provider.get_dataset(
+            sequence_length=dict(spec.task_feature_lengths), split=spec.split, shuffle=spec.shuffle,
+            seed=spec.seed, num_epochs=spec.num_epochs, shard_info=shard_info, use_cached=False,
+            trim_output_features=False, **extra)
+        ds = self.converter(ds, dict(spec.task_feature_lengths))
+        rows = spec.batch_size // self.process_count if source_shard else spec.batch_size
+        ds = ds.batch(rows, drop_remainder=spec.num_epochs is None)
+        options = tf.data.Options()
+        options.deterministic = True
+        return ds.with_options(options).skip(self.position).prefetch(2)
+
+    def _batches(self):
+        if self._iterator is None:
+            self._iterator = self._dataset().as_numpy_iterator()
+        return self._iterator
+
+    # ------------------------------------------------------------------ iteration
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = next(self._batches())
+        self.position += 1
+        self._count(batch)
+        if self.spec.host_sharding == "rows":
+            batch = {k: v[self.host_rows] for k, v in batch.items()}
+        return batch
+
+    def _count(self, batch: dict) -> None:
+        """Pops truncation flags and counts examples (packed segments) and truncated ones."""
+        for name in TRUNCATION_FEATURES:
+            if name in batch:
+                self.truncated_examples += int(batch.pop(name).sum())
+        if "decoder_segment_ids" in batch:
+            seg = batch["decoder_segment_ids"]
+            self.examples += int(sum(len(np.unique(row[row > 0])) for row in seg))
+        elif "candidate_mask" in batch:
+            self.examples += len(batch["candidate_mask"])
+        else:
+            self.examples += int((batch["decoder_target_tokens"] > 0).any(axis=1).sum())
+
+    def stats(self) -> dict[str, float]:
+        """Cumulative counts since the stream was created (this host's view of the stream)."""
+        return {"data/examples": float(self.examples), "data/truncated_examples": float(self.truncated_examples)}
+
+    # ------------------------------------------------------------------ state
+
+    def get_state(self) -> dict:
+        return {"position": self.position, "seed": self.spec.seed, "task": self.spec.mixture_or_task,
+                "split": self.spec.split, "process_count": self.process_count,
+                "host_sharding": self.spec.host_sharding}
+
+    def set_state(self, state: dict) -> None:
+        """Continues at `state['position']`; refuses a state from a different stream."""
+        mine = self.get_state()
+        for key in ("seed", "task", "split", "host_sharding"):
+            if key in state and state[key] != mine[key]:
+                raise ValueError(f"checkpointed data stream has {key}={state[key]!r}, this run reads "
+                                 f"{key}={mine[key]!r}; refusing to resume a different stream")
+        if self.spec.host_sharding == "source" and state.get("process_count", self.process_count) != self.process_count:
+            raise ValueError(f"checkpoint was written by {state['process_count']} hosts reading source shards; "
+                             f"this run has {self.process_count} (use host_sharding='rows' to change host count)")
+        self.position = int(state["position"])
+        self._iterator = None

@@ -1,0 +1,75 @@
+"""The SentencePiece vocabulary of the project: the shipped model, or any user model by path.
+
+The shipped model, `tokenizers/rationale_sp.model` (see `tokenizers/README.md`), is trained on
+the synthetic rationale corpus by `tokenizers/train_tokenizer.py`. Every model used with the
+tasks must keep T5's id layout: pad 0, eos 1, unk 2. The Quiet-STaR methods also need the
+thought pieces "<thought>" and "</thought>" as single ids (`thought_token_ids`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Optional
+
+import seqio
+
+DEFAULT_SPM_PATH = os.path.abspath(
+    os.path.join(os.path.dirname(__file__), "..", "..", "tokenizers", "rationale_sp.model"))
+THOUGHT_START = "<thought>"
+THOUGHT_END = "</thought>"
+COT_SEPARATOR = "-->"
+SPECIAL_PIECES = (THOUGHT_START, THOUGHT_END, COT_SEPARATOR, "---", "###")
+REQUIRED_IDS = {"pad": 0, "eos": 1, "unk": 2}
+
+
+def _exists(path: str) -> bool:
+    """Whether the model file exists (local paths, or any filesystem TensorFlow can read)."""
+    if "://" in path:
+        import tensorflow as tf  # only remote paths (gs://...) need TensorFlow's filesystems
+
+        return tf.io.gfile.exists(path)
+    return os.path.isfile(path)
+
+
+def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
+    """The seqio vocabulary of a SentencePiece model (default: the shipped one).
+
+    Raises:
+      FileNotFoundError: the model file does not exist.
+      ValueError: the model's pad / eos / unk ids are not 0 / 1 / 2.
+    """
+    path = os.fspath(path) if path is not None else DEFAULT_SPM_PATH
+    if not _exists(path):
+        hint = (" (the shipped model; rebuild it with `python tokenizers/train_tokenizer.py`)"
+                if os.path.abspath(path) == DEFAULT_SPM_PATH else "")
+        raise FileNotFoundError(f"SentencePiece model file {path} does not exist: expected a "
+                                f".model file written by the SentencePiece trainer{hint}")
+    return _load_checked(path, extra_ids)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_checked(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
+    """Loads the vocabulary once per (path, extra_ids) and checks its special ids."""
+    vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+    model = vocabulary.tokenizer
+    found = {"pad": model.pad_id(), "eos": model.eos_id(), "unk": model.unk_id()}
+    if found != REQUIRED_IDS:
+        raise ValueError(f"SentencePiece model {path} has ids {found}; the tasks need {REQUIRED_IDS} "
+                         f"(train it with pad_id=0, eos_id=1, unk_id=2)")
+    return vocabulary
+
+
+def piece_id(vocabulary, piece: str) -> int:
+    """The id of a piece that must be a single token of the vocabulary (ValueError if it is not)."""
+    model = getattr(vocabulary, "tokenizer", vocabulary)  # a seqio vocabulary or a SentencePieceProcessor
+    index = model.piece_to_id(piece)
+    if model.id_to_piece(index) != piece:  # unknown pieces map to unk
+        raise ValueError(f"the vocabulary has no piece {piece!r}; use a SentencePiece model trained with it "
+                         f"as a user-defined symbol, such as the shipped one ({DEFAULT_SPM_PATH})")
+    return index
+
+
+def thought_token_ids(vocabulary) -> tuple[int, int]:
+    """The ids of "<thought>" and "</thought>" (Quiet-STaR thought start and end)."""
+    return piece_id(vocabulary, THOUGHT_START), piece_id(vocabulary, THOUGHT_END)

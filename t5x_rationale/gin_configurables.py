@@ -1,0 +1,48 @@
+"""Library objects exposed to gin files (library code itself stays gin-free).
+
+The entry points are registered here too (`train`, `evaluate`, `infer`), so one gin file
+may bind all three. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
+`@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
+`@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@DecodeConfig()`,
+`@register_gsm8k()`, `@register_jsonl()`.
+"""
+
+from __future__ import annotations
+
+import gin
+
+from t5x_rationale import evaluate as evaluate_module
+from t5x_rationale import infer as infer_module
+from t5x_rationale import train as train_module
+from t5x_rationale.architectures import get_preset
+from t5x_rationale.data import converters
+from t5x_rationale.data import registry
+from t5x_rationale.decoding import DecodeConfig
+from t5x_rationale.objectives import token_loss
+from t5x_rationale.optimizers import OptimizerConfig
+from t5x_rationale.partitioning import MeshConfig
+
+
+@gin.configurable
+def model_config(preset: str = gin.REQUIRED, **overrides):
+    """A named architecture preset with field overrides (e.g. `vocab_size`, `dtype`)."""
+    return get_preset(preset, **overrides)
+
+
+for _cls in (converters.EncDecConverter, converters.MultiTaskEncDecConverter, converters.DecoderConverter,
+             converters.MultiTaskDecoderConverter, converters.CandidatesConverter):
+    gin.external_configurable(_cls)
+gin.external_configurable(OptimizerConfig)
+gin.external_configurable(MeshConfig)
+gin.external_configurable(DecodeConfig)
+gin.external_configurable(token_loss)
+gin.external_configurable(registry.register_gsm8k)
+gin.external_configurable(registry.register_jsonl)
+
+# The entry points, registered from their canonical modules (also under `python -m`, where
+# the running file is `__main__`): gin-bound versions by name.
+ENTRY_POINTS = {
+    "train": gin.external_configurable(train_module.train, "train"),
+    "evaluate": gin.external_configurable(evaluate_module.evaluate, "evaluate"),
+    "infer": gin.external_configurable(infer_module.infer, "infer"),
+}

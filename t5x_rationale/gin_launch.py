@@ -1,0 +1,104 @@
+"""Command-line gin for the entry points, T5X style.
+
+    python -m t5x_rationale.train --gin_file=runs/quickstart.gin --gin.train.num_steps=100
+
+`--gin_file` repeats (later files win), `--gin.KEY=VALUE` repeats (applied after every
+file), `--gin_search_paths=a,b` adds directories searched for files and their `include`s;
+the repo's `configs/` is always searched last. A gin `import my_tasks` line imports a user
+module (e.g. one that registers seqio tasks) from the working directory.
+
+Multi-host: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` initialise
+`jax.distributed` before anything touches a device (CPU processes talk over gloo). On TPU
+pods and SLURM/GPU clusters `--distributed` alone lets JAX detect the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import gin
+
+CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding could not be parsed or bound; the message says which."""
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Splits `--gin_file`, `--gin_search_paths` and `--gin.KEY=VALUE` flags."""
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    parser.add_argument("--gin_search_paths", default="", help="comma-separated directories")
+    parser.add_argument("--coordinator_address", help="jax.distributed coordinator HOST:PORT")
+    parser.add_argument("--num_processes", type=int, help="jax.distributed process count")
+    parser.add_argument("--process_id", type=int, help="this process's index")
+    parser.add_argument("--distributed", action="store_true", help="auto-detected jax.distributed cluster")
+    args, rest = parser.parse_known_args(argv)
+    args.gin_bindings = []
+    for flag in rest:
+        if not flag.startswith("--gin.") or "=" not in flag:
+            raise GinConfigError(f"unknown flag {flag!r}; expected --gin_file=F, --gin_search_paths=D "
+                                 "or --gin.KEY=VALUE")
+        key, value = flag[len("--gin."):].split("=", 1)
+        args.gin_bindings.append(f"{key} = {value}")
+    return args
+
+
+def _resolve(name: str, search_paths: list[str]) -> str:
+    if os.path.isfile(name):
+        return name
+    for directory in search_paths:
+        candidate = os.path.join(directory, name)
+        if os.path.isfile(candidate):
+            return candidate
+    raise GinConfigError(f"gin file {name!r} not found in the working directory or in {search_paths}")
+
+
+def parse_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+    """Parses files then bindings into gin's global config; errors name the file or binding."""
+    paths = [p for p in search_paths if p] + [str(CONFIGS_DIR)]
+    for path in paths:
+        gin.add_config_file_search_path(path)
+    files = [_resolve(f, paths) for f in gin_files]
+    try:
+        gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    except Exception as e:  # gin raises ValueError/SyntaxError/ImportError with file + line
+        raise GinConfigError(f"in gin files {files}: {e}") from e
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except Exception as e:
+            raise GinConfigError(f"bad gin binding --gin.{binding.replace(' = ', '=', 1)}: {e}") from e
+    gin.finalize()
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
+    """Starts jax.distributed when asked to (explicit coordinator or auto-detection)."""
+    import jax
+
+    if args.coordinator_address:
+        if args.num_processes is None or args.process_id is None:
+            raise GinConfigError("--coordinator_address needs --num_processes and --process_id")
+        # CPU collectives (only the CPU backend reads this setting).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+    elif args.distributed:
+        jax.distributed.initialize()
+
+
+def run(entry_point: str, argv: Sequence[str] | None = None) -> object:
+    """Parses the command line into gin, then calls the gin-bound entry point by name."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    initialize_distributed(args)
+    from t5x_rationale.gin_configurables import ENTRY_POINTS
+
+    if not args.gin_file:
+        raise GinConfigError("no --gin_file given (e.g. --gin_file=runs/quickstart.gin)")
+    gin.clear_config()
+    parse_config(args.gin_file, args.gin_bindings, args.gin_search_paths.split(","))
+    return ENTRY_POINTS[entry_point]()

@@ -1,0 +1,74 @@
+"""Training metrics to a JSONL file, TensorBoard event files and a console progress line.
+
+Only process 0 writes. `metrics.jsonl` gets one object per logged step (appended, so a
+resumed run continues the same file); TensorBoard events go to `run_dir/tensorboard`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Optional, TextIO
+
+import jax
+
+
+class MetricsWriter:
+    """Writes every `log_every`-th step's metrics and keeps a one-line console progress bar.
+
+    Args:
+      run_dir: the run directory (must exist).
+      total_steps: for the progress bar.
+      log_every: write JSONL/TensorBoard rows every this many steps (and the last step).
+      stream: console stream (None: stderr); `console=False` silences it.
+    """
+
+    def __init__(self, run_dir: str, *, total_steps: int, log_every: int = 10, console: bool = True,
+                 stream: Optional[TextIO] = None, tensorboard: bool = True):
+        self.active = jax.process_index() == 0
+        self.total_steps, self.log_every = total_steps, max(1, log_every)
+        self.console = console and self.active
+        self.stream = stream or sys.stderr
+        self._jsonl = self._tb = None
+        self._start = time.perf_counter()
+        if self.active:
+            self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.active:
+            return
+        if step % self.log_every == 0 or step == self.total_steps:
+            self._jsonl.write(json.dumps({"step": step, **metrics}, sort_keys=True) + "\n")
+            self._jsonl.flush()
+            if self._tb is not None:
+                for name, value in metrics.items():
+                    self._tb.add_scalar(name, value, step)
+        if self.console:
+            self._progress(step, metrics)
+
+    def _progress(self, step: int, metrics: dict[str, float]) -> None:
+        width = 30
+        done = int(width * step / max(self.total_steps, 1))
+        parts = [f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{self.total_steps}",
+                 f"loss {metrics.get('loss', float('nan')):.4f}"]
+        if "tokens_per_s" in metrics:
+            parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
+        if "mfu" in metrics:
+            parts.append(f"MFU {100 * metrics['mfu']:.0f}%")
+        parts.append(f"{time.perf_counter() - self._start:.0f}s")
+        self.stream.write("  ".join(parts) + ("\n" if step == self.total_steps else ""))
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self.console:
+            self.stream.write("\n")
+            self.stream.flush()

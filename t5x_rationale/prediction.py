@@ -1,0 +1,127 @@
+"""Batched, sharded prediction over task examples: the engine behind evaluate and infer.
+
+Examples come from a seqio task (`inputs`, `targets` and their `_pretokenized` text),
+unshuffled and unpacked. Inputs longer than `input_length` are truncated and counted. For a
+decoder-only model the prompt is `[0] + inputs`, as the training converter feeds it (the
+decoder's inputs are its targets shifted right with 0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+import optax
+import seqio
+from jax.experimental import multihost_utils
+
+from t5x_rationale.architectures import T5Config, build_model
+from t5x_rationale.checkpoints import restore_params
+from t5x_rationale.decoding import DecodeConfig, decode
+from t5x_rationale.partitioning import Partitioner
+from t5x_rationale.trainer import Trainer
+
+
+def load_examples(task_name: str, split: str, *, max_examples: Optional[int] = None) -> list[dict]:
+    """A task split's examples in file order, as NumPy/bytes dicts (after preprocessing)."""
+    task = seqio.get_mixture_or_task(task_name)
+    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                          use_cached=False, trim_output_features=False)
+    if max_examples is not None:
+        ds = ds.take(max_examples)
+    return list(ds.as_numpy_iterator())
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Decoded texts in example order, and how many inputs were truncated."""
+
+    texts: list[str]
+    truncated_inputs: int
+
+
+class Predictor:
+    """Restores a model's params from a checkpoint and decodes batches of examples.
+
+    Args:
+      model_config: the architecture config the checkpoint was trained with.
+      checkpoint_path: a run's `checkpoints/` directory (latest step) or one step directory.
+      partitioner: mesh + rules; params are restored sharded onto it.
+      vocabulary: detokenizes outputs.
+      decode_config: how to decode.
+      batch_size: global rows per decode call (the last batch is padded).
+      input_length: encoder input / prompt length; longer inputs are truncated and counted.
+    """
+
+    def __init__(self, model_config, checkpoint_path: str, partitioner: Partitioner,
+                 vocabulary: seqio.Vocabulary, decode_config: DecodeConfig, *, batch_size: int, input_length: int):
+        partitioner.check_global_batch_size(batch_size)
+        self.model_config, self.partitioner, self.vocabulary = model_config, partitioner, vocabulary
+        self.decode_config, self.batch_size, self.input_length = decode_config, batch_size, input_length
+        self.encoder_decoder = isinstance(model_config, T5Config)
+        self.model = build_model(model_config)
+        self._shell = Trainer(self.model, lambda *a: None, optax.identity(), partitioner)
+        abstract = self._shell.abstract_state(self._shape_batch()).params
+        self.params, self.step = restore_params(checkpoint_path, abstract)
+
+    def _shape_batch(self) -> dict[str, np.ndarray]:
+        ones = np.ones((self.batch_size, self.input_length), np.int32)
+        if self.encoder_decoder:
+            return {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
+        return {"decoder_input_tokens": ones}
+
+    def _rows(self, examples: Sequence[dict]) -> tuple[np.ndarray, int]:
+        """[n, input_length] right-padded input rows and the number of truncated inputs."""
+        width = self.input_length
+        rows = np.zeros((len(examples), width), np.int32)
+        truncated = 0
+        for i, ex in enumerate(examples):
+            tokens = np.asarray(ex["inputs"], np.int32)
+            if not self.encoder_decoder:
+                tokens = np.concatenate([[0], tokens])
+            truncated += len(tokens) > width
+            tokens = tokens[:width]
+            rows[i, :len(tokens)] = tokens
+        return rows, truncated
+
+    def predict(self, examples: Sequence[dict], rng: Optional[jax.Array] = None) -> Predictions:
+        """Decoded text for every example (EOS and what follows removed)."""
+        rows, truncated = self._rows(examples)
+        key = "encoder_input_tokens" if self.encoder_decoder else "decoder_prompt_tokens"
+        host = self.partitioner.host_rows(self.batch_size)
+        texts: list[str] = []
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        for start in range(0, len(rows), self.batch_size):
+            chunk = rows[start:start + self.batch_size]
+            padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
+            batch = self.partitioner.host_batch_to_global({key: padded[host]})
+            with self._shell.context():
+                result = decode(self.model, self.params, batch, self.decode_config,
+                                rng=jax.random.fold_in(rng, start))
+            tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
+            texts += [self._detokenize(t) for t in tokens[:len(chunk)]]
+        return Predictions(texts, truncated)
+
+    def _detokenize(self, tokens: np.ndarray) -> str:
+        eos = np.flatnonzero(tokens == self.decode_config.eos_id)
+        tokens = tokens[:eos[0]] if len(eos) else tokens
+        return self.vocabulary.decode([int(t) for t in tokens if t > 0])
+
+
+def score_task(task: seqio.Task, examples: Sequence[dict], predictions: Sequence[str]) -> dict[str, float]:
+    """The task's metric_fns over postprocessed predictions and targets."""
+    targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True) for ex in examples]
+    outputs = [task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)]
+    scores: dict[str, float] = {}
+    for metric_fn in task.metric_fns:
+        scores.update(metric_fn(targets, outputs))
+    return scores
+
+
+def text_of(value: Any) -> str:
+    """bytes/str/NumPy scalar -> str."""
+    if isinstance(value, (bytes, np.bytes_)):
+        return value.decode("utf-8")
+    return str(value)

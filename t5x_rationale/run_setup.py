@@ -1,0 +1,58 @@
+"""Checks and defaults shared by the train, evaluate and infer entry points."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Optional
+
+import seqio
+
+import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
+from t5x_rationale.architectures import T5Config
+from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
+from t5x_rationale.data.vocab import get_vocabulary
+
+
+def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVocabulary:
+    """The SentencePiece vocabulary, checked to fit the model's embedding table."""
+    vocabulary = get_vocabulary(path)
+    if vocabulary.vocab_size > model_config.vocab_size:
+        raise ValueError(f"the tokenizer {vocabulary.sentencepiece_model_file} has {vocabulary.vocab_size} "
+                         f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
+                         f"model_config.vocab_size >= {vocabulary.vocab_size}")
+    return vocabulary
+
+
+def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mixture:
+    """The registered task or mixture `name`; a clear error if unknown or tokenized differently."""
+    registered = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=5)
+        raise ValueError(f"no seqio task or mixture named {name!r}"
+                         + (f"; did you mean {close}?" if close else "")
+                         + " (register it in a module imported by your gin file: `import my_tasks`)")
+    task = seqio.get_mixture_or_task(name)
+    for feature_name, feature in task.output_features.items():
+        vocab = feature.vocabulary
+        if isinstance(vocab, seqio.SentencePieceVocabulary) and isinstance(vocabulary, seqio.SentencePieceVocabulary):
+            if os.path.abspath(vocab.sentencepiece_model_file) != os.path.abspath(vocabulary.sentencepiece_model_file):
+                raise ValueError(f"task {name!r} feature {feature_name!r} is tokenized with "
+                                 f"{vocab.sentencepiece_model_file}, but this run uses "
+                                 f"{vocabulary.sentencepiece_model_file}")
+    return task
+
+
+def default_converter(model_config) -> seqio.FeatureConverter:
+    """Packed encoder-decoder or decoder-only (loss on targets) converter for the architecture."""
+    return EncDecConverter(pack=True) if isinstance(model_config, T5Config) else DecoderConverter(pack=True)
+
+
+def model_info(trainer, example_batch: dict, model_config) -> str:
+    """`model-info.txt`: the config, then every param with shape, logical axes and mesh sharding."""
+    abstract, specs, shardings, notes = trainer.layout(example_batch)
+    table = trainer.partitioner.describe(abstract.params, shardings.params, specs.params)
+    lines = [f"model: {model_config}", f"mesh: {dict(trainer.partitioner.mesh.shape)}", "", table]
+    if notes:
+        lines += ["", "replicated because the mesh axes do not divide the dimension:", *notes]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,124 @@
+"""Training entry point (gin-bound, T5X style).
+
+    python -m t5x_rationale.train --gin_file=runs/quickstart.gin [--gin.train.num_steps=100]
+
+The run directory gets `config.gin`, `model-info.txt`, `checkpoints/`, `metrics.jsonl` and
+`tensorboard/`. Running the same command again resumes from the latest checkpoint, with the
+data stream continuing where it stopped. Everything is validated (tokenizer, task, first
+batch, model, mesh) before the run directory is created, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Mapping, Optional
+
+import gin
+import jax
+import seqio
+
+from t5x_rationale import run_setup
+from t5x_rationale.architectures import build_model
+from t5x_rationale.checkpoints import Checkpointer
+from t5x_rationale.data.pipeline import StreamSpec, TaskStream
+from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.metrics_writer import MetricsWriter
+from t5x_rationale.objectives import token_loss
+from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.run_files import write_run_info
+from t5x_rationale.trainer import Throughput, Trainer, TrainState
+from t5x_rationale.training_loop import train_loop
+
+log = logging.getLogger(__name__)
+
+
+def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
+          num_steps: int = gin.REQUIRED, run_dir: str = gin.REQUIRED,
+          converter: Optional[seqio.FeatureConverter] = None, objective: Callable = token_loss,
+          optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(),
+          split: str = "train", seed: int = 0, data_seed: int = 0, host_sharding: str = "rows",
+          num_microbatches: int = 1, save_every: int = 500, keep_checkpoints: Optional[int] = 3,
+          restore_path: Optional[str] = None, log_every: int = 10, vocabulary_path: Optional[str] = None,
+          measure_mfu: bool = True, console: bool = True) -> TrainState:
+    """Trains `model_config` on a seqio task or mixture until step `num_steps`.
+
+    Args:
+      model_config: an architecture config (`model_config()` in gin).
+      mixture_or_task_name: a registered seqio task or mixture.
+      task_feature_lengths: e.g. `{"inputs": 128, "targets": 128}`; longer examples are
+        truncated and counted (`data/truncated_examples`).
+      batch_size: global batch size (rows of packed examples).
+      num_steps: train until the state's step reaches this.
+      run_dir: checkpoints, metrics and config land here; an existing run resumes.
+      converter: feature converter (default: packed enc-dec or decoder-only, by architecture).
+      objective: `loss(model, params, batch, rng) -> (loss, metrics)`.
+      optimizer, mesh: optimizer/schedule and mesh settings.
+      split, data_seed, host_sharding: what the stream reads (see `data/pipeline.py`).
+      seed: parameter init and dropout seed.
+      num_microbatches: gradient accumulation.
+      save_every, keep_checkpoints, restore_path: checkpointing (restore order: latest in
+        run_dir, then `restore_path`, then fresh init).
+      log_every: metrics rows every this many steps.
+      vocabulary_path: SentencePiece model (default: the shipped one).
+      measure_mfu: measure the matmul peak first and report MFU.
+      console: print a progress line.
+    """
+    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
+    run_setup.check_task(mixture_or_task_name, vocabulary)
+    partitioner = Partitioner(create_mesh(mesh))
+    converter = converter or run_setup.default_converter(model_config)
+    spec = StreamSpec(mixture_or_task_name, split, dict(task_feature_lengths), batch_size, shuffle=True,
+                      seed=data_seed, host_sharding=host_sharding)
+    stream = TaskStream(spec, converter, host_rows=partitioner.host_rows(batch_size),
+                        process_index=jax.process_index(), process_count=jax.process_count())
+    example = next(stream)  # proves the data reads and gives the batch shapes
+    tx, schedule = make_optimizer(optimizer)
+    trainer = Trainer(build_model(model_config), objective, tx, partitioner, learning_rate_fn=schedule,
+                      num_microbatches=num_microbatches)
+    abstract = trainer.abstract_state(example)
+    write_run_info(run_dir, config_gin=gin.config_str(),
+                   model_info=run_setup.model_info(trainer, example, model_config))
+    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints,
+                                save_every=save_every)
+    state, data_state, source = checkpointer.restore_or_init(
+        abstract, lambda: trainer.init_state(seed, example), explicit_path=restore_path)
+    stream.set_state(data_state if data_state else {"position": 0})
+    log.info("train: %s from %s at step %d", mixture_or_task_name, source, int(state.step))
+    if console and jax.process_index() == 0:
+        print(f"train: starting from {source} at step {int(state.step)} of {num_steps}", flush=True)
+    throughput = _throughput(model_config, spec, converter, measure_mfu)
+    writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
+
+    def on_metrics(step: int, values: dict) -> None:
+        writer(step, {**values, **stream.stats()})
+
+    try:
+        state = train_loop(trainer, state, stream, num_steps=num_steps, checkpointer=checkpointer,
+                           throughput=throughput, on_metrics=on_metrics)
+    finally:
+        writer.close()
+        checkpointer.close()
+    return state
+
+
+def _throughput(model_config, spec: StreamSpec, converter, measure_mfu: bool) -> Throughput:
+    lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
+    input_length = lengths.get("encoder_input_tokens", 0)
+    target_length = lengths["decoder_target_tokens"]
+    flops = train_step_flops(model_config, spec.batch_size, target_length=target_length,
+                             input_length=input_length)
+    peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
+    return Throughput(tokens_per_step=spec.batch_size * (input_length + target_length),
+                      flops_per_step=flops, peak_flops=peak)
+
+
+def main() -> None:
+    from t5x_rationale.gin_launch import run
+    run("train")
+
+
+if __name__ == "__main__":
+    main()
