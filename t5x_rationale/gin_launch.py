@@ -15,6 +15,7 @@ pods and SLURM/GPU clusters `--distributed` alone lets JAX detect the cluster.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -59,16 +60,27 @@ def _resolve(name: str, search_paths: list[str]) -> str:
     raise GinConfigError(f"gin file {name!r} not found in the working directory or in {search_paths}")
 
 
+class _QuietSearchMisses(logging.Filter):
+    """gin logs an ERROR for every search-path prefix an `include` is not under; drop those."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg != "Path not found: %s"
+
+
 def parse_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parses files then bindings into gin's global config; errors name the file or binding."""
     paths = [p for p in search_paths if p] + [str(CONFIGS_DIR)]
     for path in paths:
         gin.add_config_file_search_path(path)
     files = [_resolve(f, paths) for f in gin_files]
+    quiet = _QuietSearchMisses()
+    logging.getLogger().addFilter(quiet)
     try:
         gin.parse_config_files_and_bindings(files, [], finalize_config=False)
     except Exception as e:  # gin raises ValueError/SyntaxError/ImportError with file + line
         raise GinConfigError(f"in gin files {files}: {e}") from e
+    finally:
+        logging.getLogger().removeFilter(quiet)
     for binding in bindings:
         try:
             gin.parse_config(binding)

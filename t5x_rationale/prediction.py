@@ -24,14 +24,27 @@ from t5x_rationale.partitioning import Partitioner
 from t5x_rationale.trainer import Trainer
 
 
-def load_examples(task_name: str, split: str, *, max_examples: Optional[int] = None) -> list[dict]:
-    """A task split's examples in file order, as NumPy/bytes dicts (after preprocessing)."""
+def load_examples(task_name: str, split: str, *, max_examples: Optional[int] = None,
+                  unique_ids: bool = True) -> list[dict]:
+    """A task split's examples in file order, as NumPy/bytes dicts (after preprocessing).
+
+    With `unique_ids`, only the first row of each `id` is kept: a chain-of-thought task has
+    one row per teacher rationale, but a question is answered (and scored) once.
+    """
     task = seqio.get_mixture_or_task(task_name)
     ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
                           use_cached=False, trim_output_features=False)
-    if max_examples is not None:
-        ds = ds.take(max_examples)
-    return list(ds.as_numpy_iterator())
+    examples, seen = [], set()
+    for ex in ds.as_numpy_iterator():
+        key = ex.get("id")
+        if unique_ids and key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        examples.append(ex)
+        if max_examples is not None and len(examples) == max_examples:
+            break
+    return examples
 
 
 @dataclasses.dataclass

@@ -109,3 +109,42 @@ def test_unknown_task_suggests_close_names(tmp_path):
 def test_model_vocab_smaller_than_tokenizer_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="vocab_size"):
         _train(tmp_path / "run", 2, model_config=get_preset("t5-tiny"))
+
+
+USER_TASKS = '''
+from t5x_rationale.data.registry import register_jsonl
+
+register_jsonl("my_teacher", train="{train}", validation="{validation}")
+'''
+USER_GIN = '''
+import my_tasks_module
+
+include 'runs/quickstart.gin'
+TASK = 'my_teacher_cot'
+RUN_DIR = '{run_dir}'
+INPUT_LENGTH = 48
+TARGET_LENGTH = 48
+model_config.emb_dim = 64
+model_config.num_encoder_layers = 1
+model_config.num_decoder_layers = 1
+train.batch_size = 8
+train.num_steps = 2
+train.measure_mfu = False
+train.console = False
+'''
+
+
+def test_users_jsonl_task_trains_from_a_gin_file(tmp_path, monkeypatch):
+    """The README's own-task recipe: a module registers a JSONL file, a gin file imports it."""
+    from t5x_rationale import gin_launch
+    rows = [{"id": str(i), "input": f"What is {i} + {i}?", "label": str(2 * i),
+             "rationales": [f"{i} + {i} = {2 * i}.", f"Twice {i} is {2 * i}."]} for i in range(12)]
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "my_tasks_module.py").write_text(USER_TASKS.format(
+        train=tmp_path / "train.jsonl", validation=tmp_path / "validation.jsonl"))
+    (tmp_path / "my_run.gin").write_text(USER_GIN.format(run_dir=tmp_path / "run"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    state = gin_launch.run("train", [f"--gin_file={tmp_path / 'my_run.gin'}"])
+    assert int(state.step) == 2
+    assert "my_teacher_cot" in (tmp_path / "run" / "config.gin").read_text()
