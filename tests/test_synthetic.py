@@ -16,6 +16,7 @@ import sys
 import pytest
 
 from t5x_rationale.data import synthetic
+from t5x_rationale.data.metrics import extract_answer
 
 ROW_KEYS = {"id", "input", "label", "rationales", "negatives", "negative_labels"}
 EQUATION = re.compile(r"(\d+) ([-+*/]) (\d+) = (\d+)")
@@ -183,19 +184,20 @@ def test_every_story_type_occurs():
         assert sum(bool(re.search(marker, q)) for q in questions) > 0.05 * len(questions), story
 
 
-def test_parse_answer():
+def test_answers_parse_back_with_the_task_metric():
     for row in all_rows()[:300]:
         for text in row["rationales"]:
-            assert synthetic.parse_answer(text) == row["label"]
+            assert extract_answer(text) == row["label"]
         for text, wrong in zip(row["negatives"], row["negative_labels"]):
-            assert synthetic.parse_answer(text) == wrong
-        assert synthetic.parse_answer(synthetic.plain_text(row)) == row["label"]
-        assert synthetic.parse_answer(f"{row['rationales'][0][:-20]} --> {row['label']}") == row["label"]
-    assert synthetic.parse_answer("The answer is 1,200.") == "1200"
-    assert synthetic.parse_answer("3 + 4 = 7 so 7 - 2 = 5 --> 5.0") == "5"
-    assert synthetic.parse_answer("we get 3 then 12") == "12"
-    assert synthetic.parse_answer("the answer is -4") == "-4"
-    assert synthetic.parse_answer("no number here") is None
+            assert extract_answer(text) == wrong
+        assert extract_answer(synthetic.plain_text(row)) == row["label"]
+        assert extract_answer(f"{row['rationales'][0][:-20]} --> {row['label']}") == row["label"]
+    assert extract_answer("The answer is 1,200.") == "1200"
+    assert extract_answer("3 + 4 = 7 so 7 - 2 = 5 --> 5.0") == "5"
+    assert extract_answer("we get 3 then 12") == "12"
+    assert extract_answer("the answer is -4") == "-4"
+    assert extract_answer("no number here") == "no number here"  # a text label
+    assert extract_answer("  ") is None
 
 
 def test_plain_text_is_one_line_with_question_rationale_and_answer():

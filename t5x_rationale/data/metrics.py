@@ -3,7 +3,7 @@
 A chain-of-thought output ends in `"... --> 42"`; a label output is just `"42"`; teacher-style
 prose ends in `"The answer is 42."`. `extract_answer` finds the answer in any of these and
 normalises numbers (`"1,000"` -> `"1000"`, `"5.0"` -> `"5"`), so the same metric scores
-label-only, step-by-step and CoT students.
+label-only, step-by-step and CoT students, and the synthetic corpus's own rationales.
 """
 
 from __future__ import annotations
@@ -11,34 +11,46 @@ from __future__ import annotations
 import re
 from typing import Optional, Sequence
 
+from t5x_rationale.data.sources import parse_number
+
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
-_ANSWER_IS = re.compile(r"answer is\s*:?\s*(.+?)\s*\.?\s*$", re.IGNORECASE)
+_MARKERS = (re.compile(re.escape("-->")), re.compile(r"answer is", re.IGNORECASE))
 
 
 def normalize_answer(text: str) -> str:
-    """Canonical form of an answer: numbers without commas, '$' or trailing zeros; else stripped text."""
-    text = text.strip().rstrip(".").strip()
-    match = _NUMBER.fullmatch(text.replace(" ", ""))
-    if not match:
-        return text
-    number = text.replace(" ", "").replace(",", "").replace("$", "")
-    if "." in number:
-        number = number.rstrip("0").rstrip(".")
-    return "0" if number in ("-0", "") else number
+    """Canonical form of an answer: a number as `sources.parse_number` writes it, else the text
+    without surrounding whitespace and a final period."""
+    text = text.strip()
+    return parse_number(text.rstrip(".")) or text.rstrip(".").strip()
+
+
+def _first_number(text: str) -> Optional[str]:
+    for match in _NUMBER.finditer(text):
+        number = parse_number(match.group().rstrip(","))
+        if number is not None:
+            return number
+    return None
 
 
 def extract_answer(text: str) -> Optional[str]:
-    """The answer in a model output: after the last '-->', else after 'answer is', else the text."""
-    if "-->" in text:
-        tail = text.rsplit("-->", 1)[1]
-    else:
-        match = _ANSWER_IS.search(text)
-        tail = match.group(1) if match else text
-    tail = tail.strip()
-    if not tail:
+    """The answer in a model output, or None when it gives none.
+
+    After the last '-->' (chain of thought), else after the last 'answer is' (teacher
+    prose): the first number there, else that text. Without a marker: the whole text if it is
+    a number or has none, else its last number.
+    """
+    for marker in _MARKERS:
+        matches = list(marker.finditer(text))
+        if matches:
+            tail = text[matches[-1].end():].strip()
+            return (_first_number(tail) or normalize_answer(tail)) if tail else None
+    if not text.strip():
         return None
-    numbers = _NUMBER.findall(tail)
-    return normalize_answer(numbers[0] if len(numbers) == 1 else tail)
+    whole = normalize_answer(text)
+    numbers = [n for n in (parse_number(m.group().rstrip(",")) for m in _NUMBER.finditer(text)) if n]
+    if parse_number(whole) is not None or not numbers:
+        return whole
+    return numbers[-1]
 
 
 def answer_postprocessor(output: str, example=None, is_target: bool = False) -> Optional[str]:

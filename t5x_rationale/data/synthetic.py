@@ -48,7 +48,6 @@ import hashlib
 import itertools
 import json
 import os
-import re
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -1002,33 +1001,3 @@ def write_corpus(out_dir: str | os.PathLike, *, sizes: Optional[dict[str, int]] 
             f.writelines(plain_text(row) + "\n" for row in rows)
         paths[f"{split}.jsonl"], paths[f"{split}.txt"] = jsonl, txt
     return paths
-
-
-# ---------------------------------------------------------------------------- answers
-
-_NUMBER = re.compile(r"(?<!\d)-?\d+(?:,\d{3})*(?:\.\d+)?")
-_ANSWER_IS = re.compile(r"the answer is", re.IGNORECASE)
-
-
-def _normalize_number(text: str) -> str:
-    """"1,200" -> "1200", "5.0" -> "5", "-0" -> "0"."""
-    text = text.replace(",", "")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def parse_answer(text: str) -> Optional[str]:
-    """The final answer in generated text, or None.
-
-    The number after the last "The answer is", else the first number after the last "-->",
-    else the last number in the text.
-    """
-    for marker in (_ANSWER_IS, re.compile(re.escape("-->"))):
-        matches = list(marker.finditer(text))
-        if matches:
-            number = _NUMBER.search(text, matches[-1].end())
-            if number:
-                return _normalize_number(number.group())
-    numbers = _NUMBER.findall(text)
-    return _normalize_number(numbers[-1]) if numbers else None
