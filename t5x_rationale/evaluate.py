@@ -33,7 +33,8 @@ def _tasks_with_metrics(name: str) -> list[seqio.Task]:
 
 
 def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-             checkpoint_path: str = gin.REQUIRED, output_dir: Optional[str] = None, split: str = "validation",
+             checkpoint_path: Optional[str] = None, run_dir: Optional[str] = None,
+             output_dir: Optional[str] = None, split: str = "validation",
              input_length: int = 128, decode_config: DecodeConfig = DecodeConfig(max_decode_length=128),
              batch_size: int = 32, max_examples: Optional[int] = None, mesh: MeshConfig = MeshConfig(),
              vocabulary_path: Optional[str] = None, seed: int = 0) -> dict[str, dict[str, float]]:
@@ -43,6 +44,7 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
       model_config: the architecture the checkpoint was trained with.
       mixture_or_task_name: a task, or a mixture whose scored tasks are each evaluated.
       checkpoint_path: a run's `checkpoints/` directory (latest step) or one step directory.
+      run_dir: instead of `checkpoint_path`: a training run directory (its latest checkpoint).
       output_dir: where metrics and predictions go (default: `<run>/eval` beside checkpoints).
       split, max_examples: which examples.
       input_length: encoder input / prompt length (longer inputs truncated and counted).
@@ -50,6 +52,9 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
       batch_size: global decode batch.
       mesh, vocabulary_path, seed: as in training; seed feeds sampling.
     """
+    if (checkpoint_path is None) == (run_dir is None):
+        raise ValueError("give exactly one of evaluate.checkpoint_path and evaluate.run_dir")
+    checkpoint_path = checkpoint_path or os.path.join(run_dir, "checkpoints")
     vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
     run_setup.check_task(mixture_or_task_name, vocabulary)
     tasks = _tasks_with_metrics(mixture_or_task_name)

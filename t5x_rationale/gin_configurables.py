@@ -3,7 +3,7 @@
 The entry points are registered here too (`train`, `evaluate`, `infer`), so one gin file
 may bind all three. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
-`@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@DecodeConfig()`,
+`@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`,
 `@register_gsm8k()`, `@register_jsonl()`.
 """
 
@@ -18,7 +18,7 @@ from t5x_rationale.architectures import get_preset
 from t5x_rationale.data import converters
 from t5x_rationale.data import registry
 from t5x_rationale.decoding import DecodeConfig
-from t5x_rationale.objectives import token_loss
+from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.optimizers import OptimizerConfig
 from t5x_rationale.partitioning import MeshConfig
 
@@ -36,6 +36,8 @@ gin.external_configurable(OptimizerConfig)
 gin.external_configurable(MeshConfig)
 gin.external_configurable(DecodeConfig)
 gin.external_configurable(token_loss)
+gin.external_configurable(step_by_step_loss)
+gin.external_configurable(kd_loss)
 gin.external_configurable(registry.register_gsm8k)
 gin.external_configurable(registry.register_jsonl)
 

@@ -21,7 +21,7 @@ from t5x_rationale.architectures import T5Config, build_model
 from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.decoding import DecodeConfig, decode
 from t5x_rationale.partitioning import Partitioner
-from t5x_rationale.trainer import Trainer
+from t5x_rationale.trainer import Trainer, abstract_params
 
 
 def load_examples(task_name: str, split: str, *, max_examples: Optional[int] = None,
@@ -75,9 +75,9 @@ class Predictor:
         self.decode_config, self.batch_size, self.input_length = decode_config, batch_size, input_length
         self.encoder_decoder = isinstance(model_config, T5Config)
         self.model = build_model(model_config)
-        self._shell = Trainer(self.model, lambda *a: None, optax.identity(), partitioner)
-        abstract = self._shell.abstract_state(self._shape_batch()).params
-        self.params, self.step = restore_params(checkpoint_path, abstract)
+        self._shell = Trainer(self.model, None, optax.identity(), partitioner)  # for its mesh context
+        self.params, self.step = restore_params(checkpoint_path,
+                                                abstract_params(self.model, partitioner, self._shape_batch()))
 
     def _shape_batch(self) -> dict[str, np.ndarray]:
         ones = np.ones((self.batch_size, self.input_length), np.int32)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 from typing import Optional
 
 import seqio
 
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
-from t5x_rationale.architectures import T5Config
+from t5x_rationale.architectures import T5Config, build_model
+from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
 from t5x_rationale.data.vocab import get_vocabulary
+from t5x_rationale.trainer import abstract_params
 
 
 def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVocabulary:
@@ -41,6 +44,19 @@ def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mi
                                  f"{vocab.sentencepiece_model_file}, but this run uses "
                                  f"{vocabulary.sentencepiece_model_file}")
     return task
+
+
+def attach_teacher(objective, teacher_config, teacher_checkpoint: Optional[str], partitioner, example_batch):
+    """(objective, constants): with a teacher, its restored sharded params and `teacher_model` bound."""
+    if teacher_config is None:
+        if teacher_checkpoint is not None:
+            raise ValueError("train.teacher_checkpoint is set but train.teacher_config is not")
+        return objective, None
+    if teacher_checkpoint is None:
+        raise ValueError("train.teacher_config is set but train.teacher_checkpoint is not")
+    teacher = build_model(teacher_config)
+    params, _ = restore_params(teacher_checkpoint, abstract_params(teacher, partitioner, example_batch))
+    return functools.partial(objective, teacher_model=teacher), {"teacher": params}
 
 
 def default_converter(model_config) -> seqio.FeatureConverter:

@@ -42,7 +42,8 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
           split: str = "train", seed: int = 0, data_seed: int = 0, host_sharding: str = "rows",
           num_microbatches: int = 1, save_every: int = 500, keep_checkpoints: Optional[int] = 3,
           restore_path: Optional[str] = None, log_every: int = 10, vocabulary_path: Optional[str] = None,
-          measure_mfu: bool = True, console: bool = True) -> TrainState:
+          measure_mfu: bool = True, console: bool = True, teacher_config=None,
+          teacher_checkpoint: Optional[str] = None) -> TrainState:
     """Trains `model_config` on a seqio task or mixture until step `num_steps`.
 
     Args:
@@ -65,6 +66,9 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
       vocabulary_path: SentencePiece model (default: the shipped one).
       measure_mfu: measure the matmul peak first and report MFU.
       console: print a progress line.
+      teacher_config, teacher_checkpoint: a frozen teacher for distillation objectives
+        (`kd_loss`): its params are restored from the checkpoint, sharded on this mesh and
+        passed to the objective as `constants["teacher"]`, with `teacher_model=` bound.
     """
     vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
     run_setup.check_task(mixture_or_task_name, vocabulary)
@@ -76,8 +80,10 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
                         process_index=jax.process_index(), process_count=jax.process_count())
     example = next(stream)  # proves the data reads and gives the batch shapes
     tx, schedule = make_optimizer(optimizer)
+    objective, constants = run_setup.attach_teacher(objective, teacher_config, teacher_checkpoint,
+                                                    partitioner, example)
     trainer = Trainer(build_model(model_config), objective, tx, partitioner, learning_rate_fn=schedule,
-                      num_microbatches=num_microbatches)
+                      num_microbatches=num_microbatches, constants=constants)
     abstract = trainer.abstract_state(example)
     write_run_info(run_dir, config_gin=gin.config_str(),
                    model_info=run_setup.model_info(trainer, example, model_config))

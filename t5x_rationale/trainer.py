@@ -2,7 +2,9 @@
 
 Nothing here is model- or loss-specific: an objective is
 `loss(model, params, batch, rng) -> (scalar, metrics)` whose metrics may carry a
-`denominator` (the batch's weight when microbatches are combined; default 1).
+`denominator` (the batch's weight when microbatches are combined; default 1). An objective
+that needs frozen arrays (a teacher's params) gets them as `constants=`: they are an
+argument of every step, sharded by the caller, never differentiated, updated or saved.
 """
 
 from __future__ import annotations
@@ -52,11 +54,12 @@ class Trainer:
       learning_rate_fn: the schedule, reported as a metric.
       num_microbatches: gradient accumulation; the batch is split into this many strided parts.
       max_bad_steps: stop (raise `NonFiniteLossError`) after this many consecutive skipped steps.
+      constants: frozen arrays passed to the objective as `constants=` (None: not passed).
     """
 
     def __init__(self, model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
                  partitioner: Partitioner, *, learning_rate_fn: Optional[optax.Schedule] = None,
-                 num_microbatches: int = 1, max_bad_steps: int = 10):
+                 num_microbatches: int = 1, max_bad_steps: int = 10, constants: Any = None):
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
         self.model = model
@@ -66,6 +69,7 @@ class Trainer:
         self.learning_rate_fn = learning_rate_fn
         self.num_microbatches = num_microbatches
         self.max_bad_steps = max_bad_steps
+        self.constants = constants
         self._layout = None  # (abstract state, logical specs, shardings, notes), from first batch
         self._step_fn = None
         self._init_jit = None
@@ -135,17 +139,17 @@ class Trainer:
         """One optimizer step on a global batch; the input state is donated."""
         step_fn = self._jitted_step(batch)
         with self.context():
-            return step_fn(state, batch)
+            return step_fn(state, batch, self.constants)
 
     def compile_step(self, state: TrainState, batch: dict[str, jax.Array]):
         """The compiled train step for these shapes (for memory and cost analysis)."""
         step_fn = self._jitted_step(batch)
         with self.context():
-            return step_fn.lower(state, batch).compile()
+            return step_fn.lower(state, batch, self.constants).compile()
 
-    def _step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def _step(self, state: TrainState, batch: dict, constants: Any) -> tuple[TrainState, dict]:
         rng = jax.random.fold_in(state.rng, state.step)
-        grads, metrics = self._gradients(state.params, batch, rng)
+        grads, metrics = self._gradients(state.params, batch, rng, constants)
         grad_norm = optax.tree.norm(grads)
         updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
@@ -164,18 +168,19 @@ class Trainer:
             metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(applied_updates), jnp.float32)
         return new_state, metrics
 
-    def _loss_and_grads(self, params, batch, rng):
+    def _loss_and_grads(self, params, batch, rng, constants=None):
+        extra = {} if constants is None else {"constants": constants}
         (_, metrics), grads = jax.value_and_grad(
-            lambda p: self.objective(self.model, p, batch, rng), has_aux=True)(params)
+            lambda p: self.objective(self.model, p, batch, rng, **extra), has_aux=True)(params)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         metrics.setdefault("denominator", jnp.ones((), jnp.float32))
         return grads, metrics
 
-    def _gradients(self, params, batch, rng):
+    def _gradients(self, params, batch, rng, constants):
         """Gradients and metrics, accumulated over strided microbatches weighted by denominator."""
         n = self.num_microbatches
         if n == 1:
-            return self._loss_and_grads(params, batch, rng)
+            return self._loss_and_grads(params, batch, rng, constants)
         shards = self.partitioner.batch_shards
         size = next(iter(batch.values())).shape[0]
         if size % (n * shards):
@@ -189,7 +194,7 @@ class Trainer:
             index, mb = inputs
             mb = {k: jax.lax.with_sharding_constraint(v, PartitionSpec(("data", "fsdp")))
                   for k, v in mb.items()}
-            grads, metrics = self._loss_and_grads(params, mb, jax.random.fold_in(rng, index))
+            grads, metrics = self._loss_and_grads(params, mb, jax.random.fold_in(rng, index), constants)
             w = metrics["denominator"]
             grad_sum = jax.tree.map(lambda s, g: s + w * g.astype(jnp.float32), grad_sum, grads)
             metric_sum = {k: metric_sum[k] + (v if k == "denominator" else w * v) for k, v in metrics.items()}
@@ -197,7 +202,7 @@ class Trainer:
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
         _, first_metrics = jax.eval_shape(self._loss_and_grads, params,
-                                          jax.tree.map(lambda x: x[0], micro), rng)
+                                          jax.tree.map(lambda x: x[0], micro), rng, constants)
         metric_zeros = {k: jnp.zeros((), jnp.float32) for k in first_metrics}
         (grad_sum, metric_sum), _ = jax.lax.scan(body, (zeros, metric_zeros), (jnp.arange(n), micro))
         total = metric_sum["denominator"]
@@ -211,6 +216,11 @@ class Trainer:
         if streak >= self.max_bad_steps:
             raise NonFiniteLossError(f"{streak} consecutive steps had a non-finite loss or gradient "
                                      f"(limit max_bad_steps={self.max_bad_steps}); stopping")
+
+
+def abstract_params(model: nn.Module, partitioner: Partitioner, example_batch: dict) -> Any:
+    """ShapeDtypeStructs of a model's params carrying their mesh shardings (restore targets)."""
+    return Trainer(model, None, optax.identity(), partitioner).abstract_state(example_batch).params
 
 
 def _optimizer_specs(optimizer, abstract_opt_state, param_specs):

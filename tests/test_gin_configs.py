@@ -1,5 +1,6 @@
 """Every shipped gin file parses and builds its objects; command-line gin errors are clear."""
 
+import re
 from pathlib import Path
 
 import gin
@@ -13,7 +14,8 @@ from t5x_rationale.partitioning import MeshConfig
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
 ENTRY_POINTS = ("train", "evaluate", "infer")
 # Macros that run files leave to the command line.
-REQUIRED_MACROS = ["TASK = 'synthetic_arith_cot'", "RUN_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'"]
+REQUIRED_MACROS = ["TASK = 'synthetic_arith_cot'", "RUN_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
+                   "TEACHER_CHECKPOINT = '/tmp/unused'", "EVAL_TASK = 'synthetic_arith_cot'"]
 
 
 def _parse(files, bindings=()):
@@ -31,15 +33,22 @@ def _built_entry_points():
     return built
 
 
+def _text_with_includes(path: Path) -> str:
+    """The file's text followed by the text of every file it includes, recursively."""
+    text = path.read_text()
+    for name in re.findall(r"^include '([^']+)'", text, re.MULTILINE):
+        text += "\n" + _text_with_includes(CONFIGS / name)
+    return text
+
+
 def _model_file_for(run_file: Path) -> list[str]:
-    text = run_file.read_text()
-    return [] if "include 'models/" in text else ["models/t5_tiny.gin"]
+    return [] if "model_config.preset" in _text_with_includes(run_file) else ["models/t5_tiny.gin"]
 
 
 @pytest.mark.parametrize("run_file", sorted((CONFIGS / "runs").glob("*.gin")), ids=lambda p: p.name)
 def test_run_file_builds(run_file):
     files = _model_file_for(run_file) + [str(run_file)]
-    text = run_file.read_text()
+    text = _text_with_includes(run_file)
     macros = [m for m in REQUIRED_MACROS if m.split(" =")[0] + " = %gin.REQUIRED" in text]
     _parse(files, macros)
     built = _built_entry_points()

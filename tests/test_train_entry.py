@@ -148,3 +148,18 @@ def test_users_jsonl_task_trains_from_a_gin_file(tmp_path, monkeypatch):
     state = gin_launch.run("train", [f"--gin_file={tmp_path / 'my_run.gin'}"])
     assert int(state.step) == 2
     assert "my_teacher_cot" in (tmp_path / "run" / "config.gin").read_text()
+
+
+def test_decoder_only_prompted_task_trains_and_evaluates(tmp_path):
+    """Decoder-only: prompt + targets in one packed row, loss on targets, prompt fed at decode."""
+    decoder = get_preset("decoder-tiny", vocab_size=MODEL.vocab_size)
+    run = tmp_path / "run"
+    _train(run, 2, model_config=decoder, mixture_or_task_name="synthetic_arith_cot_decoder",
+           task_feature_lengths={"inputs": 48, "targets": 64})
+    rows = _metrics(run)
+    assert rows[-1]["denominator"] > 0
+    results = evaluate(model_config=decoder, mixture_or_task_name="synthetic_arith_cot_decoder",
+                       checkpoint_path=str(run / "checkpoints"), input_length=49,
+                       decode_config=DecodeConfig(max_decode_length=8), batch_size=8, max_examples=4,
+                       mesh=MeshConfig(data=2, fsdp=2, tensor=2))
+    assert results["synthetic_arith_cot_decoder"]["examples"] == 4
