@@ -67,12 +67,29 @@ class _QuietSearchMisses(logging.Filter):
         return record.msg != "Path not found: %s"
 
 
+def _tolerate_module_like_directories() -> None:
+    """gin's Python-path reader crashes (TypeError) on `include 'runs/x.gin'` when the working
+    directory has a plain `runs/` folder (a namespace package); treat that as "not found"."""
+    def safe(check):
+        def exists(path):
+            try:
+                return check(path)
+            except (TypeError, ValueError, ImportError):
+                return False
+        exists.wrapped = True
+        return exists
+
+    readers = gin.config._FILE_READERS  # gin offers no public way to wrap a registered reader
+    readers[:] = [(r, c if getattr(c, "wrapped", False) else safe(c)) for r, c in readers]
+
+
 def parse_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
     """Parses files then bindings into gin's global config; errors name the file or binding."""
     paths = [p for p in search_paths if p] + [str(CONFIGS_DIR)]
     for path in paths:
         gin.add_config_file_search_path(path)
     files = [_resolve(f, paths) for f in gin_files]
+    _tolerate_module_like_directories()
     quiet = _QuietSearchMisses()
     logging.getLogger().addFilter(quiet)
     try:

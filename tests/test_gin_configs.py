@@ -100,3 +100,13 @@ def test_flags_are_parsed_in_order():
     assert args.gin_bindings == ["X = 1", "train.y = 'z'"]
     with pytest.raises(gin_launch.GinConfigError, match="unknown flag"):
         gin_launch.parse_args(["--gin_fil=a.gin"])
+
+
+def test_includes_resolve_from_a_directory_with_its_own_runs_folder(tmp_path, monkeypatch):
+    """Runs write `runs/<name>/` into the working directory; an `include 'runs/...'` must
+    still find the shipped file instead of tripping over that folder."""
+    (tmp_path / "runs" / "quickstart").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    _parse(["runs/label_only.gin"], ["RUN_DIR = '/tmp/unused'"])
+    assert gin.query_parameter("train.mixture_or_task_name") is not None
+    gin.clear_config()
