@@ -2,6 +2,8 @@
 
     python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128
     python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 --json out.json
+    python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128 \
+        --objective step_by_step
 
 The peak matmul rate is measured in the same run (float32 2048x2048 matmul on each device,
 best of several, before and after the timed steps), so MFU compares against what this
@@ -21,11 +23,13 @@ import jax
 
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
-from t5x_rationale.objectives import token_loss
+from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.random_batches import RandomBatches
 from t5x_rationale.trainer import Trainer
+
+OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--peak_matmul_size", type=int, default=2048)
+    p.add_argument("--objective", default="token", choices=sorted(OBJECTIVES),
+                   help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans")
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)
 
@@ -69,10 +75,10 @@ def run(args: argparse.Namespace) -> dict:
     peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
     partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4))
-    trainer = Trainer(build_model(config), token_loss, tx, partitioner, learning_rate_fn=schedule,
+    trainer = Trainer(build_model(config), OBJECTIVES[args.objective], tx, partitioner, learning_rate_fn=schedule,
                       num_microbatches=args.microbatches)
     data = RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=args.target_length,
-                         input_length=input_length)
+                         input_length=input_length, task_ids=args.objective == "step_by_step")
     batches = [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
     state = trainer.init_state(0, batches[0])
 
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
     flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length)
     peak = peak_per_device * jax.device_count()
     row = {
-        "preset": args.preset, "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
+        "preset": args.preset, "objective": args.objective, "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
         "devices": jax.device_count(), "backend": jax.default_backend(), "dtype": args.dtype,
         "remat": args.remat, "scan_layers": args.scan_layers, "batch": args.batch,
         "input_length": input_length, "target_length": args.target_length,
@@ -115,7 +121,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["preset", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
+    cols = ["preset", "objective", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
             "tokens_per_s", "model_gflop_per_step", "achieved_gflop_per_s", "peak_matmul_gflop_per_s",
             "mfu", "mfu_best_step", "compiled_total_gib", "peak_rss_gib", "compile_s"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731

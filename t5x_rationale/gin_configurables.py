@@ -4,7 +4,7 @@ The entry points are registered here too (`train`, `evaluate`, `infer`), so one 
 may bind all three. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
 `@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`,
-`@register_gsm8k()`, `@register_jsonl()`.
+`@register_gsm8k()`, `@gsm8k_task_name()`, `@register_jsonl()`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ gin.external_configurable(token_loss)
 gin.external_configurable(step_by_step_loss)
 gin.external_configurable(kd_loss)
 gin.external_configurable(registry.register_gsm8k)
+gin.external_configurable(registry.gsm8k_task_name)
 gin.external_configurable(registry.register_jsonl)
 
 # The entry points, registered from their canonical modules (also under `python -m`, where

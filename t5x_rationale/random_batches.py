@@ -16,16 +16,17 @@ class RandomBatches(Iterator[dict]):
 
     Rows carry a random number of real target tokens (at least half the length); the rest is
     padding with weight 0, so losses see ragged rows. Encoder inputs are produced when
-    `input_length > 0`.
+    `input_length > 0`; `task_ids` adds per-token `decoder_task_ids` (a short label span,
+    then a rationale span) for the multi-task objectives.
     """
 
     def __init__(self, *, vocab_size: int, batch_size: int, target_length: int, input_length: int = 0,
-                 seed: int = 0, position: int = 0):
+                 seed: int = 0, position: int = 0, task_ids: bool = False):
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
         self.vocab_size, self.batch_size = vocab_size, batch_size
         self.target_length, self.input_length = target_length, input_length
-        self.seed, self.position = seed, position
+        self.seed, self.position, self.task_ids = seed, position, task_ids
 
     def get_state(self) -> dict:
         return {"position": self.position, "seed": self.seed}
@@ -46,6 +47,9 @@ class RandomBatches(Iterator[dict]):
         batch = {"decoder_target_tokens": targets,
                  "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
                  "decoder_loss_weights": weights}
+        if self.task_ids:  # a label span (task 1) then a rationale span (task 2) in every row
+            label_tokens = rng.integers(1, max(2, t // 8), (b, 1))
+            batch["decoder_task_ids"] = np.where(np.arange(t)[None] < label_tokens, 1, 2).astype(np.int32)
         if self.input_length:
             s = self.input_length
             inputs = rng.integers(2, self.vocab_size, (b, s), dtype=np.int32)

@@ -25,3 +25,12 @@ def test_bench_runs_and_writes_json(tmp_path, capsys):
 def test_bench_rejects_encoder_decoder_without_inputs():
     with pytest.raises(ValueError, match="--input_length"):
         bench.main(["--preset", "t5-tiny", "--target_length", "8", "--steps", "1", "--peak_matmul_size", "64"])
+
+
+def test_bench_step_by_step_objective(tmp_path):
+    out = tmp_path / "row.json"
+    bench.main(["--preset", "t5-tiny", "--batch", "4", "--input_length", "16", "--target_length", "16",
+                "--steps", "1", "--warmup", "0", "--peak_matmul_size", "64", "--objective", "step_by_step",
+                "--json", str(out)])
+    row = json.loads(out.read_text())
+    assert row["objective"] == "step_by_step" and row["loss"] > 0

@@ -16,6 +16,8 @@ ENTRY_POINTS = ("train", "evaluate", "infer")
 # Macros that run files leave to the command line.
 REQUIRED_MACROS = ["TASK = 'synthetic_arith_cot'", "RUN_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
                    "TEACHER_CHECKPOINT = '/tmp/unused'", "EVAL_TASK = 'synthetic_arith_cot'"]
+GSM8K_MACROS = ["TRAIN_KIND = 'cot'", "EVAL_KIND = 'cot'"]  # set by the gsm8k_* files over gsm8k_base.gin
+GSM8K_ROW = '{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\\n#### 5"}'
 
 
 def _parse(files, bindings=()):
@@ -46,10 +48,13 @@ def _model_file_for(run_file: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("run_file", sorted((CONFIGS / "runs").glob("*.gin")), ids=lambda p: p.name)
-def test_run_file_builds(run_file):
+def test_run_file_builds(run_file, tmp_path):
     files = _model_file_for(run_file) + [str(run_file)]
     text = _text_with_includes(run_file)
-    macros = [m for m in REQUIRED_MACROS if m.split(" =")[0] + " = %gin.REQUIRED" in text]
+    (tmp_path / "train.jsonl").write_text(GSM8K_ROW + "\n")  # GSM8K runs register their copy when built
+    (tmp_path / "test.jsonl").write_text(GSM8K_ROW + "\n")
+    required = REQUIRED_MACROS + GSM8K_MACROS + [f"GSM8K_DIR = '{tmp_path}'"]
+    macros = [m for m in required if m.split(" =")[0] + " = %gin.REQUIRED" in text]
     _parse(files, macros)
     built = _built_entry_points()
     assert built, f"{run_file.name} binds none of {ENTRY_POINTS}"

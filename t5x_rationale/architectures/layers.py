@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -96,11 +97,48 @@ class DenseGeneral(nn.Module):
         kernel = self.param("kernel", nn.with_logical_partitioning(
             _fan_in_init(self.kernel_init, len(axis)), tuple(self.kernel_axes)),
             kernel_shape, self.param_dtype)
-        contract = (axis, tuple(range(len(axis))))
         out_type = jnp.float32 if self.out_float32 else None
-        y = lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())),
-                            preferred_element_type=out_type)
+        x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        if axis == tuple(range(x.ndim - len(axis), x.ndim)):  # trailing axes: a 2-D matmul
+            k, f = math.prod(kernel_shape[:len(axis)]), math.prod(features)
+            y = token_matmul(x.reshape(-1, k), kernel.reshape(k, f), out_type).reshape(
+                x.shape[:x.ndim - len(axis)] + features)
+        else:
+            contract = (axis, tuple(range(len(axis))))
+            y = lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_type)
         return y if self.out_float32 else y.astype(self.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def token_matmul(x: jax.Array, w: jax.Array, out_type=None) -> jax.Array:
+    """[tokens, k] @ [k, f] whose weight gradient transposes the narrower of x and dy.
+
+    The weight gradient contracts over tokens, so one [tokens, width] operand is transposed
+    first. Autodiff's choice transposes the output cotangent, which XLA on CPU fuses with the
+    elementwise code producing it (the gated-MLP backward) into a slow strided loop; taking
+    the narrower operand (x for an up-projection, dy for a down-projection) moves the least
+    memory and leaves the wide activation gradient untouched.
+    """
+    return jnp.matmul(x, w, preferred_element_type=out_type)
+
+
+def _token_matmul_fwd(x, w, out_type):
+    return token_matmul(x, w, out_type), (x, w)
+
+
+def _token_matmul_bwd(out_type, residuals, dy):
+    x, w = residuals
+    dy = dy.astype(x.dtype)
+    dx = lax.dot_general(dy, w, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    tokens = (((0,), (0,)), ((), ()))
+    if x.shape[1] <= dy.shape[1]:
+        dw = lax.dot_general(x, dy, tokens, preferred_element_type=jnp.float32)
+    else:
+        dw = lax.dot_general(dy, x, tokens, preferred_element_type=jnp.float32).T
+    return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+token_matmul.defvjp(_token_matmul_fwd, _token_matmul_bwd)
 
 
 def _fan_in_init(init: Initializer, num_in_axes: int) -> Initializer:

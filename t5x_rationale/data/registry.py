@@ -5,7 +5,8 @@ Importing this module registers the shipped corpus (default seed and sizes) as
 - `synthetic_arith_{label,rationale,step_by_step,cot,cot_decoder,contrastive}` (see `tasks.py`),
 - `synthetic_arith_text`: the plain-text view (question + rationale + answer) for LM training,
 - the same under `synthetic_arith_easy_*` at difficulty level 1 (two operations, small
-  numbers; the quickstart's corpus).
+  numbers; the quickstart's corpus) and `synthetic_arith_multistep_*` (three or four
+  operations on numbers up to 12; the distillation comparison's corpus).
 
 Splits: train / validation / test, disjoint by question. `register_gsm8k(data_dir)` and
 `register_jsonl(name, ...)` register a user's copy of GSM8K or their own teacher-rationale
@@ -26,6 +27,10 @@ from t5x_rationale.data.tasks import RationaleTaskNames, register_rationale_task
 
 SYNTHETIC = "synthetic_arith"
 SYNTHETIC_EASY = "synthetic_arith_easy"  # difficulty level 1: two operations, numbers up to 12
+# Three or four operations on numbers up to 12: composing the steps is the hard part, not the
+# arithmetic (the distillation comparison's corpus).
+SYNTHETIC_MULTISTEP = "synthetic_arith_multistep"
+MULTISTEP_DIFFICULTY = synthetic.Difficulty(min_ops=3, max_ops=4, max_value=12)
 SPLITS = ("train", "validation", "test")
 
 
@@ -77,6 +82,19 @@ def register_gsm8k(data_dir: str, name: str = "gsm8k", *, keep_annotations: bool
     return register_rationale_tasks(name, source, overwrite=overwrite)
 
 
+def gsm8k_task_name(kind: str, *, data_dir: str, name: str = "gsm8k") -> str:
+    """Registers the GSM8K copy in `data_dir` and names its `kind` task.
+
+    For launch configs (`train.mixture_or_task_name = @gsm8k_task_name()` in gin): the
+    registration happens when the entry point is called, so a run file needs no import of a
+    user module. `kind` is a field of `RationaleTaskNames` (`label`, `step_by_step`, `cot`, ...).
+    """
+    if kind not in RationaleTaskNames.__dataclass_fields__:
+        raise ValueError(f"unknown GSM8K task kind {kind!r}; expected one of "
+                         f"{sorted(RationaleTaskNames.__dataclass_fields__)}")
+    return getattr(register_gsm8k(data_dir, name), kind)
+
+
 def register_jsonl(name: str, *, train: str, validation: Optional[str] = None, test: Optional[str] = None,
                    skip_invalid: bool = False, overwrite: bool = True) -> RationaleTaskNames:
     """Registers teacher-rationale JSONL files (paths or globs) as `{name}_*` tasks."""
@@ -88,3 +106,4 @@ def register_jsonl(name: str, *, train: str, validation: Optional[str] = None, t
 if SYNTHETIC + "_label" not in seqio.TaskRegistry.names():
     register_synthetic()
     register_synthetic(SYNTHETIC_EASY, difficulty=1)
+    register_synthetic(SYNTHETIC_MULTISTEP, difficulty=MULTISTEP_DIFFICULTY)
