@@ -29,7 +29,7 @@ def test_bench_rejects_encoder_decoder_without_inputs():
 
 def test_bench_step_by_step_objective(tmp_path):
     out = tmp_path / "row.json"
-    bench.main(["--preset", "t5-tiny", "--batch", "4", "--input_length", "16", "--target_length", "16",
+    bench.main(["--preset", "t5-tiny", "--batch", "8", "--input_length", "16", "--target_length", "16",
                 "--steps", "1", "--warmup", "0", "--peak_matmul_size", "64", "--objective", "step_by_step",
                 "--json", str(out)])
     row = json.loads(out.read_text())

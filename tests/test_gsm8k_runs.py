@@ -16,8 +16,8 @@ from t5x_rationale.data import registry
 from test_sources import gsm8k_dir
 
 TINY = ["model_config.preset = 't5-tiny'", "model_config.vocab_size = 2048",
-        "TRAIN_STEPS = 2", "BATCH_SIZE = 8", "train.save_every = 2", "train.log_every = 1",
-        "train.measure_mfu = False", "train.console = False",
+        "TRAIN_STEPS = 2", "OptimizerConfig.warmup_steps = 1", "BATCH_SIZE = 8", "train.save_every = 2",
+        "train.log_every = 1", "train.measure_mfu = False", "train.console = False",
         "evaluate.max_examples = 8", "evaluate.batch_size = 8", "DecodeConfig.max_decode_length = 16"]
 TINY_TEACHER = ["teacher/model_config.preset = 't5-tiny'", "teacher/model_config.vocab_size = 2048"]
 
