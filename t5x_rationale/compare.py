@@ -50,7 +50,7 @@ def run_method(name: str, *, corpus: str, out_dir: str, steps: int, seed: int, t
     flags = [f"--gin_file={gin_file}", f"--gin.RUN_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={steps}",
              f"--gin.TASK='{corpus}_{train_kind}'", f"--gin.EVAL_TASK='{eval_task}'",
              f"--gin.train.seed={seed}", f"--gin.train.data_seed={seed}"]
-    if teacher:
+    if teacher and name.startswith("teacher"):  # only the KD student reads it
         flags.append(f"--gin.TEACHER_CHECKPOINT='{teacher}'")
     _run("train", flags + ["--gin.train.console=False"], cpus)
     result = os.path.join(run_dir, "eval", f"{eval_task}-test-step{steps}.json")
@@ -102,12 +102,13 @@ def main(argv: Optional[list[str]] = None) -> str:
                         "numbers up to 12), synthetic_arith_easy (2 operations), synthetic_arith (2-4)")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seeds", default="0,1")
-    p.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))),
+    cpus = len(os.sched_getaffinity(0))
+    p.add_argument("--jobs", type=int, default=min(2, cpus),
                    help="runs at once, each on its own CPUs (default: 2 on a machine with 2+ cores)")
     p.add_argument("--teacher_checkpoint", help="adds the KD student (teacher trained with distill_kd.gin's shape)")
     args = p.parse_args(argv)
-    if args.jobs > len(os.sched_getaffinity(0)):
-        raise ValueError(f"--jobs {args.jobs} exceeds the {len(os.sched_getaffinity(0))} CPUs available")
+    if args.jobs > cpus:
+        raise ValueError(f"--jobs {args.jobs} exceeds the {cpus} CPUs available")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n for n in METHODS if args.teacher_checkpoint or not n.startswith("teacher")]
     # Longest runs first (decoding rationales, then training on them), so the last to start are short.
