@@ -7,9 +7,11 @@ import numpy as np
 from t5x_rationale.architectures.configs import (DecoderConfig, PRESETS, T5Config, get_preset,
                                                  resolve_dtype)
 from t5x_rationale.architectures.decoder import DecoderOnly
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig, QuietStarLM
 from t5x_rationale.architectures.t5 import EncoderDecoder
 
-__all__ = ["DecoderConfig", "DecoderOnly", "EncoderDecoder", "PRESETS", "T5Config", "build_model",
+__all__ = ["DecoderConfig", "DecoderOnly", "EncoderDecoder", "PRESETS", "QuietStarConfig", "QuietStarLM",
+           "T5Config", "build_model",
            "dummy_batch", "get_preset", "resolve_dtype"]
 
 
@@ -17,9 +19,11 @@ def build_model(config: T5Config | DecoderConfig):
     """The Flax module for a config."""
     if isinstance(config, T5Config):
         return EncoderDecoder(config)
+    if isinstance(config, QuietStarConfig):
+        return QuietStarLM(config)
     if isinstance(config, DecoderConfig):
         return DecoderOnly(config)
-    raise TypeError(f"expected a T5Config or DecoderConfig, got {type(config).__name__}")
+    raise TypeError(f"expected a T5Config, DecoderConfig or QuietStarConfig, got {type(config).__name__}")
 
 
 def model_inputs(batch: dict) -> dict:

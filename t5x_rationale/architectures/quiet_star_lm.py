@@ -1,0 +1,116 @@
+"""A decoder-only LM with Quiet-STaR's added parameters: thought embeddings and a mixing head.
+
+Param tree: the `DecoderOnly` tree unchanged (`token_embedder`, `decoder`), so a plain LM
+checkpoint's params drop in, plus
+- `start_thought`, `end_thought` [embed]: stored divided by `thought_scale` and multiplied
+  back on use (an effectively `thought_scale`-times larger learning rate), initialised from
+  the mean embedding of `thought_init_ids` (the pieces of "---");
+- `mixing_head/{hidden_0, hidden_1, out}`: MLP 2H -> H -> H -> 1 with ReLU, `out` zero-
+  initialised so the mixed prediction starts exactly at the base prediction.
+`__call__` is the base LM, so evaluation, decoding and checkpoints work as for `DecoderOnly`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_rationale.architectures.configs import DecoderConfig, resolve_dtype
+from t5x_rationale.architectures.decoder import DecoderStack
+from t5x_rationale.architectures.layers import Embed
+
+
+@dataclasses.dataclass(frozen=True)
+class QuietStarConfig:
+    """A decoder config plus the Quiet-STaR additions; other attributes read through."""
+
+    decoder: DecoderConfig
+    thought_init_ids: tuple = (6,)  # "---" in the shipped tokenizer
+    thought_token_ids: tuple = (3, 4)  # "<thought>", "</thought>": never sampled or emitted
+    thought_scale: float = 100.0
+    mixing_sigmoid: bool = False  # the reference uses the head's output unbounded
+
+    def __post_init__(self):
+        if not isinstance(self.decoder, DecoderConfig):
+            raise TypeError(f"QuietStarConfig.decoder must be a DecoderConfig, got {type(self.decoder).__name__}")
+        for name in ("thought_init_ids", "thought_token_ids"):
+            ids = getattr(self, name)
+            bad = [i for i in ids if not 0 <= i < self.decoder.vocab_size]
+            if bad or not ids and name == "thought_init_ids":
+                raise ValueError(f"QuietStarConfig.{name} {ids} must be non-empty ids below vocab_size "
+                                 f"{self.decoder.vocab_size}")
+        if self.thought_scale <= 0:
+            raise ValueError(f"thought_scale must be positive, got {self.thought_scale}")
+        if self.decoder.dropout_rate:
+            raise ValueError("Quiet-STaR runs without dropout (the reference has none); set dropout_rate = 0")
+
+    def __getattr__(self, name):  # fields of the decoder (num_layers, vocab_size, ...)
+        if name == "decoder" or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.decoder, name)
+
+    @property
+    def architecture(self) -> str:
+        return "decoder"
+
+
+class MixingHead(nn.Module):
+    """Scalar mixing weight per position from concat(h_base, h_thought)."""
+
+    hidden: int
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h_base: jax.Array, h_thought: jax.Array) -> jax.Array:
+        x = jnp.concatenate([h_base, h_thought], axis=-1).astype(jnp.float32)
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+        for name, axes, out, kernel_init in (("hidden_0", ("embed", "mlp"), self.hidden, init),
+                                             ("hidden_1", ("mlp", "embed"), self.hidden, init),
+                                             ("out", ("embed", None), 1, nn.initializers.zeros)):
+            kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(kernel_init, axes),
+                                (x.shape[-1], out), self.param_dtype)
+            bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+                              (out,), self.param_dtype)
+            x = x @ kernel.astype(jnp.float32) + bias.astype(jnp.float32)
+            if name != "out":
+                x = jax.nn.relu(x)
+        return x[..., 0]
+
+
+class QuietStarLM(nn.Module):
+    """`DecoderOnly` plus thought embeddings and the mixing head (see the module docstring)."""
+
+    config: QuietStarConfig
+
+    def setup(self):
+        c = self.config
+        dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
+        self.token_embedder = Embed(c.vocab_size, c.emb_dim, dtype, param_dtype,
+                                    embedding_init=nn.initializers.normal(stddev=0.02), name="token_embedder")
+        self.decoder = DecoderStack(c.decoder, self.token_embedder)
+        self.mixing_head = MixingHead(c.emb_dim, param_dtype)
+        init = lambda rng: thought_init(self.token_embedder.embedding, c)  # noqa: E731
+        self.start_thought = self.param("start_thought", nn.with_logical_partitioning(init, ("embed",)))
+        self.end_thought = self.param("end_thought", nn.with_logical_partitioning(init, ("embed",)))
+
+    def __call__(self, decoder_input_tokens: jax.Array, *, decoder_segment_ids=None, decoder_positions=None,
+                 decoder_causal_attention=None, deterministic: bool = True, decode: bool = False) -> jax.Array:
+        logits = self.decoder(decoder_input_tokens, decoder_segment_ids, decoder_positions,
+                              decoder_causal_attention, deterministic, decode)
+        if self.is_initializing():  # create the added params alongside the LM's
+            h = jnp.zeros((1, self.config.emb_dim), jnp.float32)
+            self.mixing_head(h, h)
+            _ = self.start_thought, self.end_thought
+        return logits
+
+
+def thought_init(embedding: jax.Array, config: QuietStarConfig) -> jax.Array:
+    """Stored start/end thought value: mean embedding of `thought_init_ids`, over the scale.
+
+    Call this again on imported weights (a plain LM checkpoint) to re-derive both thoughts.
+    """
+    rows = jnp.take(jnp.asarray(embedding), jnp.asarray(config.thought_init_ids), axis=0)
+    return (jnp.mean(rows.astype(jnp.float32), axis=0) / config.thought_scale).astype(embedding.dtype)

@@ -1,0 +1,349 @@
+"""Quiet-STaR's token-parallel thinking forward, written over a `QuietStarLM` param tree.
+
+Every position i of every row thinks at once. Step 0 is the ordinary causal forward (the
+context). At step k >= 1, stream i's new token (position i + k) attends to the context
+tokens 0..i and to its own tokens of steps 1..k, under one softmax. Two implementations:
+
+- `streams` (default): scores over the context [T] and over the stream's own slots [k]
+  concatenated; stream keys/values kept as [layers, rows, T, slots, kv_heads, head_dim];
+  steps run as an `append_scan` (a `lax.scan` rematerialised per step, buffer stored once).
+- `dense_mask`: the reference construction. Step k concatenates the context keys with the
+  keys of every earlier step ([T * (k + 1)] keys) under a mask that is causal on the
+  context block and the identity on each step block. Unrolled in Python; the executable
+  reference and the fallback.
+
+Step kinds (n_a = `num_ahead`, n_t = `num_talk`, F = n_a + n_t - 1 steps in all):
+  k = 1: start thought; 2 <= k <= n_a - 2: a token sampled from step k-1's logits;
+  k = n_a - 1: end thought; k >= n_a: the true token y[i + k - n_a] (teacher forcing).
+Steps k >= n_a - 1 are scored: their hidden state is mixed with h_base[i + s] by the
+mixing head and the mixed logits predict y[i + s], s = k - n_a + 1 (y = target tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+
+from t5x_rationale.architectures import attention as attn
+from t5x_rationale.architectures.append_scan import append_scan
+from t5x_rationale.architectures.axes import constrain
+from t5x_rationale.architectures.configs import resolve_dtype
+from t5x_rationale.architectures.layers import DenseGeneral, GatedMlp, RMSNorm
+from t5x_rationale.architectures.position import apply_rope
+from t5x_rationale.architectures.quiet_star_lm import MixingHead, QuietStarConfig
+
+IMPLEMENTATIONS = ("streams", "dense_mask")
+_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+_ACT = ("batch", "length", "embed")
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinkingSpec:
+    """Static settings of one thinking forward (reference defaults)."""
+
+    num_ahead: int = 12  # n_a: base step + start + sampled thought tokens + end
+    num_talk: int = 4  # n_t: true future tokens scored
+    sample_temperature: float = 1.0
+    score_temperature: float = 3.0  # the policy term's log-probabilities use this
+    implementation: str = "streams"
+    collect_logits: bool = False  # also return every step's logits (tests, inspection)
+
+    def __post_init__(self):
+        if self.num_ahead < 4:
+            raise ValueError(f"num_ahead must be >= 4 (base, start, >= 1 thought token, end), got {self.num_ahead}")
+        if self.num_talk < 1:
+            raise ValueError(f"num_talk must be >= 1, got {self.num_talk}")
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation {self.implementation!r} not in {IMPLEMENTATIONS}")
+        if self.sample_temperature <= 0 or self.score_temperature <= 0:
+            raise ValueError("sample_temperature and score_temperature must be positive")
+
+    @property
+    def num_steps(self) -> int:
+        """Steps after the base step (F - 1): the number of stream slots."""
+        return self.num_ahead + self.num_talk - 2
+
+    @property
+    def num_thought_tokens(self) -> int:
+        return self.num_ahead - 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """Per-batch inputs of the thinking steps (integer data, not differentiated)."""
+
+    targets: jax.Array  # [N, T] y: the true next token of each position
+    valid: jax.Array  # [N, T] bool: y[i] is a real target (weight > 0)
+    segment_ids: Optional[jax.Array]  # [N, T] packed documents, or None
+    rng: jax.Array  # sampling key; step k uses fold_in(rng, k)
+    forced_thoughts: Optional[jax.Array] = None  # [N, T, n_a - 3] ids to use instead of sampling
+
+
+jax.tree_util.register_dataclass(Context, data_fields=["targets", "valid", "segment_ids", "rng",
+                                                        "forced_thoughts"], meta_fields=[])
+
+
+class FunctionalDecoder:
+    """The decoder's layers as functions of its param tree (same math as `DecoderOnly`)."""
+
+    def __init__(self, config: QuietStarConfig):
+        self.config = config
+        c = config.decoder
+        self.dtype, self.param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
+
+    def _dense(self, features, axes, p, x, axis=-1, out_float32=False):
+        module = DenseGeneral(features, axes, axis=axis, dtype=self.dtype, param_dtype=self.param_dtype,
+                              out_float32=out_float32)
+        return module.apply({"params": p}, x)
+
+    def _norm(self, p, x):
+        return RMSNorm(self.config.layer_norm_epsilon, self.dtype, self.param_dtype).apply({"params": p}, x)
+
+    def layer_params(self, params) -> list:
+        dec = params["decoder"]
+        if "layers" in dec:  # scanned layers: stacked along a leading axis
+            return [jax.tree.map(lambda a, i=i: a[i], dec["layers"]) for i in range(self.config.num_layers)]
+        return [dec[f"layers_{i}"] for i in range(self.config.num_layers)]
+
+    def embed(self, params, tokens):
+        table = constrain(params["token_embedder"]["embedding"], ("vocab", None))
+        return jnp.take(table, tokens, axis=0).astype(self.dtype)
+
+    def thought(self, params, name):
+        return (params[name].astype(jnp.float32) * self.config.thought_scale).astype(self.dtype)
+
+    def qkv(self, p, x, positions):
+        c = self.config
+        h = self._norm(p["pre_self_attention_layer_norm"], x)
+        a = p["self_attention"]
+        q = self._dense((c.num_heads, c.head_dim), ("embed", "heads", "kv"), a["query"], h)
+        k = self._dense((c.kv_heads, c.head_dim), ("embed", "kv_heads", "kv"), a["key"], h)
+        v = self._dense((c.kv_heads, c.head_dim), ("embed", "kv_heads", "kv"), a["value"], h)
+        q, k = apply_rope(q, positions, c.rope_theta), apply_rope(k, positions, c.rope_theta)
+        return (constrain(q, ("batch", "length", "heads", "kv")), constrain(k, ("batch", "length", "kv_heads", "kv")),
+                constrain(v, ("batch", "length", "kv_heads", "kv")))
+
+    def finish(self, p, x, attention_out):
+        c = self.config
+        out = self._dense(c.emb_dim, ("heads", "kv", "embed"), p["self_attention"]["out"], attention_out,
+                          axis=(-2, -1))
+        x = constrain(x + out, _ACT)
+        h = self._norm(p["pre_mlp_layer_norm"], x)
+        mlp = GatedMlp(c.mlp_dim, ("silu", "linear"), 0.0, self.dtype, self.param_dtype)
+        return constrain(x + mlp.apply({"params": p["mlp"]}, h), _ACT)
+
+    def final_norm(self, params, x):
+        return self._norm(params["decoder"]["decoder_norm"], x)
+
+    def lm_head(self, params, h):
+        if self.config.tie_embeddings:
+            table = params["token_embedder"]["embedding"].astype(self.dtype)
+            logits = jnp.einsum("...d,vd->...v", h.astype(self.dtype), table, preferred_element_type=jnp.float32)
+        else:
+            logits = self._dense(self.config.vocab_size, ("embed", "vocab"), params["decoder"]["logits_dense"], h,
+                                 out_float32=True)
+        return constrain(logits, ("batch", "length", "vocab"))
+
+    def mixing_weight(self, params, h_base, h_thought):
+        w = MixingHead(self.config.emb_dim, self.param_dtype).apply({"params": params["mixing_head"]}, h_base,
+                                                                   h_thought)
+        return jax.nn.sigmoid(w) if self.config.mixing_sigmoid else w
+
+
+# ------------------------------------------------------------------------ masks
+
+def context_mask(config: QuietStarConfig, segment_ids, length: int, step: int | jax.Array = 0):
+    """[N or 1, 1, T, T]: stream i (at position i + step) may see context token j."""
+    i = jnp.arange(length)[:, None]
+    j = jnp.arange(length)[None, :]
+    mask = (j <= i)[None, None]
+    if config.sliding_window is not None:
+        mask = mask & ((i + step - j) < config.sliding_window)[None, None]
+    if segment_ids is not None:
+        mask = mask & attn.segment_mask(segment_ids, segment_ids)
+    return mask
+
+
+# ------------------------------------------------------------------- base step
+
+def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
+    """Step 0: (h_base [N,T,H], base logits [N,T,V], keys, values [layers, N, T, kv_heads, d])."""
+    n, t = tokens.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
+    mask = context_mask(fd.config, segment_ids, t)
+    x = constrain(fd.embed(params, tokens), _ACT)
+    keys, values = [], []
+    for p in fd.layer_params(params):
+        q, k, v = fd.qkv(p, x, positions)
+        out = attn.dot_product_attention(q, k, v, mask=mask, implementation=fd.config.attention_impl)
+        x = fd.finish(p, x, out)
+        keys.append(k)
+        values.append(v)
+    h = fd.final_norm(params, x)
+    return h, fd.lm_head(params, h), jnp.stack(keys), jnp.stack(values)
+
+
+# --------------------------------------------------------- shared step pieces
+
+def _shift(x, offset, fill=0):
+    """x[:, i + offset] along axis 1 (traced offset >= 0), `fill` past the end."""
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, x.shape[1])
+    padded = jnp.pad(x, pad, constant_values=fill)
+    return jax.lax.dynamic_slice_in_dim(padded, offset, x.shape[1], axis=1)
+
+
+def step_input(fd: FunctionalDecoder, spec: ThinkingSpec, params, ctx: Context, k, sampled):
+    """The input embedding of every stream at step k ([N, T, H])."""
+    n_a = spec.num_ahead
+    talk = _shift(ctx.targets, jnp.maximum(k - n_a, 0))  # y[i + k - n_a]
+    tokens = jnp.where(k >= n_a, talk, sampled)
+    x = fd.embed(params, tokens)
+    x = jnp.where(k == 1, fd.thought(params, "start_thought"), x)
+    x = jnp.where(k == n_a - 1, fd.thought(params, "end_thought"), x)
+    return constrain(x, _ACT)
+
+
+def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k, hidden):
+    """Logits of step k (mixed when scored), the next sampled token and this step's outputs."""
+    n_a = spec.num_ahead
+    offset = jnp.maximum(k - n_a + 1, 0)
+    scored = k >= n_a - 1
+    base_shift = _shift(h_base, offset)  # h_base[i + s]
+    w = fd.mixing_weight(params, base_shift, hidden)
+    w_s = w[..., None].astype(hidden.dtype)
+    mixed = (1 - w_s) * base_shift + w_s * hidden
+    logits = fd.lm_head(params, jnp.where(scored, mixed, hidden))
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    target = _shift(ctx.targets, offset)
+    true_logp = jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0]
+    next_token = _sample(fd, spec, ctx, k, logits)
+    score_logp = jax.nn.log_softmax(logits / spec.score_temperature, axis=-1)
+    policy_logp = jnp.take_along_axis(score_logp, next_token[..., None], axis=-1)[..., 0]
+    outputs = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": w.astype(jnp.float32),
+               "next_token": next_token}
+    if spec.collect_logits:
+        outputs["logits"] = logits
+    return next_token, outputs
+
+
+def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
+    """Hard Gumbel-max sample at the sampling temperature, thought ids never drawn."""
+    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(fd.config.thought_token_ids, jnp.int32)].set(True)
+    scaled = jnp.where(banned, -jnp.inf, jax.lax.stop_gradient(logits) / spec.sample_temperature)
+    gumbel = jax.random.gumbel(jax.random.fold_in(ctx.rng, k), logits.shape, jnp.float32)
+    sampled = jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
+    if ctx.forced_thoughts is not None:  # the token for step k + 1 is thought number k - 1
+        index = jnp.clip(k - 1, 0, ctx.forced_thoughts.shape[-1] - 1)
+        sampled = jax.lax.dynamic_index_in_dim(ctx.forced_thoughts, index, axis=2, keepdims=False)
+    return sampled
+
+
+# ------------------------------------------------------------- streams steps
+
+def stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
+    """One softmax over the context (masked) and the stream's own slots < `slot` plus itself.
+
+    q: [N, T, heads, d]; ctx_k/v, new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, S, kv_heads, d].
+    """
+    n, t, heads, d = q.shape
+    kv_heads = ctx_k.shape[2]
+    qg = q.reshape(n, t, kv_heads, heads // kv_heads, d)
+    scale = d ** -0.5
+    f32 = dict(preferred_element_type=jnp.float32)
+    s_ctx = jnp.einsum("nikgd,njkd->nkgij", qg, ctx_k, **f32) * scale
+    s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx, _NEG)
+    s_own = jnp.einsum("nikgd,niskd->nkgis", qg, slot_k, **f32) * scale
+    earlier = jnp.arange(slot_k.shape[2]) < slot
+    s_own = jnp.where(earlier, s_own, _NEG)
+    s_new = jnp.einsum("nikgd,nikd->nkgi", qg, new_k, **f32)[..., None] * scale
+    probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_own, s_new], axis=-1), axis=-1)
+    p_ctx, p_own, p_new = jnp.split(probs, [t, t + slot_k.shape[2]], axis=-1)
+    dt = ctx_v.dtype
+    out = (jnp.einsum("nkgij,njkd->nikgd", p_ctx.astype(dt), ctx_v)
+           + jnp.einsum("nkgis,niskd->nikgd", p_own.astype(dt), slot_v)
+           + p_new[..., 0].transpose(0, 3, 1, 2)[..., None].astype(dt) * new_v[:, :, :, None])
+    return out.reshape(n, t, heads, d)
+
+
+def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
+    n, t = ctx.targets.shape
+    num_layers, _, _, kv_heads, d = keys.shape
+    slots = spec.num_steps
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
+
+    def step(consts, statics, sampled, buffer, k):
+        params, h_base, keys, values = consts
+        slot_keys, slot_values = buffer
+        mask = context_mask(fd.config, statics.segment_ids, t, k)
+        x = step_input(fd, spec, params, statics, k, sampled)
+        new_keys, new_values = [], []
+        for layer, p in enumerate(fd.layer_params(params)):
+            q, kk, vv = fd.qkv(p, x, positions + k)
+            out = stream_attention(q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv,
+                                   k - 1, mask)
+            x = fd.finish(p, x, out)
+            new_keys.append(kk)
+            new_values.append(vv)
+        next_token, outputs = step_head(fd, spec, params, h_base, statics, k, fd.final_norm(params, x))
+        return next_token, (jnp.stack(new_keys), jnp.stack(new_values)), outputs
+
+    shape = (num_layers, n, t, slots, kv_heads, d)
+    buffer = (jnp.zeros(shape, keys.dtype), jnp.zeros(shape, values.dtype))
+    sampled = jnp.zeros((n, t), jnp.int32)
+    steps = jnp.arange(1, slots + 1, dtype=jnp.int32)
+    _, _, outputs = append_scan(step, (params, h_base, keys, values), ctx, sampled, buffer, steps,
+                                index_fn=lambda k: k - 1, axis=3)
+    return outputs
+
+
+# ---------------------------------------------------------- dense-mask steps
+
+def dense_step_mask(context: jax.Array, steps: int) -> jax.Array:
+    """[N or 1, 1, T, T * (steps + 1)]: the context block, then one identity block per step."""
+    t = context.shape[-1]
+    eye = jnp.broadcast_to(jnp.eye(t, dtype=bool), context.shape[:2] + (t, t))
+    return jnp.concatenate([context] + [eye] * steps, axis=-1)
+
+
+def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
+    n, t = ctx.targets.shape
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
+    layers = fd.layer_params(params)
+    step_keys = [[keys[layer]] for layer in range(len(layers))]  # per layer: context, then each step
+    step_values = [[values[layer]] for layer in range(len(layers))]
+    sampled = jnp.zeros((n, t), jnp.int32)
+    per_step = []
+    for k in range(1, spec.num_steps + 1):
+        mask = dense_step_mask(context_mask(fd.config, ctx.segment_ids, t, k), k)
+        x = step_input(fd, spec, params, ctx, jnp.int32(k), sampled)
+        for layer, p in enumerate(layers):
+            q, kk, vv = fd.qkv(p, x, positions + k)
+            step_keys[layer].append(kk)
+            step_values[layer].append(vv)
+            all_k = jnp.concatenate(step_keys[layer], axis=1)
+            all_v = jnp.concatenate(step_values[layer], axis=1)
+            out = attn.dot_product_attention(q, all_k, all_v, mask=mask)
+            x = fd.finish(p, x, out)
+        sampled, outputs = step_head(fd, spec, params, h_base, ctx, jnp.int32(k), fd.final_norm(params, x))
+        per_step.append(outputs)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+
+
+# ---------------------------------------------------------------- entry point
+
+def think(config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Context) -> dict[str, Any]:
+    """The whole token-parallel forward on rows `tokens` [N, T] (decoder inputs).
+
+    Returns a dict with `h_base` [N,T,H], `base_logits` [N,T,V] and per-step outputs stacked
+    along a leading step axis (index k - 1 for step k): `true_logp`, `policy_logp`,
+    `mixing_weight`, `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
+    """
+    fd = FunctionalDecoder(config)
+    h_base, base_logits, keys, values = context_forward(fd, params, tokens, ctx.segment_ids)
+    run = _streams if spec.implementation == "streams" else _dense_mask
+    outputs = run(fd, spec, params, h_base, keys, values, ctx)
+    return dict(outputs, h_base=h_base, base_logits=base_logits)

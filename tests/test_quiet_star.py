@@ -1,0 +1,253 @@
+"""Quiet-STaR: streams == dense_mask == a naive per-position loop; losses and gradients."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from t5x_rationale.architectures import DecoderOnly, QuietStarConfig, build_model, get_preset
+from t5x_rationale.architectures.append_scan import append_scan
+from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
+from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
+
+N_A, N_T = 6, 3  # 3 sampled thought tokens, 3 talk tokens scored: small but every step kind
+
+
+def _config(**overrides):
+    decoder = get_preset("decoder-tiny", **overrides)
+    return QuietStarConfig(decoder)
+
+
+def _params(config, seed=0, mixing_random=False):
+    tokens = jnp.ones((1, 8), jnp.int32)
+    params = nn.unbox(build_model(config).init(jax.random.PRNGKey(seed), tokens)["params"])
+    if mixing_random:  # a trained-looking mixing head (its last layer starts at zero)
+        keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 8))
+        params["mixing_head"] = jax.tree.map(lambda a: 0.3 * jax.random.normal(next(keys), a.shape),
+                                             params["mixing_head"])
+    return params
+
+
+def _tokens(n, t, seed=0, vocab=256):
+    return jnp.asarray(np.random.default_rng(seed).integers(7, vocab, (n, t)), jnp.int32)
+
+
+def _context(tokens, thoughts=None, segment_ids=None):
+    targets = jnp.concatenate([tokens[:, 1:], jnp.zeros((tokens.shape[0], 1), jnp.int32)], axis=1)
+    return Context(targets, targets > 0, segment_ids, jax.random.PRNGKey(5), thoughts)
+
+
+def _close(got, want, err_msg=""):
+    """float32 agreement: 1e-5 of the largest magnitude (different summation orders)."""
+    want = np.asarray(want)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max()), 1.0),
+                               err_msg=err_msg)
+
+
+def _think(config, params, tokens, ctx, implementation):
+    spec = ThinkingSpec(N_A, N_T, implementation=implementation, collect_logits=True)
+    return jax.jit(lambda p: think(config, spec, p, tokens, ctx))(params)
+
+
+# ------------------------------------------------------------------- exactness
+
+def _naive_step_logits(config, params, tokens, targets, thoughts):
+    """For each position separately: context, start, thoughts, end, true tokens through DecoderOnly.
+
+    The start/end thoughts become two extra vocabulary rows so the ordinary decoder embeds
+    them; the extra logit columns are zero and dropped.
+    """
+    c = config.decoder
+    vocab = c.vocab_size
+    wide = dataclasses.replace(c, vocab_size=vocab + 2)
+    p = jax.tree.map(lambda a: a, {k: params[k] for k in ("token_embedder", "decoder")})
+    scale = config.thought_scale
+    p["token_embedder"]["embedding"] = jnp.concatenate(
+        [params["token_embedder"]["embedding"], scale * params["start_thought"][None], scale * params["end_thought"][None]])
+    kernel = params["decoder"]["logits_dense"]["kernel"]
+    p["decoder"] = dict(p["decoder"], logits_dense={"kernel": jnp.pad(kernel, ((0, 0), (0, 2)))})
+    model = DecoderOnly(wide)
+    apply = jax.jit(lambda seq: model.apply({"params": p}, seq))
+    n, t = tokens.shape
+    padded_targets = np.concatenate([np.asarray(targets), np.zeros((n, N_T), np.int32)], axis=1)
+    out = np.zeros((N_A + N_T - 2, n, t, vocab), np.float32)
+    for i in range(t):
+        stream = np.concatenate([
+            np.full((n, 1), vocab), np.asarray(thoughts[:, i]), np.full((n, 1), vocab + 1),
+            padded_targets[:, i:i + N_T - 1]], axis=1)
+        seq = jnp.asarray(np.concatenate([np.asarray(tokens[:, :i + 1]), stream], axis=1), jnp.int32)
+        logits = np.asarray(apply(seq))[:, i + 1:, :vocab]  # predictions after each stream token
+        out[:, :, i] = np.moveaxis(logits, 1, 0)
+    return out
+
+
+
+
+@pytest.mark.parametrize("kv_heads", [4, 8])
+def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
+    config = _config(num_kv_heads=kv_heads)
+    params = _params(config)
+    n, t = 2, 12
+    tokens = _tokens(n, t)
+    thoughts = _tokens(n * t, N_A - 3, seed=1).reshape(n, t, N_A - 3)
+    ctx = _context(tokens, thoughts)
+    streams = _think(config, params, tokens, ctx, "streams")
+    dense = _think(config, params, tokens, ctx, "dense_mask")
+    for key in ("logits", "true_logp", "policy_logp", "mixing_weight"):
+        _close(streams[key], dense[key], err_msg=key)
+    np.testing.assert_array_equal(streams["next_token"][:N_A - 3], np.moveaxis(np.asarray(thoughts), 2, 0))
+    # Unmixed step logits: with the mixing weight zero the scored steps carry the base
+    # logits, so compare the naive loop with a head that mixes in only the thought (w = 1).
+    mixed_out = dict(params, mixing_head=jax.tree.map(jnp.zeros_like, params["mixing_head"]))
+    mixed_out["mixing_head"]["out_bias"] = jnp.ones((1,))
+    thought_only = _think(config, mixed_out, tokens, ctx, "streams")
+    naive = _naive_step_logits(config, params, tokens, ctx.targets, thoughts)
+    _close(thought_only["logits"], naive)
+
+
+def test_packed_rows_and_sliding_window_match_dense_mask():
+    config = _config(sliding_window=5)
+    params = _params(config, mixing_random=True)
+    tokens = _tokens(2, 16, seed=3)
+    segments = jnp.asarray([[1] * 9 + [2] * 5 + [0] * 2, [1] * 16], jnp.int32)
+    ctx = _context(tokens, segment_ids=segments)
+    streams = _think(config, params, tokens, ctx, "streams")
+    dense = _think(config, params, tokens, ctx, "dense_mask")
+    np.testing.assert_array_equal(streams["next_token"], dense["next_token"])
+    _close(streams["logits"], dense["logits"])
+
+
+def test_mixed_logits_equal_base_logits_at_initialisation():
+    config = _config()
+    params = _params(config)
+    tokens = _tokens(2, 10, seed=4)
+    out = _think(config, params, tokens, _context(tokens), "streams")
+    base = np.asarray(DecoderOnly(config.decoder).apply(
+        {"params": {k: params[k] for k in ("token_embedder", "decoder")}}, tokens))
+    np.testing.assert_allclose(out["base_logits"], base, atol=1e-5)
+    assert np.all(np.asarray(out["mixing_weight"]) == 0.0)
+    for s in range(N_T):  # scored step s at position i carries the base logits of position i + s
+        step = N_A - 2 + s
+        np.testing.assert_allclose(out["logits"][step][:, :10 - s], base[:, s:], atol=1e-5)
+
+
+def test_sampled_thoughts_never_contain_thought_ids():
+    config = _config()
+    params = _params(config)
+    kernel = params["decoder"]["logits_dense"]["kernel"]
+    start, end = config.thought_token_ids  # logits +-50 * sum(h): one of the two dominates
+    params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, start].set(50.0).at[:, end].set(-50.0)
+    tokens = _tokens(4, 16, seed=6)
+    out = _think(config, params, tokens, _context(tokens), "streams")
+    sampled = np.asarray(out["next_token"][:N_A - 3])
+    logits = np.asarray(out["logits"][:N_A - 3])
+    assert np.isin(np.argmax(logits, -1), config.thought_token_ids).mean() > 0.9, "the ids must be the likeliest"
+    assert not np.isin(sampled, config.thought_token_ids).any()
+    assert len(np.unique(sampled)) > 10  # still a sample, not a constant
+
+
+# ----------------------------------------------------------------- the objective
+
+def test_advantages_match_a_hand_computation():
+    rewards = jnp.asarray([[1.0, -2.0, 0.5], [3.0, 0.0, 0.5], [0.2, 0.4, 0.6], [0.0, 0.0, 1.2]])
+    want = np.array([[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [0.1, 0.2, -0.3], [-0.1, -0.2, 0.3]])
+    np.testing.assert_allclose(advantages(rewards, 2, clip=False), want, atol=1e-6)
+    np.testing.assert_allclose(advantages(rewards, 2, clip=True), np.maximum(want, 0), atol=1e-6)
+
+
+def _batch(n=2, t=12, seed=7):
+    tokens = np.asarray(_tokens(n, t + 1, seed=seed))
+    weights = np.ones((n, t), np.float32)
+    weights[1, -3:] = 0  # padding at the end of the second row
+    targets = tokens[:, 1:] * (weights > 0)
+    return {"decoder_input_tokens": jnp.asarray(tokens[:, :-1]), "decoder_target_tokens": jnp.asarray(targets),
+            "decoder_loss_weights": jnp.asarray(weights)}
+
+
+def test_objective_terms_match_a_hand_computation():
+    """Rewards, losses and the policy term recomputed in numpy from the per-step outputs."""
+    config = _config()
+    params = _params(config, mixing_random=True)
+    batch = _batch()
+    spec = ThinkingSpec(N_A, N_T)
+    terms = jax.jit(lambda p: quiet_star_terms(config, spec, p, batch, jax.random.PRNGKey(2), num_thoughts=2,
+                                               clip_advantage=True))(params)
+    valid = np.asarray(terms["valid"])
+    base_lp = np.asarray(terms["base_logp"])
+    talk_lp = np.asarray(terms["true_logp"])[-N_T:]
+    n, t = valid.shape
+    rewards = np.zeros((n, t))
+    for r in range(n):
+        for i in range(t):
+            for s in range(N_T):
+                if i + s < t and valid[r, i + s]:
+                    rewards[r, i] += talk_lp[s, r, i] - base_lp[r, i + s]
+    np.testing.assert_allclose(terms["rewards"], rewards, atol=1e-5)
+    pairs = rewards.reshape(n // 2, 2, t)
+    adv = np.maximum(pairs - pairs.mean(1, keepdims=True), 0).reshape(n, t)
+    np.testing.assert_allclose(terms["advantages"], adv, atol=1e-5)
+    policy_lp = np.asarray(terms["policy_logp"])[:N_A - 3].sum(0)
+    loss, metrics = quiet_star_loss(build_model(config), params, batch, jax.random.PRNGKey(2), num_ahead=N_A,
+                                    num_talk=N_T, beta=10.0)
+    base_ce = -(base_lp * valid).sum() / valid.sum()
+    talk_ce = np.mean([-(talk_lp[s][:, :t - s] * valid[:, s:]).sum() / valid[:, s:].sum() for s in range(N_T)])
+    policy = -(adv * policy_lp * valid).sum() / valid.sum()
+    np.testing.assert_allclose(metrics["base_ce"], base_ce, rtol=1e-5)
+    np.testing.assert_allclose(metrics["talk_ce"], talk_ce, rtol=1e-5)
+    np.testing.assert_allclose(metrics["policy_loss"], policy, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(loss, 0.5 * base_ce + 0.5 * talk_ce + 10.0 * policy, rtol=1e-5)
+
+
+def test_loss_and_gradients_agree_between_streams_and_dense_mask():
+    config = _config()
+    params = _params(config, mixing_random=True)
+    model = build_model(config)
+    batch = _batch(seed=8)
+    results = {}
+    for impl in ("streams", "dense_mask"):
+        fn = lambda p, impl=impl: quiet_star_loss(model, p, batch, jax.random.PRNGKey(3), num_ahead=N_A,  # noqa: E731
+                                                   num_talk=N_T, beta=1.0, implementation=impl)
+        results[impl] = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
+    (loss_s, m_s), g_s = results["streams"]
+    (loss_d, m_d), g_d = results["dense_mask"]
+    np.testing.assert_allclose(loss_s, loss_d, rtol=1e-5)
+    assert float(m_s["policy_loss"]) != 0.0
+    flat_s, flat_d = jax.tree.leaves_with_path(g_s), jax.tree.leaves(g_d)
+    for (path, a), b in zip(flat_s, flat_d):
+        scale = float(np.abs(b).max()) + 1e-12
+        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5,
+                                   err_msg=jax.tree_util.keystr(path))
+    assert float(np.abs(g_s["start_thought"]).max()) > 0 and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
+
+
+def test_append_scan_gradients_match_lax_scan():
+    """The O(steps) backward equals differentiating the plain scan with the buffer as carry."""
+    steps, width = 5, 3
+
+    def step(consts, statics, carry, buffer, k):
+        w, b = consts
+        earlier = (jnp.arange(steps) < k)[:, None]
+        summary = jnp.sum(jnp.where(earlier, jnp.tanh(buffer @ w), 0.0), axis=0)
+        new = jnp.sin(summary + b * (k + 1) + statics) + 0.1 * carry
+        return carry + 1.0 * 0, new, jnp.sum(new ** 2)
+
+    def plain(consts):
+        def body(state, k):
+            carry, buf = state
+            carry, new, y = step(consts, 0.5, carry, buf, k)
+            return (carry, buf.at[k].set(new)), y
+        _, ys = jax.lax.scan(body, (jnp.zeros(width), jnp.zeros((steps, width))), jnp.arange(steps))
+        return jnp.sum(ys * jnp.arange(1, steps + 1))
+
+    def ours(consts):
+        _, _, ys = append_scan(step, consts, 0.5, jnp.zeros(width), jnp.zeros((steps, width)), jnp.arange(steps),
+                               index_fn=lambda k: k, axis=0)
+        return jnp.sum(ys * jnp.arange(1, steps + 1))
+
+    consts = (jax.random.normal(jax.random.PRNGKey(0), (width, width)), jnp.asarray([0.1, -0.2, 0.3]))
+    np.testing.assert_allclose(ours(consts), plain(consts), rtol=1e-6)
+    for a, b in zip(jax.grad(ours)(consts), jax.grad(plain)(consts)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
