@@ -4,7 +4,8 @@ The entry points are registered here too (`train`, `evaluate`, `infer`), so one 
 may bind all three. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
 `@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`,
-`@register_gsm8k()`, `@gsm8k_task_name()`, `@register_jsonl()`.
+`@register_gsm8k()`, `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`,
+`@quiet_star_loss`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import gin
 from t5x_rationale import evaluate as evaluate_module
 from t5x_rationale import infer as infer_module
 from t5x_rationale import train as train_module
-from t5x_rationale.architectures import get_preset
+from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters
 from t5x_rationale.data import registry
 from t5x_rationale.decoding import DecodeConfig
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
+from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.optimizers import OptimizerConfig
 from t5x_rationale.partitioning import MeshConfig
 
@@ -27,6 +29,13 @@ from t5x_rationale.partitioning import MeshConfig
 def model_config(preset: str = gin.REQUIRED, **overrides):
     """A named architecture preset with field overrides (e.g. `vocab_size`, `dtype`)."""
     return get_preset(preset, **overrides)
+
+
+@gin.configurable
+def quiet_star_config(decoder=gin.REQUIRED, thought_init_ids=(6,), thought_token_ids=(3, 4),
+                      thought_scale: float = 100.0, mixing_sigmoid: bool = False):
+    """A decoder config (`@model_config()`) with the Quiet-STaR thought embeddings and mixing head."""
+    return QuietStarConfig(decoder, tuple(thought_init_ids), tuple(thought_token_ids), thought_scale, mixing_sigmoid)
 
 
 for _cls in (converters.EncDecConverter, converters.MultiTaskEncDecConverter, converters.DecoderConverter,
@@ -38,6 +47,7 @@ gin.external_configurable(DecodeConfig)
 gin.external_configurable(token_loss)
 gin.external_configurable(step_by_step_loss)
 gin.external_configurable(kd_loss)
+gin.external_configurable(quiet_star_loss)
 gin.external_configurable(registry.register_gsm8k)
 gin.external_configurable(registry.gsm8k_task_name)
 gin.external_configurable(registry.register_jsonl)

@@ -8,7 +8,7 @@ import pytest
 
 import t5x_rationale.gin_configurables  # noqa: F401
 from t5x_rationale import gin_launch
-from t5x_rationale.architectures import DecoderConfig, T5Config
+from t5x_rationale.architectures import DecoderConfig, QuietStarConfig, T5Config
 from t5x_rationale.partitioning import MeshConfig
 
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
@@ -59,7 +59,7 @@ def test_run_file_builds(run_file, tmp_path):
     built = _built_entry_points()
     assert built, f"{run_file.name} binds none of {ENTRY_POINTS}"
     for name, bindings in built.items():
-        assert isinstance(bindings["model_config"], (T5Config, DecoderConfig)), name
+        assert isinstance(bindings["model_config"], (T5Config, DecoderConfig, QuietStarConfig)), name
         if "mesh" in bindings:
             assert isinstance(bindings["mesh"], MeshConfig)
     gin.clear_config()

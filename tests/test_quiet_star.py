@@ -251,3 +251,33 @@ def test_append_scan_gradients_match_lax_scan():
     np.testing.assert_allclose(ours(consts), plain(consts), rtol=1e-6)
     for a, b in zip(jax.grad(ours)(consts), jax.grad(plain)(consts)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------- sharding
+
+def _train_steps(mesh, devices, steps=2):
+    from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
+    from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
+    from t5x_rationale.trainer import Trainer
+    import functools
+    config = _config()
+    tx, _ = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.1))
+    partitioner = Partitioner(create_mesh(MeshConfig.parse(mesh), devices))
+    objective = functools.partial(quiet_star_loss, num_ahead=N_A, num_talk=N_T, beta=1.0)
+    trainer = Trainer(build_model(config), objective, tx, partitioner)
+    batch = _batch(n=8, t=12, seed=9)
+    state = trainer.init_state(0, batch)
+    losses = []
+    for _ in range(steps):
+        state, metrics = trainer.train_step(state, partitioner.host_batch_to_global(batch))
+        losses.append(float(metrics["loss"]))
+    return np.array(losses), jax.device_get(state.params)
+
+
+@pytest.mark.parametrize("mesh", ["8x1x1", "2x2x2", "1x2x4"])
+def test_sharded_quiet_star_steps_match_one_device(mesh):
+    want_losses, want = _train_steps("1x1x1", jax.devices()[:1])
+    got_losses, got = _train_steps(mesh, jax.devices()[:8])
+    np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
+    for (path, a), b in zip(jax.tree.leaves_with_path(got), jax.tree.leaves(want)):
+        _close(a, b, err_msg=jax.tree_util.keystr(path))
