@@ -73,8 +73,7 @@ def _fwd(step_fn, index_fn, axis, consts, statics, carry, buffer, xs):
 
 def _bwd(step_fn, index_fn, axis, residuals, cotangents):
     consts, statics, carries, final_buffer, xs = residuals
-    _, d_buffer_out, d_ys = cotangents
-    d_buffer_out = jax.tree.map(_zeros_if_symbolic, d_buffer_out, final_buffer)
+    _, d_buffer_out, d_ys = cotangents  # custom_vjp hands in zeros, not symbolic zeros
 
     def body(acc, inputs):
         d_consts, d_buffer = acc
@@ -92,21 +91,8 @@ def _bwd(step_fn, index_fn, axis, residuals, cotangents):
         return (d_consts, d_buffer), None
 
     zeros = jax.tree.map(jnp.zeros_like, consts)
-    d_ys = jax.tree.map(_zeros_if_symbolic, d_ys, _ys_like(step_fn, consts, statics, carries, final_buffer, xs))
     (d_consts, _), _ = jax.lax.scan(body, (zeros, d_buffer_out), (carries, xs, d_ys), reverse=True)
     return d_consts, None, None, None, None
-
-
-def _zeros_if_symbolic(ct, like):
-    return jnp.zeros(like.shape, like.dtype) if ct is None or type(ct).__name__ == "Zero" else ct
-
-
-def _ys_like(step_fn, consts, statics, carries, buffer, xs):
-    carry0 = jax.tree.map(lambda c: c[0], carries)
-    x0 = jax.tree.map(lambda x: x[0], xs)
-    y = jax.eval_shape(lambda: step_fn(consts, statics, carry0, buffer, x0)[2])
-    n = jax.tree.leaves(xs)[0].shape[0]
-    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((n,) + s.shape, s.dtype), y)
 
 
 _append_scan.defvjp(_fwd, _bwd)
