@@ -4,6 +4,13 @@
     python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 --json out.json
     python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128 \
         --objective step_by_step
+    python -m t5x_rationale.bench --preset decoder-125m --batch 4 --target_length 256 \
+        --objective quiet_star --implementation streams --steps 2 --warmup 0
+
+For `quiet_star` the preset is wrapped in a `QuietStarConfig`; rows are the batch repeated
+`--num_thoughts` times and model FLOPs count only what the streams decomposition needs
+(`flops.quiet_star_forward_flops`), for either implementation. `--compile_only` reports the
+compiled memory analysis without running a step (for settings that do not fit in memory).
 
 The peak matmul rate is measured in the same run (float32 2048x2048 matmul on each device,
 best of several, before and after the timed steps), so MFU compares against what this
@@ -13,6 +20,7 @@ machine actually reaches; `mfu` uses the median step time, `mfu_best_step` the f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import resource
 import statistics
@@ -23,13 +31,15 @@ import jax
 
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.objectives import step_by_step_loss, token_loss
+from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.random_batches import RandomBatches
 from t5x_rationale.trainer import Trainer
 
-OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss}
+OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss, "quiet_star": quiet_star_loss}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,7 +57,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--peak_matmul_size", type=int, default=2048)
     p.add_argument("--objective", default="token", choices=sorted(OBJECTIVES),
-                   help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans")
+                   help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans; "
+                        "quiet_star: thoughts at every position (decoder presets)")
+    p.add_argument("--implementation", default="streams", choices=["streams", "dense_mask"])
+    p.add_argument("--num_ahead", type=int, default=12)
+    p.add_argument("--num_talk", type=int, default=4)
+    p.add_argument("--num_thoughts", type=int, default=2)
+    p.add_argument("--compile_only", action="store_true", help="compile and report memory, run no step")
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)
 
@@ -67,15 +83,26 @@ def _memory_stats(compiled) -> dict:
     return out
 
 
-def run(args: argparse.Namespace) -> dict:
+def _model_and_objective(args: argparse.Namespace):
     config = get_preset(args.preset, dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan_layers)
+    if args.objective != "quiet_star":
+        return config, OBJECTIVES[args.objective], None
+    if config.architecture != "decoder":
+        raise ValueError(f"--objective quiet_star needs a decoder preset, {args.preset} is {config.architecture}")
+    thinking = dict(num_ahead=args.num_ahead, num_talk=args.num_talk, num_thoughts=args.num_thoughts)
+    objective = functools.partial(quiet_star_loss, implementation=args.implementation, **thinking)
+    return QuietStarConfig(decoder=config), objective, thinking
+
+
+def run(args: argparse.Namespace) -> dict:
+    config, objective, thinking = _model_and_objective(args)
     if config.architecture == "encoder_decoder" and args.input_length <= 0:
         raise ValueError(f"preset {args.preset} is an encoder-decoder: pass --input_length")
     input_length = args.input_length if config.architecture == "encoder_decoder" else 0
     peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
     partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4))
-    trainer = Trainer(build_model(config), OBJECTIVES[args.objective], tx, partitioner, learning_rate_fn=schedule,
+    trainer = Trainer(build_model(config), objective, tx, partitioner, learning_rate_fn=schedule,
                       num_microbatches=args.microbatches)
     data = RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=args.target_length,
                          input_length=input_length, task_ids=args.objective == "step_by_step")
@@ -84,6 +111,10 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     compiled = trainer.compile_step(state, batches[0])
+    row = {"preset": args.preset, "objective": _objective_name(args), "batch": args.batch,
+           "target_length": args.target_length, "compile_s": time.perf_counter() - start}
+    if args.compile_only:
+        return dict(row, **_memory_stats(compiled))
     state, metrics = trainer.train_step(state, batches[0])
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
@@ -101,13 +132,13 @@ def run(args: argparse.Namespace) -> dict:
     # and after the timed steps, which can only lower the reported MFU.
     peak_per_device = max(peak_per_device, measure_peak_matmul_flops(args.peak_matmul_size))
     step_s = statistics.median(times)
-    flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length)
+    flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length,
+                             thinking=thinking)
     peak = peak_per_device * jax.device_count()
-    row = {
-        "preset": args.preset, "objective": args.objective, "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
+    row.update({
+        "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
         "devices": jax.device_count(), "backend": jax.default_backend(), "dtype": args.dtype,
-        "remat": args.remat, "scan_layers": args.scan_layers, "batch": args.batch,
-        "input_length": input_length, "target_length": args.target_length,
+        "remat": args.remat, "scan_layers": args.scan_layers, "input_length": input_length,
         "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
         "compile_s": compile_s, "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
         "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
@@ -115,9 +146,13 @@ def run(args: argparse.Namespace) -> dict:
         "peak_matmul_gflop_per_s": peak / 1e9, "mfu": flops / step_s / peak,
         "mfu_best_step": flops / min(times) / peak,
         "loss": float(metrics["loss"]),
-    }
+    })
     row.update(_memory_stats(compiled))
     return row
+
+
+def _objective_name(args: argparse.Namespace) -> str:
+    return f"quiet_star/{args.implementation}" if args.objective == "quiet_star" else args.objective
 
 
 def format_table(rows: list[dict]) -> str:

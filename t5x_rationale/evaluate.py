@@ -21,6 +21,7 @@ from t5x_rationale.decoding import DecodeConfig
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.prediction import Predictor, load_examples, score_task, text_of
 from t5x_rationale.run_files import write_text_atomic
+from t5x_rationale.thought_generation import ThoughtDecodeConfig
 
 
 def _tasks_with_metrics(name: str) -> list[seqio.Task]:
@@ -37,7 +38,8 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
              output_dir: Optional[str] = None, split: str = "validation",
              input_length: int = 128, decode_config: DecodeConfig = DecodeConfig(max_decode_length=128),
              batch_size: int = 32, max_examples: Optional[int] = None, mesh: MeshConfig = MeshConfig(),
-             vocabulary_path: Optional[str] = None, seed: int = 0) -> dict[str, dict[str, float]]:
+             vocabulary_path: Optional[str] = None,
+             thoughts: Optional[ThoughtDecodeConfig] = None, seed: int = 0) -> dict[str, dict[str, float]]:
     """Decodes every task of `mixture_or_task_name` that has metrics; returns task -> metrics.
 
     Args:
@@ -51,6 +53,7 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
       decode_config: decoding method and length cap.
       batch_size: global decode batch.
       mesh, vocabulary_path, seed: as in training; seed feeds sampling.
+      thoughts: thought settings for a Quiet-STaR model (see `Predictor`).
     """
     if (checkpoint_path is None) == (run_dir is None):
         raise ValueError("give exactly one of evaluate.checkpoint_path and evaluate.run_dir")
@@ -59,7 +62,7 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
     run_setup.check_task(mixture_or_task_name, vocabulary)
     tasks = _tasks_with_metrics(mixture_or_task_name)
     predictor = Predictor(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), vocabulary,
-                          decode_config, batch_size=batch_size, input_length=input_length)
+                          decode_config, batch_size=batch_size, input_length=input_length, thoughts=thoughts)
     output_dir = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint_path.rstrip("/"))), "eval")
     results = {}
     for task in tasks:

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures.configs import DecoderConfig, T5Config
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 
 
 def _mlp_params(c) -> int:
@@ -20,15 +21,36 @@ def _mlp_params(c) -> int:
     return num_in * c.emb_dim * c.mlp_dim + c.mlp_dim * c.emb_dim
 
 
-def decoder_forward_flops(c: DecoderConfig, batch: int, length: int) -> int:
-    """Forward matmul FLOPs of a decoder-only LM over [batch, length] tokens."""
+def _decoder_token_flops(c: DecoderConfig, keys: int) -> int:
+    """Forward matmul FLOPs of one decoder token attending to `keys` keys, logits included."""
     q_out = 2 * c.emb_dim * c.num_heads * c.head_dim
     kv = 2 * c.emb_dim * c.kv_heads * c.head_dim
     per_token_layer = 2 * (q_out + kv + _mlp_params(c))
-    attention = 2 * 2 * length * c.num_heads * c.head_dim  # scores + weighted values, per token
+    attention = 2 * 2 * keys * c.num_heads * c.head_dim  # scores + weighted values
     logits = 2 * c.emb_dim * c.vocab_size
-    tokens = batch * length
-    return tokens * (c.num_layers * (per_token_layer + attention) + logits)
+    return c.num_layers * (per_token_layer + attention) + logits
+
+
+def decoder_forward_flops(c: DecoderConfig, batch: int, length: int) -> int:
+    """Forward matmul FLOPs of a decoder-only LM over [batch, length] tokens."""
+    return batch * length * _decoder_token_flops(c, length)
+
+
+def quiet_star_forward_flops(c: QuietStarConfig, batch: int, length: int, *, num_ahead: int, num_talk: int,
+                             num_thoughts: int) -> int:
+    """Forward FLOPs the token-parallel decomposition needs (METHODS.md section 2).
+
+    Rows are the batch repeated `num_thoughts` times. The base step is an ordinary decoder
+    forward; each of the n_a + n_t - 2 later steps runs every position's new token through the
+    decoder attending to the context (full length, as above) plus its own k stream tokens, and
+    the n_t scored steps add the mixing head (2H -> H -> H -> 1). The dense-mask construction
+    attends to T * (k + 1) keys instead; that waste is not counted.
+    """
+    d = c.decoder
+    tokens = batch * num_thoughts * length
+    steps = sum(_decoder_token_flops(d, length + k) for k in range(1, num_ahead + num_talk - 1))
+    mixing = num_talk * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
+    return decoder_forward_flops(d, batch * num_thoughts, length) + tokens * (steps + mixing)
 
 
 def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: int) -> int:
@@ -49,9 +71,17 @@ def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: 
     return encoder + decoder + cross_kv + logits
 
 
-def train_step_flops(config: T5Config | DecoderConfig, batch: int, *, target_length: int,
-                     input_length: int = 0) -> int:
-    """Model FLOPs of one training step (forward + backward = 3x forward)."""
+def train_step_flops(config: T5Config | DecoderConfig | QuietStarConfig, batch: int, *, target_length: int,
+                     input_length: int = 0, thinking: dict | None = None) -> int:
+    """Model FLOPs of one training step (forward + backward = 3x forward).
+
+    `thinking` (num_ahead, num_talk, num_thoughts) is required for a `QuietStarConfig`.
+    """
+    if isinstance(config, QuietStarConfig):
+        if thinking is None:
+            raise ValueError("train_step_flops of a QuietStarConfig needs thinking=dict(num_ahead=, num_talk=, "
+                             "num_thoughts=)")
+        return 3 * quiet_star_forward_flops(config, batch, target_length, **thinking)
     if isinstance(config, T5Config):
         return 3 * t5_forward_flops(config, batch, input_length, target_length)
     return 3 * decoder_forward_flops(config, batch, target_length)

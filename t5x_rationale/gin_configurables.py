@@ -1,11 +1,11 @@
 """Library objects exposed to gin files (library code itself stays gin-free).
 
-The entry points are registered here too (`train`, `evaluate`, `infer`), so one gin file
-may bind all three. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
+The entry points are registered here too (`train`, `evaluate`, `infer`, `inspect_thoughts`,
+`evaluate_thoughts`), so one gin file may bind them all. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
 `@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`,
 `@register_gsm8k()`, `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`,
-`@quiet_star_loss`.
+`@quiet_star_loss`, `@ThoughtDecodeConfig()`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,15 @@ from __future__ import annotations
 import gin
 
 from t5x_rationale import evaluate as evaluate_module
+from t5x_rationale import evaluate_thoughts as evaluate_thoughts_module
 from t5x_rationale import infer as infer_module
+from t5x_rationale import inspect_thoughts as inspect_thoughts_module
 from t5x_rationale import train as train_module
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters
 from t5x_rationale.data import registry
 from t5x_rationale.decoding import DecodeConfig
+from t5x_rationale.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.optimizers import OptimizerConfig
@@ -44,6 +47,7 @@ for _cls in (converters.EncDecConverter, converters.MultiTaskEncDecConverter, co
 gin.external_configurable(OptimizerConfig)
 gin.external_configurable(MeshConfig)
 gin.external_configurable(DecodeConfig)
+gin.external_configurable(ThoughtDecodeConfig)
 gin.external_configurable(token_loss)
 gin.external_configurable(step_by_step_loss)
 gin.external_configurable(kd_loss)
@@ -58,4 +62,6 @@ ENTRY_POINTS = {
     "train": gin.external_configurable(train_module.train, "train"),
     "evaluate": gin.external_configurable(evaluate_module.evaluate, "evaluate"),
     "infer": gin.external_configurable(infer_module.infer, "infer"),
+    "inspect_thoughts": gin.external_configurable(inspect_thoughts_module.inspect_thoughts, "inspect_thoughts"),
+    "evaluate_thoughts": gin.external_configurable(evaluate_thoughts_module.evaluate_thoughts, "evaluate_thoughts"),
 }

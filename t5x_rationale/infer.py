@@ -21,6 +21,7 @@ from t5x_rationale.decoding import DecodeConfig
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.prediction import Predictor, load_examples, text_of
 from t5x_rationale.run_files import write_text_atomic
+from t5x_rationale.thought_generation import ThoughtDecodeConfig
 
 
 def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
@@ -51,7 +52,8 @@ def infer(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED, out
           input_prefix: str = "", input_length: int = 128,
           decode_config: DecodeConfig = DecodeConfig(max_decode_length=128), batch_size: int = 32,
           max_examples: Optional[int] = None, mesh: MeshConfig = MeshConfig(),
-          vocabulary_path: Optional[str] = None, seed: int = 0) -> list[dict]:
+          vocabulary_path: Optional[str] = None,
+          thoughts: Optional[ThoughtDecodeConfig] = None, seed: int = 0) -> list[dict]:
     """Writes one JSONL prediction per example to `output_file` and returns the rows."""
     if (input_file is None) == (mixture_or_task_name is None):
         raise ValueError("give exactly one of infer.input_file and infer.mixture_or_task_name")
@@ -62,7 +64,7 @@ def infer(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED, out
         run_setup.check_task(mixture_or_task_name, vocabulary)
         examples = load_examples(mixture_or_task_name, split, max_examples=max_examples)
     predictor = Predictor(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), vocabulary,
-                          decode_config, batch_size=batch_size, input_length=input_length)
+                          decode_config, batch_size=batch_size, input_length=input_length, thoughts=thoughts)
     predictions = predictor.predict(examples, rng=jax.random.PRNGKey(seed))
     rows = [{"id": text_of(ex.get("id", i)), "input": text_of(ex["inputs_pretokenized"]), "prediction": text}
             for i, (ex, text) in enumerate(zip(examples, predictions.texts))]

@@ -18,9 +18,11 @@ import seqio
 from jax.experimental import multihost_utils
 
 from t5x_rationale.architectures import T5Config, build_model
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.decoding import DecodeConfig, decode
 from t5x_rationale.partitioning import Partitioner
+from t5x_rationale.thought_generation import ThoughtDecodeConfig, from_decode_config, generate_with_thoughts
 from t5x_rationale.trainer import Trainer, abstract_params
 
 
@@ -66,11 +68,19 @@ class Predictor:
       decode_config: how to decode.
       batch_size: global rows per decode call (the last batch is padded).
       input_length: encoder input / prompt length; longer inputs are truncated and counted.
+      thoughts: a Quiet-STaR model generates with a thought before every token
+        (`thought_generation`): these settings, with length, eos, forbidden ids and token
+        temperature taken from `decode_config` (default `ThoughtDecodeConfig()`).
     """
 
     def __init__(self, model_config, checkpoint_path: str, partitioner: Partitioner,
-                 vocabulary: seqio.Vocabulary, decode_config: DecodeConfig, *, batch_size: int, input_length: int):
+                 vocabulary: seqio.Vocabulary, decode_config: DecodeConfig, *, batch_size: int, input_length: int,
+                 thoughts: Optional[ThoughtDecodeConfig] = None):
         partitioner.check_global_batch_size(batch_size)
+        if thoughts is not None and not isinstance(model_config, QuietStarConfig):
+            raise ValueError(f"thought generation needs a QuietStarConfig, got {type(model_config).__name__}")
+        self.thoughts = (from_decode_config(decode_config, thoughts or ThoughtDecodeConfig())
+                         if isinstance(model_config, QuietStarConfig) else None)
         self.model_config, self.partitioner, self.vocabulary = model_config, partitioner, vocabulary
         self.decode_config, self.batch_size, self.input_length = decode_config, batch_size, input_length
         self.encoder_decoder = isinstance(model_config, T5Config)
@@ -111,8 +121,12 @@ class Predictor:
             padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
             batch = self.partitioner.host_batch_to_global({key: padded[host]})
             with self._shell.context():
-                result = decode(self.model, self.params, batch, self.decode_config,
-                                rng=jax.random.fold_in(rng, start))
+                if self.thoughts is not None:
+                    result = generate_with_thoughts(self.model_config, self.params, batch[key], self.thoughts,
+                                                    rng=jax.random.fold_in(rng, start))
+                else:
+                    result = decode(self.model, self.params, batch, self.decode_config,
+                                    rng=jax.random.fold_in(rng, start))
             tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
             texts += [self._detokenize(t) for t in tokens[:len(chunk)]]
         return Predictions(texts, truncated)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import inspect
 import os
 from typing import Optional
 
+import gin
 import seqio
 
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
@@ -14,6 +16,7 @@ from t5x_rationale.architectures import T5Config, build_model
 from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
 from t5x_rationale.data.vocab import get_vocabulary
+from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.trainer import abstract_params
 
 
@@ -72,3 +75,18 @@ def model_info(trainer, example_batch: dict, model_config) -> str:
     if notes:
         lines += ["", "replicated because the mesh axes do not divide the dimension:", *notes]
     return "\n".join(lines) + "\n"
+
+
+def thinking_settings(objective) -> dict:
+    """num_ahead, num_talk, num_thoughts of a Quiet-STaR objective, for its FLOPs count.
+
+    Values come from `functools.partial` keywords, else from gin bindings of
+    `quiet_star_loss`, else from its defaults.
+    """
+    names = ("num_ahead", "num_talk", "num_thoughts")
+    params = inspect.signature(quiet_star_loss).parameters
+    out = {k: params[k].default for k in names}
+    out.update({k: v for k, v in gin.get_bindings("quiet_star_loss").items() if k in names})
+    if isinstance(objective, functools.partial):
+        out.update({k: v for k, v in objective.keywords.items() if k in names})
+    return out

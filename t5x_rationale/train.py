@@ -20,6 +20,7 @@ import seqio
 
 from t5x_rationale import run_setup
 from t5x_rationale.architectures import build_model
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.checkpoints import Checkpointer
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
@@ -95,7 +96,7 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     log.info("train: %s from %s at step %d", mixture_or_task_name, source, int(state.step))
     if console and jax.process_index() == 0:
         print(f"train: starting from {source} at step {int(state.step)} of {num_steps}", flush=True)
-    throughput = _throughput(model_config, spec, converter, measure_mfu)
+    throughput = _throughput(model_config, spec, converter, measure_mfu, objective)
     writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
 
     def on_metrics(step: int, values: dict) -> None:
@@ -110,12 +111,13 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     return state
 
 
-def _throughput(model_config, spec: StreamSpec, converter, measure_mfu: bool) -> Throughput:
+def _throughput(model_config, spec: StreamSpec, converter, measure_mfu: bool, objective) -> Throughput:
     lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
     input_length = lengths.get("encoder_input_tokens", 0)
     target_length = lengths["decoder_target_tokens"]
+    thinking = run_setup.thinking_settings(objective) if isinstance(model_config, QuietStarConfig) else None
     flops = train_step_flops(model_config, spec.batch_size, target_length=target_length,
-                             input_length=input_length)
+                             input_length=input_length, thinking=thinking)
     peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
     return Throughput(tokens_per_step=spec.batch_size * (input_length + target_length),
                       flops_per_step=flops, peak_flops=peak)

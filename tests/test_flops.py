@@ -7,12 +7,15 @@ import math
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset, model_inputs
-from t5x_rationale.flops import (decoder_forward_flops, measure_peak_matmul_flops, t5_forward_flops,
-                                 train_step_flops)
+from t5x_rationale.architectures import QuietStarConfig
+from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
+from t5x_rationale.flops import (decoder_forward_flops, measure_peak_matmul_flops, quiet_star_forward_flops,
+                                 t5_forward_flops, train_step_flops)
 
 DECODER = dict(emb_dim=256, mlp_dim=1024, vocab_size=2048, head_dim=32, num_heads=8, num_kv_heads=4)
 T5 = dict(emb_dim=256, mlp_dim=1024, vocab_size=2048, head_dim=32, num_heads=8)
@@ -44,31 +47,30 @@ def _xla_flops(config, batch_size, target_length, input_length=0):
 def _jaxpr_matmul_flops(config, batch_size, target_length, input_length=0):
     """2 x (output elements) x (contracted size), summed over the dot_generals in the jaxpr."""
     forward, params, inputs = _forward(config, batch_size, target_length, input_length)
-    closed = jax.make_jaxpr(forward)(params, inputs)
-
     # The T5 relative-position bias is a [heads, buckets] table lookup written as a one-hot
     # contraction: not a model matmul, so it is left out of the count.
     lookup_table = (config.num_heads, getattr(config, "relative_attention_num_buckets", -1))
+    return _dot_flops(jax.make_jaxpr(forward)(params, inputs).jaxpr, lookup_table)
 
-    def count(jaxpr, multiplier=1):
-        total = 0
-        for eqn in jaxpr.eqns:
-            is_lookup = any(v.aval.shape == lookup_table for v in eqn.invars)
-            if eqn.primitive.name == "dot_general" and not is_lookup:
-                (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-                lhs = eqn.invars[0].aval.shape
-                out = eqn.outvars[0].aval.shape
-                total += multiplier * 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
-            inner = multiplier * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
-            for value in eqn.params.values():
-                for sub in (value if isinstance(value, (list, tuple)) else [value]):
-                    if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                        total += count(sub.jaxpr, inner)
-                    elif isinstance(sub, jax.extend.core.Jaxpr):
-                        total += count(sub, inner)
-        return total
 
-    return count(closed.jaxpr)
+def _dot_flops(jaxpr, lookup_table=None, multiplier=1):
+    """dot_general FLOPs of a jaxpr, descending into sub-jaxprs (scan bodies x their length)."""
+    total = 0
+    for eqn in jaxpr.eqns:
+        is_lookup = any(v.aval.shape == lookup_table for v in eqn.invars)
+        if eqn.primitive.name == "dot_general" and not is_lookup:
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs = eqn.invars[0].aval.shape
+            out = eqn.outvars[0].aval.shape
+            total += multiplier * 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
+        inner = multiplier * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
+        for value in eqn.params.values():
+            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _dot_flops(sub.jaxpr, lookup_table, inner)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _dot_flops(sub, lookup_table, inner)
+    return total
 
 
 def _matmul(m, k, n, batch=1):
@@ -174,6 +176,32 @@ def test_train_step_flops_is_three_forwards():
     # Scaling sanity: linear in batch, and more than linear in length (attention).
     assert decoder_forward_flops(dec, 8, 32) == 2 * decoder_forward_flops(dec, 4, 32)
     assert decoder_forward_flops(dec, 4, 64) > 2 * decoder_forward_flops(dec, 4, 32)
+
+
+def test_quiet_star_formula_is_the_streams_forward_minus_its_masked_work():
+    """The streams forward's dot_generals = what the decomposition needs + work it masks out.
+
+    Per step k (of S = n_a + n_t - 2) streams scores every one of the S slots and the new key
+    (needed: k keys, the new one included), and its new-key value product is elementwise,
+    not a dot; it runs the mixing head at all S steps (needed: the n_t scored ones).
+    """
+    n_a, n_t, rows, length = 5, 3, 2, 16
+    config = QuietStarConfig(get_preset("decoder-tiny", **DECODER))
+    d = config.decoder
+    spec = ThinkingSpec(n_a, n_t)
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
+    params = jax.eval_shape(lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens)
+    ctx = Context(tokens, jax.ShapeDtypeStruct((rows, length), bool), None, jax.random.PRNGKey(0))
+    counted = _dot_flops(jax.make_jaxpr(lambda p, t, c: think(config, spec, p, t, c))(params, tokens, ctx).jaxpr)
+    steps, heads = spec.num_steps, d.num_heads * d.head_dim
+    attention_waste = sum(rows * length * d.num_layers * heads * (4 * (steps - k) + 2) for k in range(1, steps + 1))
+    mixing_waste = (steps - n_t) * rows * length * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
+    needed = quiet_star_forward_flops(config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1)
+    assert needed == counted - attention_waste - mixing_waste
+    thinking = dict(num_ahead=n_a, num_talk=n_t, num_thoughts=2)
+    assert train_step_flops(config, 1, target_length=length, thinking=thinking) == 3 * needed
+    with pytest.raises(ValueError, match="thinking"):
+        train_step_flops(config, 1, target_length=length)
 
 
 def test_measure_peak_matmul_flops():

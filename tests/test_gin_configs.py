@@ -12,10 +12,10 @@ from t5x_rationale.architectures import DecoderConfig, QuietStarConfig, T5Config
 from t5x_rationale.partitioning import MeshConfig
 
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
-ENTRY_POINTS = ("train", "evaluate", "infer")
+ENTRY_POINTS = tuple(t5x_rationale.gin_configurables.ENTRY_POINTS)
 # Macros that run files leave to the command line.
 REQUIRED_MACROS = ["TASK = 'synthetic_arith_cot'", "RUN_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
-                   "TEACHER_CHECKPOINT = '/tmp/unused'", "EVAL_TASK = 'synthetic_arith_cot'"]
+                   "TEACHER_CHECKPOINT = '/tmp/unused'", "EVAL_TASK = 'synthetic_arith_cot'", "OUTPUT_DIR = '/tmp/unused'"]
 GSM8K_MACROS = ["TRAIN_KIND = 'cot'", "EVAL_KIND = 'cot'"]  # set by the gsm8k_* files over gsm8k_base.gin
 GSM8K_ROW = '{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\\n#### 5"}'
 
@@ -44,7 +44,10 @@ def _text_with_includes(path: Path) -> str:
 
 
 def _model_file_for(run_file: Path) -> list[str]:
-    return [] if "model_config.preset" in _text_with_includes(run_file) else ["models/t5_tiny.gin"]
+    text = _text_with_includes(run_file)
+    if "model_config.preset" in text:
+        return []
+    return ["models/quiet_star_tiny.gin" if "@quiet_star_config()" in text else "models/t5_tiny.gin"]
 
 
 @pytest.mark.parametrize("run_file", sorted((CONFIGS / "runs").glob("*.gin")), ids=lambda p: p.name)

@@ -1,34 +1,23 @@
 """Quiet-STaR: streams == dense_mask == a naive per-position loop; losses and gradients."""
 
 import dataclasses
+import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_rationale.architectures import DecoderOnly, QuietStarConfig, build_model, get_preset
+from quiet_star_models import tiny_config, tiny_params
+from t5x_rationale.architectures import DecoderOnly, build_model
 from t5x_rationale.architectures.append_scan import append_scan
 from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
 from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
+from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.trainer import Trainer
 
 N_A, N_T = 6, 3  # 3 sampled thought tokens, 3 talk tokens scored: small but every step kind
-
-
-def _config(**overrides):
-    decoder = get_preset("decoder-tiny", **overrides)
-    return QuietStarConfig(decoder)
-
-
-def _params(config, seed=0, mixing_random=False):
-    tokens = jnp.ones((1, 8), jnp.int32)
-    params = nn.unbox(build_model(config).init(jax.random.PRNGKey(seed), tokens)["params"])
-    if mixing_random:  # a trained-looking mixing head (its last layer starts at zero)
-        keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 8))
-        params["mixing_head"] = jax.tree.map(lambda a: 0.3 * jax.random.normal(next(keys), a.shape),
-                                             params["mixing_head"])
-    return params
 
 
 def _tokens(n, t, seed=0, vocab=256):
@@ -63,7 +52,7 @@ def _naive_step_logits(config, params, tokens, targets, thoughts):
     c = config.decoder
     vocab = c.vocab_size
     wide = dataclasses.replace(c, vocab_size=vocab + 2)
-    p = jax.tree.map(lambda a: a, {k: params[k] for k in ("token_embedder", "decoder")})
+    p = {k: dict(params[k]) for k in ("token_embedder", "decoder")}
     scale = config.thought_scale
     p["token_embedder"]["embedding"] = jnp.concatenate(
         [params["token_embedder"]["embedding"], scale * params["start_thought"][None], scale * params["end_thought"][None]])
@@ -88,8 +77,8 @@ def _naive_step_logits(config, params, tokens, targets, thoughts):
 
 @pytest.mark.parametrize("kv_heads", [4, 8])
 def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
-    config = _config(num_kv_heads=kv_heads)
-    params = _params(config)
+    config = tiny_config(num_kv_heads=kv_heads)
+    params = tiny_params(config)
     n, t = 2, 12
     tokens = _tokens(n, t)
     thoughts = _tokens(n * t, N_A - 3, seed=1).reshape(n, t, N_A - 3)
@@ -109,8 +98,8 @@ def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
 
 
 def test_packed_rows_and_sliding_window_match_dense_mask():
-    config = _config(sliding_window=5)
-    params = _params(config, mixing_random=True)
+    config = tiny_config(sliding_window=5)
+    params = tiny_params(config, mixing_random=True)
     tokens = _tokens(2, 16, seed=3)
     segments = jnp.asarray([[1] * 9 + [2] * 5 + [0] * 2, [1] * 16], jnp.int32)
     ctx = _context(tokens, segment_ids=segments)
@@ -121,8 +110,8 @@ def test_packed_rows_and_sliding_window_match_dense_mask():
 
 
 def test_mixed_logits_equal_base_logits_at_initialisation():
-    config = _config()
-    params = _params(config)
+    config = tiny_config()
+    params = tiny_params(config)
     tokens = _tokens(2, 10, seed=4)
     out = _think(config, params, tokens, _context(tokens), "streams")
     base = np.asarray(DecoderOnly(config.decoder).apply(
@@ -135,8 +124,8 @@ def test_mixed_logits_equal_base_logits_at_initialisation():
 
 
 def test_sampled_thoughts_never_contain_thought_ids():
-    config = _config()
-    params = _params(config)
+    config = tiny_config()
+    params = tiny_params(config)
     kernel = params["decoder"]["logits_dense"]["kernel"]
     start, end = config.thought_token_ids  # logits +-50 * sum(h): one of the two dominates
     params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, start].set(50.0).at[:, end].set(-50.0)
@@ -169,8 +158,8 @@ def _batch(n=2, t=12, seed=7):
 
 def test_objective_terms_match_a_hand_computation():
     """Rewards, losses and the policy term recomputed in numpy from the per-step outputs."""
-    config = _config()
-    params = _params(config, mixing_random=True)
+    config = tiny_config()
+    params = tiny_params(config, mixing_random=True)
     batch = _batch()
     spec = ThinkingSpec(N_A, N_T)
     terms = jax.jit(lambda p: quiet_star_terms(config, spec, p, batch, jax.random.PRNGKey(2), num_thoughts=2,
@@ -202,8 +191,8 @@ def test_objective_terms_match_a_hand_computation():
 
 
 def test_loss_and_gradients_agree_between_streams_and_dense_mask():
-    config = _config()
-    params = _params(config, mixing_random=True)
+    config = tiny_config()
+    params = tiny_params(config, mixing_random=True)
     model = build_model(config)
     batch = _batch(seed=8)
     results = {}
@@ -256,11 +245,7 @@ def test_append_scan_gradients_match_lax_scan():
 # ------------------------------------------------------------------- sharding
 
 def _train_steps(mesh, devices, steps=2):
-    from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-    from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-    from t5x_rationale.trainer import Trainer
-    import functools
-    config = _config()
+    config = tiny_config()
     tx, _ = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.1))
     partitioner = Partitioner(create_mesh(MeshConfig.parse(mesh), devices))
     objective = functools.partial(quiet_star_loss, num_ahead=N_A, num_talk=N_T, beta=1.0)

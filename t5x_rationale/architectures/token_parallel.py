@@ -58,8 +58,8 @@ class ThinkingSpec:
             raise ValueError(f"num_talk must be >= 1, got {self.num_talk}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation {self.implementation!r} not in {IMPLEMENTATIONS}")
-        if self.sample_temperature <= 0 or self.score_temperature <= 0:
-            raise ValueError("sample_temperature and score_temperature must be positive")
+        if self.sample_temperature < 0 or self.score_temperature <= 0:
+            raise ValueError("sample_temperature must be >= 0 (0: argmax) and score_temperature positive")
 
     @property
     def num_steps(self) -> int:
@@ -230,12 +230,20 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     return next_token, outputs
 
 
+def sample_token(logits, banned_ids, temperature: float, rng):
+    """Hard Gumbel-max sample at `temperature` (0: argmax); `banned_ids` are never drawn."""
+    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True)
+    logits = jnp.where(banned, -jnp.inf, jax.lax.stop_gradient(logits).astype(jnp.float32))
+    if temperature == 0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
+    return jnp.argmax(logits / temperature + gumbel, axis=-1).astype(jnp.int32)
+
+
 def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
-    """Hard Gumbel-max sample at the sampling temperature, thought ids never drawn."""
-    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(fd.config.thought_token_ids, jnp.int32)].set(True)
-    scaled = jnp.where(banned, -jnp.inf, jax.lax.stop_gradient(logits) / spec.sample_temperature)
-    gumbel = jax.random.gumbel(jax.random.fold_in(ctx.rng, k), logits.shape, jnp.float32)
-    sampled = jnp.argmax(scaled + gumbel, axis=-1).astype(jnp.int32)
+    """The token fed at step k + 1: sampled with the thought ids banned, or forced."""
+    sampled = sample_token(logits, fd.config.thought_token_ids, spec.sample_temperature,
+                           jax.random.fold_in(ctx.rng, k))
     if ctx.forced_thoughts is not None:  # the token for step k + 1 is thought number k - 1
         index = jnp.clip(k - 1, 0, ctx.forced_thoughts.shape[-1] - 1)
         sampled = jax.lax.dynamic_index_in_dim(ctx.forced_thoughts, index, axis=2, keepdims=False)
@@ -247,7 +255,9 @@ def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
 def stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
     """One softmax over the context (masked) and the stream's own slots < `slot` plus itself.
 
-    q: [N, T, heads, d]; ctx_k/v, new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, S, kv_heads, d].
+    q: [N, T, heads, d]; new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, S, kv_heads, d];
+    ctx_k/v: [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in training; the KV
+    cache length when generating one token per row).
     """
     n, t, heads, d = q.shape
     kv_heads = ctx_k.shape[2]
@@ -261,7 +271,8 @@ def stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_ma
     s_own = jnp.where(earlier, s_own, _NEG)
     s_new = jnp.einsum("nikgd,nikd->nkgi", qg, new_k, **f32)[..., None] * scale
     probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_own, s_new], axis=-1), axis=-1)
-    p_ctx, p_own, p_new = jnp.split(probs, [t, t + slot_k.shape[2]], axis=-1)
+    context = ctx_k.shape[1]
+    p_ctx, p_own, p_new = jnp.split(probs, [context, context + slot_k.shape[2]], axis=-1)
     dt = ctx_v.dtype
     out = (jnp.einsum("nkgij,njkd->nikgd", p_ctx.astype(dt), ctx_v)
            + jnp.einsum("nkgis,niskd->nikgd", p_own.astype(dt), slot_v)

@@ -1,0 +1,101 @@
+"""Per-token scores of text under a Quiet-STaR model: base vs thought-mixed log-probabilities.
+
+`ThoughtScorer` restores a `QuietStarLM` checkpoint onto a mesh and runs the token-parallel
+forward (P = 1, thoughts at `thought_temperature`, 0 = argmax) over right-padded rows of
+target tokens. For every position i, predicting y[i]:
+
+  base_logp[i]      log p_base(y[i] | y[..i-1])
+  mixed_logp[i]     log p_mixed(y[i]): after position i's thought, mixed by the head; this is
+                    what generation with thoughts (n_t = 1) uses
+  mixing_weight[i]  the head's w for that prediction
+  thoughts[i]       the thought's sampled token ids (num_ahead - 3)
+  delta_future[i]   sum over the n_t talk steps of log p_mixed(y[i+s]) - log p_base(y[i+s]):
+                    how much the thought changed the log-probability of the true next tokens
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from t5x_rationale.architectures import build_model
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.architectures.token_parallel import ThinkingSpec
+from t5x_rationale.checkpoints import restore_params
+from t5x_rationale.objectives.quiet_star import quiet_star_terms
+from t5x_rationale.partitioning import Partitioner
+from t5x_rationale.trainer import Trainer, abstract_params
+
+
+@dataclasses.dataclass(frozen=True)
+class ThoughtScores:
+    """numpy arrays [N, T] (thoughts [N, T, num_ahead - 3]); `valid` marks real tokens."""
+
+    targets: np.ndarray
+    valid: np.ndarray
+    base_logp: np.ndarray
+    mixed_logp: np.ndarray
+    mixing_weight: np.ndarray
+    thoughts: np.ndarray
+    delta_future: np.ndarray
+
+
+def score_rows(config: QuietStarConfig, params: Any, targets: jax.Array, *, num_ahead: int, num_talk: int,
+               thought_temperature: float, rng: jax.Array) -> dict:
+    """The per-position scores above (jnp arrays) of right-padded target rows [N, T]."""
+    spec = ThinkingSpec(num_ahead, num_talk, sample_temperature=thought_temperature)
+    inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
+    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": inputs,
+             "decoder_loss_weights": (targets > 0).astype(jnp.float32)}
+    terms = quiet_star_terms(config, spec, params, batch, rng, num_thoughts=1, clip_advantage=False)
+    return {"base_logp": terms["base_logp"], "mixed_logp": terms["talk_logp"][0],
+            "mixing_weight": terms["mixing_weight"][num_ahead - 2],
+            "thoughts": jnp.moveaxis(terms["next_token"][:num_ahead - 3], 0, -1),
+            "delta_future": terms["rewards"]}
+
+
+class ThoughtScorer:
+    """A restored Quiet-STaR checkpoint that scores batches of token rows.
+
+    Args:
+      model_config: the `QuietStarConfig` the checkpoint was trained with.
+      checkpoint_path: a run's `checkpoints/` directory (latest step) or one step directory.
+      partitioner: mesh + rules; params are restored sharded onto it.
+      num_ahead, num_talk: thinking steps and true future tokens scored (as in training).
+      thought_temperature: 0 gives argmax thoughts (inference).
+    """
+
+    def __init__(self, model_config: QuietStarConfig, checkpoint_path: str, partitioner: Partitioner, *,
+                 num_ahead: int = 12, num_talk: int = 4, thought_temperature: float = 0.0):
+        if not isinstance(model_config, QuietStarConfig):
+            raise TypeError(f"thought scoring needs a QuietStarConfig (model_config = @quiet_star_config()), "
+                            f"got {type(model_config).__name__}")
+        self.config, self.partitioner = model_config, partitioner
+        self.num_ahead, self.num_talk = num_ahead, num_talk
+        model = build_model(model_config)
+        self._shell = Trainer(model, None, optax.identity(), partitioner)  # for its mesh context
+        shape_batch = {"decoder_input_tokens": np.ones((partitioner.batch_shards, 8), np.int32)}
+        self.params, self.step = restore_params(checkpoint_path, abstract_params(model, partitioner, shape_batch))
+        self._score = jax.jit(functools.partial(score_rows, model_config, num_ahead=num_ahead, num_talk=num_talk,
+                                                thought_temperature=thought_temperature))
+
+    def score(self, targets: np.ndarray, rng: Optional[jax.Array] = None) -> ThoughtScores:
+        """Scores right-padded target rows [N, T] (0 = pad), the same rows on every process."""
+        targets = np.asarray(targets, np.int32)
+        rows = len(targets)
+        shards = self.partitioner.batch_shards
+        padded = np.concatenate([targets, np.zeros((-rows % shards, targets.shape[1]), np.int32)])
+        batch = self.partitioner.host_batch_to_global(
+            {"targets": padded[self.partitioner.host_rows(len(padded))]})
+        rng = jax.random.PRNGKey(0) if rng is None else rng
+        with self._shell.context():
+            out = self._score(self.params, batch["targets"], rng=rng)
+        out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))[:rows] for k, v in out.items()}
+        return ThoughtScores(targets=targets, valid=targets > 0, **out)
