@@ -42,15 +42,17 @@ def quiet_star_forward_flops(c: QuietStarConfig, batch: int, length: int, *, num
 
     Rows are the batch repeated `num_thoughts` times. The base step is an ordinary decoder
     forward; each of the n_a + n_t - 2 later steps runs every position's new token through the
-    decoder attending to the context (full length, as above) plus its own k stream tokens, and
-    the n_t scored steps add the mixing head (2H -> H -> H -> 1). The dense-mask construction
-    attends to T * (k + 1) keys instead; that waste is not counted.
+    decoder attending to the context (full length, as above) plus its own k stream tokens.
+    Every step but n_a - 2 (whose sample would be replaced by the end thought) needs the LM
+    head, and the n_t scored steps add the mixing head (2H -> H -> H -> 1). The dense-mask
+    construction attends to T * (k + 1) keys instead; that waste is not counted.
     """
     d = c.decoder
     tokens = batch * num_thoughts * length
     steps = sum(_decoder_token_flops(d, length + k) for k in range(1, num_ahead + num_talk - 1))
+    idle_head = 2 * d.emb_dim * d.vocab_size
     mixing = num_talk * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
-    return decoder_forward_flops(d, batch * num_thoughts, length) + tokens * (steps + mixing)
+    return decoder_forward_flops(d, batch * num_thoughts, length) + tokens * (steps - idle_head + mixing)
 
 
 def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: int) -> int:

@@ -5,6 +5,8 @@ import json
 import pytest
 
 from t5x_rationale import bench
+from t5x_rationale.architectures import QuietStarConfig, get_preset
+from t5x_rationale.flops import quiet_star_forward_flops
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys):
@@ -34,3 +36,29 @@ def test_bench_step_by_step_objective(tmp_path):
                 "--json", str(out)])
     row = json.loads(out.read_text())
     assert row["objective"] == "step_by_step" and row["loss"] > 0
+
+
+def test_bench_quiet_star_counts_decomposition_flops_for_both_implementations(tmp_path):
+    rows = {}
+    for impl in ("streams", "dense_mask"):
+        out = tmp_path / f"{impl}.json"
+        bench.main(["--preset", "decoder-tiny", "--batch", "8", "--target_length", "16", "--steps", "1",
+                    "--warmup", "0", "--peak_matmul_size", "64", "--objective", "quiet_star", "--num_ahead", "5",
+                    "--num_talk", "2", "--implementation", impl, "--json", str(out)])
+        rows[impl] = json.loads(out.read_text())
+    config = QuietStarConfig(get_preset("decoder-tiny"))
+    want = 3 * quiet_star_forward_flops(config, 8, 16, num_ahead=5, num_talk=2, num_thoughts=2) / 1e9
+    for impl, row in rows.items():
+        assert row["objective"] == f"quiet_star/{impl}"
+        assert row["model_gflop_per_step"] == pytest.approx(want)
+    # Same batch, same sampling key: the two implementations compute the same loss.
+    assert rows["streams"]["loss"] == pytest.approx(rows["dense_mask"]["loss"], rel=1e-5)
+
+
+def test_bench_compile_only_reports_memory(tmp_path):
+    out = tmp_path / "row.json"
+    bench.main(["--preset", "decoder-tiny", "--batch", "8", "--target_length", "16", "--objective", "quiet_star",
+                "--num_ahead", "5", "--num_talk", "2", "--compile_only", "--peak_matmul_size", "64",
+                "--json", str(out)])
+    row = json.loads(out.read_text())
+    assert row["compiled_total_gib"] > 0 and "step_s" not in row

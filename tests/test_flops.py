@@ -178,23 +178,23 @@ def test_train_step_flops_is_three_forwards():
     assert decoder_forward_flops(dec, 4, 64) > 2 * decoder_forward_flops(dec, 4, 32)
 
 
-def test_quiet_star_formula_is_the_streams_forward_minus_its_masked_work():
-    """The streams forward's dot_generals = what the decomposition needs + work it masks out.
+def test_quiet_star_formula_is_the_dense_forward_minus_its_masked_work():
+    """The dense-mask forward's dot_generals = what the decomposition needs + work it masks out.
 
-    Per step k (of S = n_a + n_t - 2) streams scores every one of the S slots and the new key
-    (needed: k keys, the new one included), and its new-key value product is elementwise,
-    not a dot; it runs the mixing head at all S steps (needed: the n_t scored ones).
+    dense_mask unrolls the steps, so its jaxpr holds every matmul once. At step k it attends
+    to T * (k + 1) keys (needed: the T context keys and the stream's own k) and runs the
+    mixing head at all S = n_a + n_t - 2 steps (needed: the n_t scored ones).
     """
     n_a, n_t, rows, length = 5, 3, 2, 16
     config = QuietStarConfig(get_preset("decoder-tiny", **DECODER))
     d = config.decoder
-    spec = ThinkingSpec(n_a, n_t)
+    spec = ThinkingSpec(n_a, n_t, implementation="dense_mask")
     tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
     params = jax.eval_shape(lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens)
     ctx = Context(tokens, jax.ShapeDtypeStruct((rows, length), bool), None, jax.random.PRNGKey(0))
     counted = _dot_flops(jax.make_jaxpr(lambda p, t, c: think(config, spec, p, t, c))(params, tokens, ctx).jaxpr)
     steps, heads = spec.num_steps, d.num_heads * d.head_dim
-    attention_waste = sum(rows * length * d.num_layers * heads * (4 * (steps - k) + 2) for k in range(1, steps + 1))
+    attention_waste = sum(rows * length * d.num_layers * 4 * heads * k * (length - 1) for k in range(1, steps + 1))
     mixing_waste = (steps - n_t) * rows * length * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
     needed = quiet_star_forward_flops(config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1)
     assert needed == counted - attention_waste - mixing_waste

@@ -208,36 +208,84 @@ def step_input(fd: FunctionalDecoder, spec: ThinkingSpec, params, ctx: Context, 
 
 
 def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k, hidden):
-    """Logits of step k (mixed when scored), the next sampled token and this step's outputs."""
+    """This step's outputs and the token it samples, computing only what the step kind needs.
+
+    Thinking steps (k <= n_a - 3) sample the next thought token and score it for the policy
+    term; scored steps (k >= n_a - 1) mix with h_base[i + s] and give log p(y[i + s]); step
+    n_a - 2 (followed by the end thought) needs neither, so it skips the LM head. Outputs a
+    step does not compute are zeros. `k` is a Python int (unrolled steps) or traced (scan).
+    """
     n_a = spec.num_ahead
     offset = jnp.maximum(k - n_a + 1, 0)
-    scored = k >= n_a - 1
     base_shift = _shift(h_base, offset)  # h_base[i + s]
     w = fd.mixing_weight(params, base_shift, hidden)
-    w_s = w[..., None].astype(hidden.dtype)
-    mixed = (1 - w_s) * base_shift + w_s * hidden
-    logits = fd.lm_head(params, jnp.where(scored, mixed, hidden))
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    target = _shift(ctx.targets, offset)
-    true_logp = jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0]
-    next_token = _sample(fd, spec, ctx, k, logits)
-    score_logp = jax.nn.log_softmax(logits / spec.score_temperature, axis=-1)
-    policy_logp = jnp.take_along_axis(score_logp, next_token[..., None], axis=-1)[..., 0]
+    zeros = jnp.zeros(hidden.shape[:-1], jnp.float32)
+    no_token = jnp.zeros(hidden.shape[:-1], jnp.int32)
+    no_logits = (jnp.zeros(hidden.shape[:-1] + (fd.config.vocab_size,), jnp.float32),) if spec.collect_logits else ()
+
+    def thinking():
+        logits = fd.lm_head(params, hidden)
+        token = _sample(fd, spec, ctx, k, logits)
+        score_logp = jax.nn.log_softmax(logits / spec.score_temperature, axis=-1)
+        return (zeros, jnp.take_along_axis(score_logp, token[..., None], axis=-1)[..., 0], token) + (
+            (logits,) if spec.collect_logits else ())
+
+    def idle():
+        logits = (fd.lm_head(params, hidden),) if spec.collect_logits else no_logits
+        return (zeros, zeros, no_token) + logits
+
+    def scored():
+        w_s = w[..., None].astype(hidden.dtype)
+        logits = fd.lm_head(params, (1 - w_s) * base_shift + w_s * hidden)
+        log_probs = jax.nn.log_softmax(logits, axis=-1)
+        target = _shift(ctx.targets, offset)
+        return (jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0], zeros, no_token) + (
+            (logits,) if spec.collect_logits else ())
+
+    branches = (thinking, idle, scored)
+    if isinstance(k, int):
+        out = branches[0 if k <= n_a - 3 else 1 if k == n_a - 2 else 2]()
+    else:
+        out = jax.lax.switch(jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches)
+    true_logp, policy_logp, next_token = out[:3]
     outputs = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": w.astype(jnp.float32),
                "next_token": next_token}
     if spec.collect_logits:
-        outputs["logits"] = logits
+        outputs["logits"] = out[3]
     return next_token, outputs
 
 
 def sample_token(logits, banned_ids, temperature: float, rng):
-    """Hard Gumbel-max sample at `temperature` (0: argmax); `banned_ids` are never drawn."""
+    """A token drawn from softmax(logits / temperature) (0: argmax); `banned_ids` are never drawn.
+
+    This is the distribution hard Gumbel-max sampling draws from, sampled by inverse CDF in
+    two levels (a block of `_BLOCK` ids by its mass, then an id inside it by its mass), so
+    each row needs two uniforms instead of vocabulary-many Gumbel draws, the cost that
+    dominated a thinking step on CPU. A zero-mass (banned) id is never chosen: it adds
+    nothing to a cumulative sum, so no threshold can fall on it.
+    """
     banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True)
     logits = jnp.where(banned, -jnp.inf, jax.lax.stop_gradient(logits).astype(jnp.float32))
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    gumbel = jax.random.gumbel(rng, logits.shape, jnp.float32)
-    return jnp.argmax(logits / temperature + gumbel, axis=-1).astype(jnp.int32)
+    vocab = logits.shape[-1]
+    blocks = -(-vocab // _BLOCK)
+    scaled = jnp.pad(logits / temperature, [(0, 0)] * (logits.ndim - 1) + [(0, blocks * _BLOCK - vocab)],
+                     constant_values=-jnp.inf)
+    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True)).reshape(logits.shape[:-1] + (blocks, _BLOCK))
+    u = jax.random.uniform(rng, (2,) + logits.shape[:-1], minval=jnp.finfo(jnp.float32).tiny)
+    block = _inverse_cdf(jnp.sum(probs, axis=-1), u[0])
+    inside = jnp.take_along_axis(probs, block[..., None, None], axis=-2)[..., 0, :]
+    return (block * _BLOCK + _inverse_cdf(inside, u[1])).astype(jnp.int32)
+
+
+_BLOCK = 128
+
+
+def _inverse_cdf(mass, u):
+    """The index j with cdf[j - 1] < u * total <= cdf[j] along the last axis (mass >= 0)."""
+    cdf = jnp.cumsum(mass, axis=-1)
+    return jnp.sum(cdf < u[..., None] * cdf[..., -1:], axis=-1).astype(jnp.int32)
 
 
 def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
@@ -330,7 +378,7 @@ def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys,
     per_step = []
     for k in range(1, spec.num_steps + 1):
         mask = dense_step_mask(context_mask(fd.config, ctx.segment_ids, t, k), k)
-        x = step_input(fd, spec, params, ctx, jnp.int32(k), sampled)
+        x = step_input(fd, spec, params, ctx, k, sampled)
         for layer, p in enumerate(layers):
             q, kk, vv = fd.qkv(p, x, positions + k)
             step_keys[layer].append(kk)
@@ -339,7 +387,7 @@ def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys,
             all_v = jnp.concatenate(step_values[layer], axis=1)
             out = attn.dot_product_attention(q, all_k, all_v, mask=mask)
             x = fd.finish(p, x, out)
-        sampled, outputs = step_head(fd, spec, params, h_base, ctx, jnp.int32(k), fd.final_norm(params, x))
+        sampled, outputs = step_head(fd, spec, params, h_base, ctx, k, fd.final_norm(params, x))
         per_step.append(outputs)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
 
