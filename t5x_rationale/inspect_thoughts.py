@@ -114,8 +114,8 @@ def render_png(rows: list[dict], path: str, *, title: str) -> None:
         ax.text(0.12, y, repr(r["thought"])[:60], family="monospace", va="center")
         ax.text(0.62, y, f"{r['mixing_weight']:+.2f}", va="center")
         ax.text(0.70, y, f"{r['delta_next']:+.2f} / {r['delta_future']:+.2f}", va="center")
-        width = 0.12 * r["delta_future"] / scale
-        ax.barh(y, width, left=0.87, height=0.6, color="green" if width >= 0 else "red")
+        width = 0.06 * r["delta_future"] / scale  # centred right of the numbers, clear of them
+        ax.barh(y, width, left=0.93, height=0.6, color="green" if width >= 0 else "red")
     ax.set_title(title)
     partial = path + ".partial"
     fig.savefig(partial, dpi=100, bbox_inches="tight", format="png")
