@@ -32,7 +32,7 @@ import jax.numpy as jnp
 from t5x_rationale.architectures import attention as attn
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.architectures.token_parallel import (FunctionalDecoder, context_forward, sample_token,
-                                                        stream_attention)
+                                                        stream_attention, token_logp)
 from t5x_rationale.decoding import DecodeConfig, prompt_lengths
 
 
@@ -112,8 +112,7 @@ def _generate(config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prom
         token = sample_token(mixed_logits, tuple(config.thought_token_ids) + tuple(decode.forbidden_ids),
                              decode.temperature, token_rng)
         token = jnp.where(done, 0, token)
-        logp = lambda logits: jnp.take_along_axis(jax.nn.log_softmax(logits, -1), token[:, None], -1)[:, 0]  # noqa: E731
-        out = (token, thoughts, w, logp(base_logits), logp(mixed_logits), done)
+        out = (token, thoughts, w, token_logp(base_logits, token), token_logp(mixed_logits, token), done)
         if decode.eos_id is not None:
             done = done | (token == decode.eos_id)
         return (_append(fd, params, cache, token), done), out

@@ -21,3 +21,15 @@ def tiny_params(config, seed=0, mixing_random=False):
         params["mixing_head"] = jax.tree.map(lambda a: 0.3 * jax.random.normal(next(keys), a.shape),
                                              params["mixing_head"])
     return params
+
+
+def thought_ids_likeliest(config, params):
+    """Params whose LM head makes a thought id the argmax nearly everywhere.
+
+    Their logit columns become +-50 * sum(h), so one of the two dominates every position.
+    """
+    kernel = params["decoder"]["logits_dense"]["kernel"]
+    start, end = config.thought_token_ids
+    decoder = dict(params["decoder"], logits_dense=dict(params["decoder"]["logits_dense"],
+                                                       kernel=kernel.at[:, start].set(50.0).at[:, end].set(-50.0)))
+    return dict(params, decoder=decoder)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quiet_star_models import tiny_config, tiny_params
+from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 from t5x_rationale.architectures import DecoderOnly, build_model
 from t5x_rationale.architectures.append_scan import append_scan
 from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, sample_token, think
@@ -125,10 +125,7 @@ def test_mixed_logits_equal_base_logits_at_initialisation():
 
 def test_sampled_thoughts_never_contain_thought_ids():
     config = tiny_config()
-    params = tiny_params(config)
-    kernel = params["decoder"]["logits_dense"]["kernel"]
-    start, end = config.thought_token_ids  # logits +-50 * sum(h): one of the two dominates
-    params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, start].set(50.0).at[:, end].set(-50.0)
+    params = thought_ids_likeliest(config, tiny_params(config))
     tokens = _tokens(4, 16, seed=6)
     out = _think(config, params, tokens, _context(tokens), "streams")
     sampled = np.asarray(out["next_token"][:N_A - 3])

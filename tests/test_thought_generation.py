@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from quiet_star_models import tiny_config, tiny_params
+from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 from t5x_rationale.architectures import DecoderOnly
 from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
 from t5x_rationale.thought_generation import ThoughtDecodeConfig, generate_with_thoughts
@@ -58,10 +58,7 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
 
 def test_thought_ids_are_never_emitted_and_eos_stops_a_row():
     config = tiny_config()
-    params = tiny_params(config)
-    kernel = params["decoder"]["logits_dense"]["kernel"]
-    start, end = config.thought_token_ids  # logits +-50 * sum(h): one of the two dominates
-    params["decoder"]["logits_dense"]["kernel"] = kernel.at[:, start].set(50.0).at[:, end].set(-50.0)
+    params = thought_ids_likeliest(config, tiny_params(config))
     prompt = np.asarray([[9, 17, 33], [12, 200, 41]], np.int32)
     out = generate_with_thoughts(config, params, prompt, ThoughtDecodeConfig(
         max_decode_length=6, num_ahead=N_A, thought_temperature=1.0, temperature=1.0, eos_id=None),

@@ -221,26 +221,20 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     w = fd.mixing_weight(params, base_shift, hidden)
     zeros = jnp.zeros(hidden.shape[:-1], jnp.float32)
     no_token = jnp.zeros(hidden.shape[:-1], jnp.int32)
-    no_logits = (jnp.zeros(hidden.shape[:-1] + (fd.config.vocab_size,), jnp.float32),) if spec.collect_logits else ()
+    kept = lambda logits: (logits,) if spec.collect_logits else ()  # noqa: E731
 
     def thinking():
         logits = fd.lm_head(params, hidden)
         token = _sample(fd, spec, ctx, k, logits)
-        score_logp = jax.nn.log_softmax(logits / spec.score_temperature, axis=-1)
-        return (zeros, jnp.take_along_axis(score_logp, token[..., None], axis=-1)[..., 0], token) + (
-            (logits,) if spec.collect_logits else ())
+        return (zeros, token_logp(logits, token, spec.score_temperature), token) + kept(logits)
 
     def idle():
-        logits = (fd.lm_head(params, hidden),) if spec.collect_logits else no_logits
-        return (zeros, zeros, no_token) + logits
+        return (zeros, zeros, no_token) + ((fd.lm_head(params, hidden),) if spec.collect_logits else ())
 
     def scored():
         w_s = w[..., None].astype(hidden.dtype)
         logits = fd.lm_head(params, (1 - w_s) * base_shift + w_s * hidden)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
-        target = _shift(ctx.targets, offset)
-        return (jnp.take_along_axis(log_probs, target[..., None], axis=-1)[..., 0], zeros, no_token) + (
-            (logits,) if spec.collect_logits else ())
+        return (token_logp(logits, _shift(ctx.targets, offset)), zeros, no_token) + kept(logits)
 
     branches = (thinking, idle, scored)
     if isinstance(k, int):
@@ -253,6 +247,12 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     if spec.collect_logits:
         outputs["logits"] = out[3]
     return next_token, outputs
+
+
+def token_logp(logits, ids, temperature: float = 1.0):
+    """log softmax(logits / temperature)[ids] along the last axis."""
+    log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
+    return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
 
 
 def sample_token(logits, banned_ids, temperature: float, rng):
