@@ -16,8 +16,8 @@ import jax.numpy as jnp
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.layers import DenseGeneral, Dtype
 from t5x_rationale.architectures.position import apply_rope
-
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+from t5x_rationale.architectures.softmax_attention import (
+    heads_major, probabilities, softmax_attention, tokens_major)
 
 
 # ----------------------------------------------------------------------------- masks
@@ -56,27 +56,14 @@ def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
 
 # ------------------------------------------------------------------------ attention op
 
-def _xla_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate):
-    b, q_len, heads, d = query.shape
-    kv_heads = key.shape[2]
-    group = heads // kv_heads
-    q = query.reshape(b, q_len, kv_heads, group, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, key, preferred_element_type=jnp.float32) * scale
-    if bias is not None:
-        bias = jnp.broadcast_to(bias, (bias.shape[0], heads) + bias.shape[2:]) if bias.shape[1] == 1 else bias
-        scores = scores + bias.reshape(bias.shape[0], kv_heads, group, *bias.shape[2:]).astype(jnp.float32)
-    if mask is not None:
-        if mask.shape[1] == 1:
-            mask = mask[:, :, None]
-        else:
-            mask = mask.reshape(mask.shape[0], kv_heads, group, *mask.shape[2:])
-        scores = jnp.where(mask, scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if dropout_rng is not None and dropout_rate > 0.0:
-        keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-        probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs.astype(value.dtype), value)
-    return out.reshape(b, q_len, heads, d)
+def _dropout_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate):
+    """Attention with dropout on the probabilities, differentiated by autodiff."""
+    kv_heads, q_len = key.shape[2], query.shape[1]
+    qh, kh, vh = (heads_major(x, kv_heads) for x in (query, key, value))
+    probs = probabilities(qh, kh, bias, mask, scale, q_len)
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = jnp.where(keep, probs / (1.0 - dropout_rate), 0.0)
+    return tokens_major(jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), vh), q_len)
 
 
 def _cudnn_usable(query, dropout_active: bool) -> bool:
@@ -117,7 +104,9 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
                                             implementation="cudnn")
     if implementation != "xla":
         raise ValueError(f"unknown attention implementation {implementation!r}")
-    return _xla_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate)
+    if dropout_active:
+        return _dropout_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate)
+    return softmax_attention(query, key, value, bias, mask, scale)
 
 
 # --------------------------------------------------------------------------- the layer
