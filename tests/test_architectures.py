@@ -18,7 +18,8 @@ from flax.core import meta
 
 from t5x_rationale.architectures import (DecoderConfig, DecoderOnly, EncoderDecoder, T5Config, build_model,
                                          dummy_batch, get_preset, model_inputs)
-from t5x_rationale.architectures.position import apply_rope, relative_position_bucket
+from t5x_rationale.architectures.position import (RelativePositionBias, apply_rope, relative_position_bucket,
+                                                  toeplitz)
 from random_params import random_params
 
 RTOL = ATOL = 1e-5
@@ -312,6 +313,44 @@ def test_relative_position_bucket_known_t5_values():
     rel = np.asarray([3, 1, 0, -1, -15, -16, -500], np.int32)
     got = _bucket(jnp.asarray(rel), bidirectional=False, num_buckets=32, max_distance=128)
     np.testing.assert_array_equal(np.asarray(got), [0, 0, 0, 1, 15, 16, 31])
+
+
+def test_toeplitz_matches_loop_and_checks_its_width():
+    rng = np.random.default_rng(3)
+    length = 6
+    diagonals = rng.standard_normal((2, 3, 2 * length - 1)).astype(np.float32)
+    got = np.asarray(jax.jit(toeplitz, static_argnums=1)(jnp.asarray(diagonals), length))
+    expected = np.array([[[[diagonals[a, b, j - i + length - 1] for j in range(length)] for i in range(length)]
+                          for b in range(3)] for a in range(2)])
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="needs 11 diagonals"):
+        toeplitz(jnp.zeros((2, 10)), length)
+
+
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_relative_bias_from_diagonals_equals_bucket_lookup_with_gradient(bidirectional):
+    """`for_length` (diagonals, used when positions are 0..L-1) against the general path."""
+    length = 40  # past max_distance, so the log-spaced and saturated buckets appear
+    module = RelativePositionBias(num_buckets=16, max_distance=24, num_heads=3, bidirectional=bidirectional)
+    positions = jnp.arange(length)[None]
+    params = meta.unbox(module.init(jax.random.PRNGKey(0), positions, positions))
+    cotangent = jnp.asarray(np.random.default_rng(4).standard_normal((1, 3, length, length)), jnp.float32)
+
+    def bias_and_grad(method):
+        def loss(p):
+            bias = module.apply(p, length, method="for_length") if method else module.apply(p, positions, positions)
+            return jnp.sum(bias * cotangent), bias
+        (_, bias), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+        return bias, grad["params"]["rel_embedding"]
+
+    fast_bias, fast_grad = bias_and_grad(True)
+    ref_bias, ref_grad = bias_and_grad(False)
+    np.testing.assert_array_equal(fast_bias, ref_bias)
+    np.testing.assert_allclose(fast_grad, ref_grad, rtol=1e-5, atol=1e-4)
+    # Every bucket a distance reaches gets a gradient (bidirectional never uses bucket 8:
+    # distance 0 is in the lower half).
+    used = (np.abs(np.asarray(ref_grad)) > 0).all(axis=0).sum()
+    assert used == (15 if bidirectional else 16)
 
 
 # ================================================================ full forward vs numpy

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from t5x_rationale.architectures import build_model, get_preset, model_inputs
-from t5x_rationale.objectives import token_cross_entropy, token_loss, weighted_mean
+from t5x_rationale.objectives import token_accuracy, token_cross_entropy, token_loss, weighted_mean
 from t5x_rationale.random_batches import RandomBatches
 
 
@@ -154,6 +154,26 @@ def test_token_cross_entropy_gradient_matches_naive_reference(label_smoothing, z
 def test_token_cross_entropy_rejects_invalid_label_smoothing(bad):
     with pytest.raises(ValueError, match="label_smoothing"):
         token_cross_entropy(jnp.zeros((2, 5)), jnp.zeros((2,), jnp.int32), label_smoothing=bad)
+
+
+def test_token_accuracy_is_argmax_equals_target_with_first_index_ties():
+    rng = np.random.default_rng(11)
+    logits = rng.standard_normal((3, 5, 9)).astype(np.float32)
+    targets = rng.integers(0, 9, (3, 5)).astype(np.int32)
+    targets[0, :3] = np.argmax(logits[0, :3], axis=-1)  # some hits among the misses
+    # Ties: the target shares the maximum with an earlier id (a miss for argmax), with a
+    # later id (a hit), or is only tied below the maximum (a miss).
+    logits[1, :3] = 0.0
+    logits[1, 0, [2, 6]] = 5.0
+    logits[1, 1, [2, 6]] = 5.0
+    logits[1, 2, [3, 4]] = 1.0
+    logits[1, 2, 8] = 2.0
+    targets[1, :3] = [6, 2, 4]
+    got = np.asarray(jax.jit(token_accuracy)(jnp.asarray(logits), jnp.asarray(targets)))
+    expected = np.array([[float(int(np.argmax(row)) == t) for row, t in zip(logits[b], targets[b])]
+                         for b in range(3)])
+    np.testing.assert_array_equal(got, expected)
+    assert got[0, :3].tolist() == [1.0, 1.0, 1.0] and got[1, :3].tolist() == [0.0, 1.0, 0.0]
 
 
 def test_weighted_mean_matches_reference_and_handles_zero_weights():

@@ -49,6 +49,22 @@ def relative_position_bucket(relative_position: jax.Array, *, bidirectional: boo
     return ret + jnp.where(is_small, n, val_if_large)
 
 
+def toeplitz(diagonals: jax.Array, length: int) -> jax.Array:
+    """[..., 2L - 1] -> [..., L, L] with out[..., i, j] = diagonals[..., j - i + L - 1].
+
+    Row i of the result is a window of the diagonals tiled end to end, starting L - 1 - i
+    into a period: a broadcast, a reshape and two slices. Its gradient (what autodiff makes of
+    them) is a pad, a reshape and a sum over rows, i.e. the sums along each diagonal.
+    """
+    width = 2 * length - 1
+    if diagonals.shape[-1] != width:
+        raise ValueError(f"toeplitz of length {length} needs {width} diagonals, got {diagonals.shape[-1]}")
+    lead = diagonals.shape[:-1]
+    tiled = jnp.broadcast_to(diagonals[..., None, :], lead + (length, width)).reshape(lead + (-1,))
+    rows = tiled[..., length - 1:length - 1 + length * (width - 1)].reshape(lead + (length, width - 1))
+    return rows[..., :length]
+
+
 class RelativePositionBias(nn.Module):
     """Learned per-head bias from bucketed relative positions, shared across a T5 stack."""
 
@@ -59,25 +75,40 @@ class RelativePositionBias(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
-    @nn.compact
+    def setup(self):
+        self.rel_embedding = self.param(
+            "rel_embedding",
+            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")),
+            (self.num_heads, self.num_buckets), self.param_dtype)
+
+    def _buckets(self, relative: jax.Array) -> jax.Array:
+        return relative_position_bucket(relative, bidirectional=self.bidirectional,
+                                        num_buckets=self.num_buckets, max_distance=self.max_distance)
+
+    def _lookup(self, buckets: jax.Array) -> jax.Array:
+        """[heads, *buckets.shape] float32 by a one-hot contraction, whose gradient is a small
+        matmul rather than a scatter-add of many values into a few table cells (slow on CPU)."""
+        one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)
+        return jnp.einsum("...n,hn->h...", one_hot, self.rel_embedding.astype(jnp.float32))
+
     def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
         """Bias [batch, heads, q_len, k_len] from [batch, q_len] and [batch, k_len] positions.
 
         Pass positions with batch 1 when they are shared by the batch (no packing) to keep
         the bias [1, heads, q, k].
         """
-        rel_embedding = self.param(
-            "rel_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")),
-            (self.num_heads, self.num_buckets), self.param_dtype)
         relative = key_positions[:, None, :] - query_positions[:, :, None]
-        buckets = relative_position_bucket(relative, bidirectional=self.bidirectional,
-                                           num_buckets=self.num_buckets, max_distance=self.max_distance)
+        buckets = self._buckets(relative)
         if buckets.shape[0] == 1:
-            # Shared positions: a one-hot contraction, whose gradient is a small matmul rather
-            # than a scatter-add of q*k values into a few table cells (slow on CPU).
-            one_hot = jax.nn.one_hot(buckets, self.num_buckets, dtype=jnp.float32)  # [1, q, k, n]
-            bias = jnp.einsum("bqkn,hn->bhqk", one_hot, rel_embedding.astype(jnp.float32))
-            return bias.astype(self.dtype)
-        bias = jnp.take(rel_embedding, buckets, axis=1)  # [heads, b, q, k]
+            return self._lookup(buckets[0])[None].astype(self.dtype)
+        bias = jnp.take(self.rel_embedding, buckets, axis=1)  # [heads, b, q, k]
         return jnp.transpose(bias, (1, 0, 2, 3)).astype(self.dtype)
+
+    def for_length(self, length: int) -> jax.Array:
+        """Bias [1, heads, L, L] for positions 0..L-1 on both sides, from its 2L - 1 diagonals.
+
+        Equal to `self(arange(L)[None], arange(L)[None])`, without the [L, L, buckets] one-hot
+        that path builds, and with a gradient that sums diagonals instead of contracting it.
+        """
+        diagonals = self._lookup(self._buckets(jnp.arange(-(length - 1), length)))  # [heads, 2L-1]
+        return toeplitz(diagonals, length)[None].astype(self.dtype)

@@ -34,6 +34,17 @@ def _default_positions(tokens: jax.Array, positions: Optional[jax.Array]) -> jax
     return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
 
 
+def _relative_bias(c: T5Config, bidirectional: bool, length: int, query_positions: Optional[jax.Array],
+                   key_positions: Optional[jax.Array]) -> jax.Array:
+    """The stack's `relpos_bias`; positions None means 0..length-1, built from its diagonals."""
+    module = RelativePositionBias(c.relative_attention_num_buckets, c.relative_attention_max_distance,
+                                  c.num_heads, bidirectional=bidirectional, dtype=resolve_dtype(c.dtype),
+                                  param_dtype=resolve_dtype(c.param_dtype), name="relpos_bias")
+    if query_positions is None:
+        return module.for_length(length)
+    return module(query_positions, key_positions)
+
+
 class _T5Block(nn.Module):
     """Shared helpers of T5 layers: norms, attention and MLP built from the config."""
 
@@ -96,13 +107,10 @@ class T5Encoder(nn.Module):
     @nn.compact
     def __call__(self, tokens, segment_ids=None, positions=None, deterministic=True):
         c = self.config
-        positions = _default_positions(tokens, positions)
         valid = tokens > 0 if segment_ids is None else segment_ids > 0
         mask = attn.combine_masks(attn.padding_mask(valid, valid),
                                   None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids))
-        bias = RelativePositionBias(c.relative_attention_num_buckets, c.relative_attention_max_distance,
-                                    c.num_heads, bidirectional=True, dtype=resolve_dtype(c.dtype),
-                                    param_dtype=resolve_dtype(c.param_dtype), name="relpos_bias")(positions, positions)
+        bias = _relative_bias(c, True, tokens.shape[1], positions, positions)
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)
@@ -135,9 +143,9 @@ class T5Decoder(nn.Module):
             cross_mask = attn.segment_mask(segment_ids, encoder_segment_ids)
         else:
             cross_mask = encoder_valid[:, None, None, :]
-        self_bias = RelativePositionBias(c.relative_attention_num_buckets, c.relative_attention_max_distance,
-                                         c.num_heads, bidirectional=False, dtype=resolve_dtype(c.dtype),
-                                         param_dtype=resolve_dtype(c.param_dtype), name="relpos_bias")(q_pos, k_pos)
+        explicit = decode or positions is not None
+        self_bias = _relative_bias(c, False, tokens.shape[1], q_pos if explicit else None,
+                                   k_pos if explicit else None)
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)

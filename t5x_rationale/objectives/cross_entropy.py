@@ -41,6 +41,20 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, *, z_loss: float 
     return loss + z_term, z_term
 
 
+def token_accuracy(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """[...] float32: 1 where argmax(logits) == target, ties going to the first index.
+
+    Tested as "the target logit is the maximum and no earlier id reaches it": two plain
+    reductions, which XLA on CPU runs about 2.5x faster than argmax's (value, index)
+    reduction over a 32k vocabulary.
+    """
+    best = jnp.max(logits, axis=-1, keepdims=True)
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)
+    ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+    earlier = jnp.any((logits == best) & (ids < targets[..., None]), axis=-1)
+    return ((target_logit[..., 0] == best[..., 0]) & ~earlier).astype(jnp.float32)
+
+
 def weighted_mean(values: jax.Array, weights: jax.Array) -> tuple[jax.Array, jax.Array]:
     """(sum(w * v) / max(sum(w), 1e-8), sum(w)) in float32."""
     weights = weights.astype(jnp.float32)

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_rationale.objectives.cross_entropy import token_cross_entropy, weighted_mean
+from t5x_rationale.objectives.cross_entropy import token_accuracy, token_cross_entropy, weighted_mean
 from t5x_rationale.objectives.lm import forward_logits
 
 
@@ -48,8 +48,8 @@ def kd_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array]
     kl_mean, _ = weighted_mean(kl_divergence(teacher_logits, logits, temperature), weights)
     scale = temperature ** 2 if t_squared else 1.0
     loss = (1.0 - lam) * ce_mean + lam * scale * kl_mean
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
-    teacher_correct = (jnp.argmax(teacher_logits, axis=-1) == targets).astype(jnp.float32)
+    correct = token_accuracy(logits, targets)
+    teacher_correct = token_accuracy(teacher_logits, targets)
     return loss, {"loss": loss, "ce_loss": ce_mean, "kl": kl_mean,
                   "accuracy": weighted_mean(correct, weights)[0],
                   "teacher_accuracy": weighted_mean(teacher_correct, weights)[0],

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import model_inputs
-from t5x_rationale.objectives.cross_entropy import token_cross_entropy, weighted_mean
+from t5x_rationale.objectives.cross_entropy import token_accuracy, token_cross_entropy, weighted_mean
 
 
 def forward_logits(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array]) -> jax.Array:
@@ -36,7 +36,7 @@ def token_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Arr
         weights = (targets > 0).astype(jnp.float32)
     per_token, z_term = token_cross_entropy(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
     loss, denominator = weighted_mean(per_token, weights)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = token_accuracy(logits, targets)
     metrics = {
         "loss": loss,
         "z_loss": weighted_mean(z_term, weights)[0],

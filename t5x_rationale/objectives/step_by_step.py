@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_rationale.objectives.cross_entropy import token_cross_entropy, weighted_mean
+from t5x_rationale.objectives.cross_entropy import token_accuracy, token_cross_entropy, weighted_mean
 from t5x_rationale.objectives.lm import forward_logits
 
 LABEL_TASK_ID = 1
@@ -41,7 +41,7 @@ def step_by_step_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[
     targets = batch["decoder_target_tokens"]
     weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32)).astype(jnp.float32)
     per_token, z_term = token_cross_entropy(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    correct = token_accuracy(logits, targets)
     task_ids = batch["decoder_task_ids"]
     label_w = weights * (task_ids == label_task_id)
     rationale_w = weights * (task_ids == rationale_task_id)
