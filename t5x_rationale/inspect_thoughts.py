@@ -56,9 +56,14 @@ def _colour(delta: float, scale: float) -> str:
     return f"rgba(0,160,0,{a:.2f})" if delta >= 0 else f"rgba(210,0,0,{a:.2f})"
 
 
+def _delta_scale(rows: list[dict]) -> float:
+    """The largest |delta_future| of the rows: full colour / full bar length."""
+    return max([abs(r["delta_future"]) for r in rows] + [1e-6])
+
+
 def render_html(rows: list[dict], *, title: str, num_talk: int) -> str:
     """The text coloured by delta_future (hover for the thought), then the per-token table."""
-    scale = max([abs(r["delta_future"]) for r in rows] + [1e-6])
+    scale = _delta_scale(rows)
     spans = "".join(
         f'<span style="background:{_colour(r["delta_future"], scale)}" title="{html.escape(_tooltip(r))}">'
         f'{html.escape(r["token"])}</span>' for r in rows)
@@ -104,7 +109,7 @@ def render_png(rows: list[dict], path: str, *, title: str) -> None:
     ax.set_xlim(0, 1)
     ax.set_ylim(len(rows), -1)
     ax.axis("off")
-    scale = max([abs(r["delta_future"]) for r in rows] + [1e-6])
+    scale = _delta_scale(rows)
     ax.text(0.0, -1, "token", weight="bold")
     ax.text(0.12, -1, "thought before it", weight="bold")
     ax.text(0.62, -1, "w", weight="bold")

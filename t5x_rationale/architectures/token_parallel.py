@@ -290,12 +290,11 @@ def _inverse_cdf(mass, u):
 
 def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
     """The token fed at step k + 1: sampled with the thought ids banned, or forced."""
-    sampled = sample_token(logits, fd.config.thought_token_ids, spec.sample_temperature,
-                           jax.random.fold_in(ctx.rng, k))
     if ctx.forced_thoughts is not None:  # the token for step k + 1 is thought number k - 1
         index = jnp.clip(k - 1, 0, ctx.forced_thoughts.shape[-1] - 1)
-        sampled = jax.lax.dynamic_index_in_dim(ctx.forced_thoughts, index, axis=2, keepdims=False)
-    return sampled
+        return jax.lax.dynamic_index_in_dim(ctx.forced_thoughts, index, axis=2, keepdims=False)
+    return sample_token(logits, fd.config.thought_token_ids, spec.sample_temperature,
+                        jax.random.fold_in(ctx.rng, k))
 
 
 # ------------------------------------------------------------- streams steps
