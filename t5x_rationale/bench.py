@@ -32,6 +32,7 @@ import jax
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.host_memory import huge_pages_enabled, reexec_with_huge_pages
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
@@ -141,6 +142,7 @@ def run(args: argparse.Namespace) -> dict:
         "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
         "devices": jax.device_count(), "backend": jax.default_backend(), "dtype": args.dtype,
         "remat": args.remat, "scan_layers": args.scan_layers, "input_length": input_length,
+        "huge_pages": huge_pages_enabled(),
         "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
         "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
         "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
@@ -160,7 +162,7 @@ def _objective_name(args: argparse.Namespace) -> str:
 def format_table(rows: list[dict]) -> str:
     cols = ["preset", "objective", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
             "tokens_per_s", "model_gflop_per_step", "achieved_gflop_per_s", "peak_matmul_gflop_per_s",
-            "mfu", "mfu_best_step", "compiled_total_gib", "peak_rss_gib", "compile_s"]
+            "mfu", "mfu_best_step", "compiled_total_gib", "peak_rss_gib", "huge_pages", "compile_s"]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
@@ -179,4 +181,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     sys.exit(main())

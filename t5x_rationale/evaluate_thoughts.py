@@ -28,6 +28,7 @@ import numpy as np
 
 from t5x_rationale import run_setup
 from t5x_rationale.data import sources, synthetic
+from t5x_rationale.host_memory import reexec_with_huge_pages
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.prediction import load_examples
 from t5x_rationale.run_files import write_text_atomic
@@ -168,4 +169,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -18,6 +18,7 @@ import jax
 
 from t5x_rationale import run_setup
 from t5x_rationale.decoding import DecodeConfig
+from t5x_rationale.host_memory import reexec_with_huge_pages
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.prediction import Predictor, load_examples, text_of
 from t5x_rationale.run_files import write_text_atomic
@@ -82,4 +83,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

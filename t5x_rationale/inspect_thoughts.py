@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from t5x_rationale import run_setup
+from t5x_rationale.host_memory import reexec_with_huge_pages
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.run_files import write_text_atomic
 from t5x_rationale.thought_scoring import ThoughtScorer, ThoughtScores
@@ -167,4 +168,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

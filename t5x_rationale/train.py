@@ -24,6 +24,7 @@ from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.checkpoints import Checkpointer
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.host_memory import reexec_with_huge_pages
 from t5x_rationale.metrics_writer import MetricsWriter
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
@@ -129,4 +130,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    reexec_with_huge_pages()
     main()

@@ -151,14 +151,20 @@ class Trainer:
         rng = jax.random.fold_in(state.rng, state.step)
         grads, metrics = self._gradients(state.params, batch, rng, constants)
         grad_norm = optax.tree.norm(grads)
-        updates, new_opt_state = self.optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
         finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_norm)
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+
+        def update(params_and_opt):
+            params, opt_state = params_and_opt
+            updates, new_opt_state = self.optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_opt_state
+
+        # A branch rather than where(finite, new, old): the select keeps the old moments alive
+        # next to the new ones, so XLA copies every moment buffer first (about 100 ms a step
+        # for t5-small on CPU); under lax.cond the update runs in place.
+        new_params, new_opt_state = jax.lax.cond(finite, update, lambda old: old, (state.params, state.opt_state))
         bad = (~finite).astype(jnp.int32)
         new_state = state.replace(
-            step=state.step + 1, params=keep(new_params, state.params),
-            opt_state=keep(new_opt_state, state.opt_state),
+            step=state.step + 1, params=new_params, opt_state=new_opt_state,
             skipped_steps=state.skipped_steps + bad, bad_streak=(state.bad_streak + bad) * bad)
         metrics = dict(metrics, grad_norm=grad_norm, skipped=bad, skipped_steps=new_state.skipped_steps,
                        bad_streak=new_state.bad_streak)
