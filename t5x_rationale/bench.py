@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_ahead", type=int, default=12)
     p.add_argument("--num_talk", type=int, default=4)
     p.add_argument("--num_thoughts", type=int, default=2)
+    p.add_argument("--record", default="query,out,down",
+                   help="quiet_star streams: comma-separated projections each step records for its backward "
+                        "(query, out, gate, up, down; empty: none)")
     p.add_argument("--compile_only", action="store_true", help="compile and report memory, run no step")
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)
@@ -91,7 +94,8 @@ def _model_and_objective(args: argparse.Namespace):
     if config.architecture != "decoder":
         raise ValueError(f"--objective quiet_star needs a decoder preset, {args.preset} is {config.architecture}")
     thinking = dict(num_ahead=args.num_ahead, num_talk=args.num_talk, num_thoughts=args.num_thoughts)
-    objective = functools.partial(quiet_star_loss, implementation=args.implementation, **thinking)
+    record = tuple(name for name in args.record.split(",") if name)
+    objective = functools.partial(quiet_star_loss, implementation=args.implementation, record=record, **thinking)
     return QuietStarConfig(decoder=config), objective, thinking
 
 

@@ -140,7 +140,8 @@ def _think_once(fd: FunctionalDecoder, decode: ThoughtDecodeConfig, params, cach
     config, n_a = fd.config, decode.num_ahead
     layers = fd.layer_params(params)
     rows = cache.pos.shape[0]
-    slot_shape = (rows, 1, n_a - 1) + cache.keys.shape[3:]
+    kv_heads, head_dim = cache.keys.shape[3:]
+    slot_shape = (rows, 1, kv_heads, n_a - 1, head_dim)
     slot_keys = [jnp.zeros(slot_shape, cache.keys.dtype) for _ in layers]
     slot_values = [jnp.zeros(slot_shape, cache.values.dtype) for _ in layers]
     token, thoughts = jnp.zeros((rows,), jnp.int32), []
@@ -157,8 +158,8 @@ def _think_once(fd: FunctionalDecoder, decode: ThoughtDecodeConfig, params, cach
             q, kk, vv = fd.qkv(p, x, position[:, None])
             out = stream_attention(q, cache.keys[layer], cache.values[layer], slot_keys[layer], slot_values[layer],
                                    kk, vv, k - 1, mask)
-            slot_keys[layer] = slot_keys[layer].at[:, :, k - 1].set(kk)
-            slot_values[layer] = slot_values[layer].at[:, :, k - 1].set(vv)
+            slot_keys[layer] = slot_keys[layer].at[:, :, :, k - 1].set(kk)
+            slot_values[layer] = slot_values[layer].at[:, :, :, k - 1].set(vv)
             x = fd.finish(p, x, out)
         hidden = fd.final_norm(params, x)
         if k <= n_a - 3:  # this step's logits choose the thought token fed at step k + 1

@@ -10,8 +10,8 @@ import pytest
 
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 from t5x_rationale.architectures import DecoderOnly, build_model
-from t5x_rationale.architectures.append_scan import append_scan
-from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, sample_token, think
+from t5x_rationale.architectures.append_scan import append_scan, replayed
+from t5x_rationale.architectures.token_parallel import RECORDABLE, Context, ThinkingSpec, sample_token, think
 from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
@@ -204,7 +204,10 @@ def test_objective_terms_match_a_hand_computation():
     np.testing.assert_allclose(loss, 0.5 * base_ce + 0.5 * talk_ce + 10.0 * policy, rtol=1e-5)
 
 
-def test_loss_and_gradients_agree_between_streams_and_dense_mask():
+@pytest.mark.parametrize("record", [(), RECORDABLE], ids=["record-none", "record-all"])
+def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
+    """Also checks the streams backward's replays: recording nothing recomputes every
+    projection but the keys and values; recording everything recomputes none of them."""
     config = tiny_config()
     params = tiny_params(config, mixing_random=True)
     model = build_model(config)
@@ -212,7 +215,7 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask():
     results = {}
     for impl in ("streams", "dense_mask"):
         fn = lambda p, impl=impl: quiet_star_loss(model, p, batch, jax.random.PRNGKey(3), num_ahead=N_A,  # noqa: E731
-                                                   num_talk=N_T, beta=1.0, implementation=impl)
+                                                   num_talk=N_T, beta=1.0, implementation=impl, record=record)
         results[impl] = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
     (loss_s, m_s), g_s = results["streams"]
     (loss_d, m_d), g_d = results["dense_mask"]
@@ -226,21 +229,28 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask():
     assert float(np.abs(g_s["start_thought"]).max()) > 0 and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
 
 
-def test_append_scan_gradients_match_lax_scan():
-    """The O(steps) backward equals differentiating the plain scan with the buffer as carry."""
+@pytest.mark.parametrize("use_replay", [False, True])
+def test_append_scan_gradients_match_lax_scan(use_replay):
+    """The O(steps) backward equals differentiating the plain scan with the buffer as carry,
+    also when the recomputed steps take their recorded projection and their own slot from
+    the `Replay` instead of recomputing them."""
     steps, width = 5, 3
 
-    def step(consts, statics, carry, buffer, k):
+    def step(consts, statics, carry, buffer, k, replay):
         w, b = consts
         earlier = (jnp.arange(steps) < k)[:, None]
-        summary = jnp.sum(jnp.where(earlier, jnp.tanh(buffer @ w), 0.0), axis=0)
-        new = jnp.sin(summary + b * (k + 1) + statics) + 0.1 * carry
-        return carry + 1.0 * 0, new, jnp.sum(new ** 2)
+        project = lambda buf, w: jnp.tanh(buf @ w)  # noqa: E731
+        known = use_replay and replay is not None
+        projected = replayed(project, (buffer, w), replay.record) if known else project(buffer, w)
+        summary = jnp.sum(jnp.where(earlier, projected, 0.0), axis=0)
+        new_slot = lambda summary, b: jnp.sin(summary + b * (k + 1) + statics) + 0.1 * carry  # noqa: E731
+        new = replayed(new_slot, (summary, b), replay.slot) if known else new_slot(summary, b)
+        return carry + 1.0 * 0, new, jnp.sum(new ** 2), projected if use_replay else ()
 
     def plain(consts):
         def body(state, k):
             carry, buf = state
-            carry, new, y = step(consts, 0.5, carry, buf, k)
+            carry, new, y, _ = step(consts, 0.5, carry, buf, k, None)
             return (carry, buf.at[k].set(new)), y
         _, ys = jax.lax.scan(body, (jnp.zeros(width), jnp.zeros((steps, width))), jnp.arange(steps))
         return jnp.sum(ys * jnp.arange(1, steps + 1))

@@ -5,8 +5,11 @@ context). At step k >= 1, stream i's new token (position i + k) attends to the c
 tokens 0..i and to its own tokens of steps 1..k, under one softmax. Two implementations:
 
 - `streams` (default): scores over the context [T] and over the stream's own slots [k]
-  concatenated; stream keys/values kept as [layers, rows, T, slots, kv_heads, head_dim];
+  concatenated; stream keys/values kept as [layers, rows, T, kv_heads, slots, head_dim];
   steps run as an `append_scan` (a `lax.scan` rematerialised per step, buffer stored once).
+  The recomputation takes each step's keys and values back from the buffer and the
+  projection outputs named in `ThinkingSpec.record` from the forward pass, so only the rest
+  of the step (norms, attention, the unrecorded projections, the LM head) runs twice.
 - `dense_mask`: the reference construction. Step k concatenates the context keys with the
   keys of every earlier step ([T * (k + 1)] keys) under a mask that is causal on the
   context block and the identity on each step block. Unrolled in Python; the executable
@@ -28,14 +31,18 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
-from t5x_rationale.architectures.append_scan import append_scan
+from t5x_rationale.architectures.append_scan import Replay, append_scan, replayed
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import resolve_dtype
-from t5x_rationale.architectures.layers import DenseGeneral, GatedMlp, RMSNorm
+from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
 from t5x_rationale.architectures.position import apply_rope
+from t5x_rationale.architectures.softmax_attention import heads_major, tokens_major
 from t5x_rationale.architectures.quiet_star_lm import MixingHead, QuietStarConfig
 
 IMPLEMENTATIONS = ("streams", "dense_mask")
+# Projection outputs a streams step can record for its backward. Each costs, per layer and
+# step, rows x length x emb_dim values (query, out, down) or x mlp_dim (gate, up).
+RECORDABLE = ("query", "out", "gate", "up", "down")
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 _ACT = ("batch", "length", "embed")
 
@@ -50,6 +57,9 @@ class ThinkingSpec:
     score_temperature: float = 3.0  # the policy term's log-probabilities use this
     implementation: str = "streams"
     collect_logits: bool = False  # also return every step's logits (tests, inspection)
+    # streams: projection outputs each step keeps for the backward instead of recomputing
+    # them (keys and values are always replayed, from the stream buffer); see RECORDABLE.
+    record: tuple[str, ...] = ("query", "out", "down")
 
     def __post_init__(self):
         if self.num_ahead < 4:
@@ -58,6 +68,9 @@ class ThinkingSpec:
             raise ValueError(f"num_talk must be >= 1, got {self.num_talk}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation {self.implementation!r} not in {IMPLEMENTATIONS}")
+        unknown = set(self.record) - set(RECORDABLE)
+        if unknown:
+            raise ValueError(f"record: unknown projection(s) {sorted(unknown)}; expected some of {RECORDABLE}")
         if self.sample_temperature < 0 or self.score_temperature <= 0:
             raise ValueError("sample_temperature must be >= 0 (0: argmax) and score_temperature positive")
 
@@ -115,25 +128,49 @@ class FunctionalDecoder:
     def thought(self, params, name):
         return (params[name].astype(jnp.float32) * self.config.thought_scale).astype(self.dtype)
 
-    def qkv(self, p, x, positions):
+    @staticmethod
+    def _project(name, fn, args, known, record):
+        """`fn(*args)`, or the value `known[name]` differentiated as `fn`; kept in `record`."""
+        value = replayed(fn, args, known[name]) if known and name in known else fn(*args)
+        if record is not None:
+            record[name] = value
+        return value
+
+    def qkv(self, p, x, positions, known=None, record=None):
+        """Rotated queries, keys and values of one layer. `known` and `record` map the names
+        query / key / value to projection outputs (see `_project`)."""
         c = self.config
         h = self._norm(p["pre_self_attention_layer_norm"], x)
         a = p["self_attention"]
-        q = self._dense((c.num_heads, c.head_dim), ("embed", "heads", "kv"), a["query"], h)
-        k = self._dense((c.kv_heads, c.head_dim), ("embed", "kv_heads", "kv"), a["key"], h)
-        v = self._dense((c.kv_heads, c.head_dim), ("embed", "kv_heads", "kv"), a["value"], h)
-        q, k = apply_rope(q, positions, c.rope_theta), apply_rope(k, positions, c.rope_theta)
-        return (constrain(q, ("batch", "length", "heads", "kv")), constrain(k, ("batch", "length", "kv_heads", "kv")),
-                constrain(v, ("batch", "length", "kv_heads", "kv")))
 
-    def finish(self, p, x, attention_out):
+        def projection(name, heads, axes, rope):
+            def fn(h, kernel):
+                y = self._dense((heads, c.head_dim), ("embed", axes, "kv"), {"kernel": kernel}, h)
+                return apply_rope(y, positions, c.rope_theta) if rope else y
+            y = self._project(name, fn, (h, a[name]["kernel"]), known, record)
+            return constrain(y, ("batch", "length", axes, "kv"))
+
+        return (projection("query", c.num_heads, "heads", True), projection("key", c.kv_heads, "kv_heads", True),
+                projection("value", c.kv_heads, "kv_heads", False))
+
+    def finish(self, p, x, attention_out, known=None, record=None):
+        """Output projection, residual, gated MLP, residual (the layer after attention)."""
         c = self.config
-        out = self._dense(c.emb_dim, ("heads", "kv", "embed"), p["self_attention"]["out"], attention_out,
-                          axis=(-2, -1))
+
+        def dense(features, axes, axis=-1):
+            return lambda inputs, kernel: self._dense(features, axes, {"kernel": kernel}, inputs, axis=axis)
+
+        out = self._project("out", dense(c.emb_dim, ("heads", "kv", "embed"), axis=(-2, -1)),
+                            (attention_out, p["self_attention"]["out"]["kernel"]), known, record)
         x = constrain(x + out, _ACT)
         h = self._norm(p["pre_mlp_layer_norm"], x)
-        mlp = GatedMlp(c.mlp_dim, ("silu", "linear"), 0.0, self.dtype, self.param_dtype)
-        return constrain(x + mlp.apply({"params": p["mlp"]}, h), _ACT)
+        mlp = p["mlp"]
+        gate = self._project("gate", dense(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_0"]["kernel"]), known, record)
+        up = self._project("up", dense(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_1"]["kernel"]), known, record)
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
+        down = self._project("down", dense(c.emb_dim, ("mlp", "embed")), (hidden, mlp["wo"]["kernel"]), known,
+                             record)
+        return constrain(x + down, _ACT)
 
     def final_norm(self, params, x):
         return self._norm(params["decoder"]["decoder_norm"], x)
@@ -302,28 +339,36 @@ def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
 def stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
     """One softmax over the context (masked) and the stream's own slots < `slot` plus itself.
 
-    q: [N, T, heads, d]; new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, S, kv_heads, d];
+    q: [N, T, heads, d]; new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, kv_heads, S, d];
     ctx_k/v: [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in training; the KV
     cache length when generating one token per row).
+
+    Layouts are chosen so every product is a batched matmul with no copy of the big operands:
+    the context part heads-major ([N, kv, group * T, d], as in `softmax_attention`), the own
+    slots batched over (row, position, kv head) with the slot axis next to head_dim, so a
+    [group, d] x [d, S] product reads each stream's slots where they lie.
     """
     n, t, heads, d = q.shape
-    kv_heads = ctx_k.shape[2]
-    qg = q.reshape(n, t, kv_heads, heads // kv_heads, d)
+    kv_heads, num_slots = ctx_k.shape[2], slot_k.shape[3]
+    group = heads // kv_heads
     scale = d ** -0.5
     f32 = dict(preferred_element_type=jnp.float32)
-    s_ctx = jnp.einsum("nikgd,njkd->nkgij", qg, ctx_k, **f32) * scale
-    s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx, _NEG)
-    s_own = jnp.einsum("nikgd,niskd->nkgis", qg, slot_k, **f32) * scale
-    earlier = jnp.arange(slot_k.shape[2]) < slot
-    s_own = jnp.where(earlier, s_own, _NEG)
-    s_new = jnp.einsum("nikgd,nikd->nkgi", qg, new_k, **f32)[..., None] * scale
-    probs = jax.nn.softmax(jnp.concatenate([s_ctx, s_own, s_new], axis=-1), axis=-1)
+    s_ctx = jnp.einsum("bhqd,bhkd->bhqk", heads_major(q, kv_heads), heads_major(ctx_k, kv_heads), **f32)
+    s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx.reshape(n, kv_heads, group, t, -1) * scale, _NEG)
+    qg = q.reshape(n, t, kv_heads, group, d)
+    s_own = jnp.einsum("nikgd,niksd->nikgs", qg, slot_k, **f32) * scale
+    s_own = jnp.where(jnp.arange(num_slots) < slot, s_own, _NEG)
+    s_new = jnp.einsum("nikgd,nikd->nikg", qg, new_k, **f32)[..., None] * scale
+    own = jnp.concatenate([s_own, s_new], axis=-1).transpose(0, 2, 3, 1, 4)  # [N, kv, group, T, S + 1]
+    probs = jax.nn.softmax(jnp.concatenate([s_ctx, own], axis=-1), axis=-1)
     context = ctx_k.shape[1]
-    p_ctx, p_own, p_new = jnp.split(probs, [context, context + slot_k.shape[2]], axis=-1)
+    p_ctx = probs[..., :context].reshape(n, kv_heads, group * t, context)
+    p_own = probs[..., context:].transpose(0, 3, 1, 2, 4)  # [N, T, kv, group, S + 1]
     dt = ctx_v.dtype
-    out = (jnp.einsum("nkgij,njkd->nikgd", p_ctx.astype(dt), ctx_v)
-           + jnp.einsum("nkgis,niskd->nikgd", p_own.astype(dt), slot_v)
-           + p_new[..., 0].transpose(0, 3, 1, 2)[..., None].astype(dt) * new_v[:, :, :, None])
+    out = tokens_major(jnp.einsum("bhqk,bhkd->bhqd", p_ctx.astype(dt), heads_major(ctx_v, kv_heads)), t)
+    out = (out.reshape(n, t, kv_heads, group, d)
+           + jnp.einsum("nikgs,niksd->nikgd", p_own[..., :num_slots].astype(dt), slot_v)
+           + p_own[..., num_slots:].astype(dt) * new_v[:, :, :, None])
     return out.reshape(n, t, heads, d)
 
 
@@ -333,29 +378,42 @@ def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, va
     slots = spec.num_steps
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
 
-    def step(consts, statics, sampled, buffer, k):
+    def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
         params, h_base, keys, values = consts
         slot_keys, slot_values = buffer
         mask = context_mask(fd.config, statics.segment_ids, t, k)
         x = step_input(fd, spec, params, statics, k, sampled)
-        new_keys, new_values = [], []
+        new_keys, new_values, records = [], [], []
         for layer, p in enumerate(fd.layer_params(params)):
-            q, kk, vv = fd.qkv(p, x, positions + k)
+            known = None if replay is None else _known(replay, layer)
+            record = {}
+            q, kk, vv = fd.qkv(p, x, positions + k, known, record)
             out = stream_attention(q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv,
                                    k - 1, mask)
-            x = fd.finish(p, x, out)
+            x = fd.finish(p, x, out, known, record)
             new_keys.append(kk)
             new_values.append(vv)
+            records.append({name: record[name] for name in spec.record})
         next_token, outputs = step_head(fd, spec, params, h_base, statics, k, fd.final_norm(params, x))
-        return next_token, (jnp.stack(new_keys), jnp.stack(new_values)), outputs
+        kept = jax.tree.map(lambda *xs: jnp.stack(xs), *records) if replay is None else {}
+        return next_token, (jnp.stack(new_keys), jnp.stack(new_values)), outputs, kept
 
-    shape = (num_layers, n, t, slots, kv_heads, d)
+    shape = (num_layers, n, t, kv_heads, slots, d)
     buffer = (jnp.zeros(shape, keys.dtype), jnp.zeros(shape, values.dtype))
     sampled = jnp.zeros((n, t), jnp.int32)
     steps = jnp.arange(1, slots + 1, dtype=jnp.int32)
     _, _, outputs = append_scan(step, (params, h_base, keys, values), ctx, sampled, buffer, steps,
-                                index_fn=lambda k: k - 1, axis=3)
+                                index_fn=lambda k: k - 1, axis=4)
     return outputs
+
+
+def _known(replay: Replay, layer: int) -> dict:
+    """One layer's values a recomputed step takes instead of recomputing: its key and value
+    (the slot it wrote) and the projection outputs it recorded."""
+    slot_keys, slot_values = replay.slot
+    known = {"key": slot_keys[layer], "value": slot_values[layer]}
+    known.update({name: stacked[layer] for name, stacked in replay.record.items()})
+    return known
 
 
 # ---------------------------------------------------------- dense-mask steps

@@ -17,7 +17,7 @@ and in the same packed document as position i.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -79,7 +79,8 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
                     num_ahead: int = 12, num_talk: int = 4, num_thoughts: int = 2,
                     sample_temperature: float = 1.0, score_temperature: float = 3.0, beta: float = 1e6,
                     clip_advantage: bool = True, base_weight: float = 0.5,
-                    implementation: str = "streams") -> tuple[jax.Array, dict]:
+                    implementation: str = "streams",
+                    record: Sequence[str] = ("query", "out", "down")) -> tuple[jax.Array, dict]:
     """The Quiet-STaR loss for a `QuietStarLM` (defaults: the reference settings).
 
     Args:
@@ -92,6 +93,9 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
       clip_advantage: keep only positive advantages (the reference).
       base_weight: weight of the base cross-entropy in L_nll (the rest goes to the talk steps).
       implementation: 'streams' (default) or 'dense_mask' (the reference construction).
+      record: streams only: projection outputs each thinking step keeps for its backward
+        instead of recomputing them (`token_parallel.RECORDABLE`); more is faster and uses
+        more memory, () recomputes all but the keys and values.
     """
     config = model.config
     if not isinstance(config, QuietStarConfig):
@@ -99,7 +103,8 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
                         f"with {type(config).__name__}")
     if num_thoughts < 1:
         raise ValueError(f"num_thoughts must be >= 1, got {num_thoughts}")
-    spec = ThinkingSpec(num_ahead, num_talk, sample_temperature, score_temperature, implementation)
+    spec = ThinkingSpec(num_ahead, num_talk, sample_temperature, score_temperature, implementation,
+                        record=tuple(record))
     rng = jax.random.PRNGKey(0) if rng is None else rng
     terms = quiet_star_terms(config, spec, params, batch, rng, num_thoughts=num_thoughts,
                              clip_advantage=clip_advantage)
