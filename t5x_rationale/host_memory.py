@@ -8,8 +8,9 @@ makes malloc advise transparent huge pages for those mappings, which cuts the fa
 
 Tunables are read when a process starts, so the command-line entry points call
 `reexec_with_huge_pages()` first thing under `__main__`: it re-executes the same command once
-with the tunable set (same pid, same arguments; the imports run a second time). Set T5XR_HUGE_PAGES=0 to turn it off. Not Linux, not glibc, THP
-disabled or the tunable already given: nothing happens.
+with the tunable set (same pid, same arguments; the imports run a second time). Set
+T5XR_HUGE_PAGES=0 to turn it off. Not Linux, not glibc, THP disabled or the tunable already
+given: nothing happens.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import sys
 
 TUNABLE = "glibc.malloc.hugetlb"
+SETTING = f"{TUNABLE}=1"
 SWITCH = "T5XR_HUGE_PAGES"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
 
@@ -44,7 +46,7 @@ def _thp_available() -> bool:
 
 def huge_pages_enabled(environ=os.environ) -> bool:
     """Whether malloc in this process was started with the tunable."""
-    return f"{TUNABLE}=1" in environ.get("GLIBC_TUNABLES", "").split(":")
+    return SETTING in environ.get("GLIBC_TUNABLES", "").split(":")
 
 
 def huge_pages_wanted(environ=os.environ) -> bool:
@@ -56,7 +58,7 @@ def huge_pages_wanted(environ=os.environ) -> bool:
 
 def tunables_with_huge_pages(current: str) -> str:
     """GLIBC_TUNABLES with `glibc.malloc.hugetlb=1` appended to whatever was set."""
-    return ":".join(part for part in (current, f"{TUNABLE}=1") if part)
+    return ":".join(part for part in (current, SETTING) if part)
 
 
 def reexec_with_huge_pages() -> None:

@@ -128,6 +128,10 @@ class FunctionalDecoder:
     def thought(self, params, name):
         return (params[name].astype(jnp.float32) * self.config.thought_scale).astype(self.dtype)
 
+    def _linear(self, features, axes, axis=-1):
+        """The projection `(inputs, kernel) -> output` of `_dense`, as `_project` takes it."""
+        return lambda inputs, kernel: self._dense(features, axes, {"kernel": kernel}, inputs, axis=axis)
+
     @staticmethod
     def _project(name, fn, args, known, record):
         """`fn(*args)`, or the value `known[name]` differentiated as `fn`; kept in `record`."""
@@ -144,9 +148,8 @@ class FunctionalDecoder:
         a = p["self_attention"]
 
         def projection(name, heads, axes, rope):
-            def fn(h, kernel):
-                y = self._dense((heads, c.head_dim), ("embed", axes, "kv"), {"kernel": kernel}, h)
-                return apply_rope(y, positions, c.rope_theta) if rope else y
+            linear = self._linear((heads, c.head_dim), ("embed", axes, "kv"))
+            fn = (lambda h, kernel: apply_rope(linear(h, kernel), positions, c.rope_theta)) if rope else linear
             y = self._project(name, fn, (h, a[name]["kernel"]), known, record)
             return constrain(y, ("batch", "length", axes, "kv"))
 
@@ -155,20 +158,16 @@ class FunctionalDecoder:
 
     def finish(self, p, x, attention_out, known=None, record=None):
         """Output projection, residual, gated MLP, residual (the layer after attention)."""
-        c = self.config
-
-        def dense(features, axes, axis=-1):
-            return lambda inputs, kernel: self._dense(features, axes, {"kernel": kernel}, inputs, axis=axis)
-
-        out = self._project("out", dense(c.emb_dim, ("heads", "kv", "embed"), axis=(-2, -1)),
+        c, linear = self.config, self._linear
+        out = self._project("out", linear(c.emb_dim, ("heads", "kv", "embed"), axis=(-2, -1)),
                             (attention_out, p["self_attention"]["out"]["kernel"]), known, record)
         x = constrain(x + out, _ACT)
         h = self._norm(p["pre_mlp_layer_norm"], x)
         mlp = p["mlp"]
-        gate = self._project("gate", dense(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_0"]["kernel"]), known, record)
-        up = self._project("up", dense(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_1"]["kernel"]), known, record)
+        gate = self._project("gate", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_0"]["kernel"]), known, record)
+        up = self._project("up", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_1"]["kernel"]), known, record)
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        down = self._project("down", dense(c.emb_dim, ("mlp", "embed")), (hidden, mlp["wo"]["kernel"]), known,
+        down = self._project("down", linear(c.emb_dim, ("mlp", "embed")), (hidden, mlp["wo"]["kernel"]), known,
                              record)
         return constrain(x + down, _ACT)
 
