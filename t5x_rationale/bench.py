@@ -32,6 +32,7 @@ import jax
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.architectures.token_parallel import RECORDABLE, ThinkingSpec
 from t5x_rationale.host_memory import huge_pages_enabled, reexec_with_huge_pages
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
@@ -64,9 +65,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num_ahead", type=int, default=12)
     p.add_argument("--num_talk", type=int, default=4)
     p.add_argument("--num_thoughts", type=int, default=2)
-    p.add_argument("--record", default="query,out,down",
-                   help="quiet_star streams: comma-separated projections each step records for its backward "
-                        "(query, out, gate, up, down; empty: none)")
+    p.add_argument("--record", default=",".join(ThinkingSpec.record),
+                   help="quiet_star streams: comma-separated values each step records for its backward "
+                        f"(some of {', '.join(RECORDABLE)}; empty: none)")
     p.add_argument("--compile_only", action="store_true", help="compile and report memory, run no step")
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import (FunctionalDecoder, context_forward, sample_token,
-                                                        stream_attention, token_logp)
+from t5x_rationale.architectures.stream_attention import stream_attention
+from t5x_rationale.architectures.token_parallel import FunctionalDecoder, context_forward, sample_token, token_logp
 from t5x_rationale.decoding import DecodeConfig, prompt_lengths
 
 
@@ -102,6 +102,7 @@ def _generate(config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prom
     rows, prompt_len = prompt.shape
     lengths = prompt_lengths(prompt)
     h, _, keys, values = context_forward(fd, params, prompt, None)
+    keys, values = jnp.stack(keys), jnp.stack(values)
     pad = ((0, 0), (0, 0), (0, decode.max_decode_length), (0, 0), (0, 0))
     cache = _Cache(jnp.pad(keys, pad), jnp.pad(values, pad), h[jnp.arange(rows), lengths - 1], lengths)
 
@@ -156,8 +157,8 @@ def _think_once(fd: FunctionalDecoder, decode: ThoughtDecodeConfig, params, cach
         mask = _cache_mask(config, cache, position, cache.pos - 1)
         for layer, p in enumerate(layers):
             q, kk, vv = fd.qkv(p, x, position[:, None])
-            out = stream_attention(q, cache.keys[layer], cache.values[layer], slot_keys[layer], slot_values[layer],
-                                   kk, vv, k - 1, mask)
+            out, _ = stream_attention(q, cache.keys[layer], cache.values[layer], slot_keys[layer],
+                                      slot_values[layer], kk, vv, k - 1, mask)
             slot_keys[layer] = slot_keys[layer].at[:, :, :, k - 1].set(kk)
             slot_values[layer] = slot_values[layer].at[:, :, :, k - 1].set(vv)
             x = fd.finish(p, x, out)

@@ -5,11 +5,12 @@ context). At step k >= 1, stream i's new token (position i + k) attends to the c
 tokens 0..i and to its own tokens of steps 1..k, under one softmax. Two implementations:
 
 - `streams` (default): scores over the context [T] and over the stream's own slots [k]
-  concatenated; stream keys/values kept as [layers, rows, T, kv_heads, slots, head_dim];
-  steps run as an `append_scan` (a `lax.scan` rematerialised per step, buffer stored once).
-  The recomputation takes each step's keys and values back from the buffer and the
-  projection outputs named in `ThinkingSpec.record` from the forward pass, so only the rest
-  of the step (norms, attention, the unrecorded projections, the LM head) runs twice.
+  under one softmax (`stream_attention`); stream keys/values kept per layer as
+  [rows, T, kv_heads, slots, head_dim]; steps run as an `append_scan` (a `lax.scan`
+  rematerialised per step, buffer stored once). The recomputation takes each step's keys
+  and values back from the buffer and what `ThinkingSpec.record` names (projection outputs,
+  the attention output) from the forward pass, so only the rest of the step (norms, the
+  unrecorded projections and attention, the LM head) runs twice.
 - `dense_mask`: the reference construction. Step k concatenates the context keys with the
   keys of every earlier step ([T * (k + 1)] keys) under a mask that is causal on the
   context block and the identity on each step block. Unrolled in Python; the executable
@@ -36,14 +37,15 @@ from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import resolve_dtype
 from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
 from t5x_rationale.architectures.position import apply_rope
-from t5x_rationale.architectures.softmax_attention import heads_major, tokens_major
 from t5x_rationale.architectures.quiet_star_lm import MixingHead, QuietStarConfig
+from t5x_rationale.architectures.stream_attention import replayed_stream_attention, stream_attention
 
 IMPLEMENTATIONS = ("streams", "dense_mask")
-# Projection outputs a streams step can record for its backward. Each costs, per layer and
-# step, rows x length x emb_dim values (query, out, down) or x mlp_dim (gate, up).
-RECORDABLE = ("query", "out", "gate", "up", "down")
-_NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
+# What a streams step can record for its backward instead of recomputing it. Per layer and
+# step, a projection output costs rows x length x emb_dim values (query, out, down) or
+# x mlp_dim (gate, up); "attention" is the attention output (x emb_dim) and its per-row
+# log-normaliser, so the backward skips the attention forward.
+RECORDABLE = ("query", "attention", "out", "gate", "up", "down")
 _ACT = ("batch", "length", "embed")
 
 
@@ -59,7 +61,7 @@ class ThinkingSpec:
     collect_logits: bool = False  # also return every step's logits (tests, inspection)
     # streams: projection outputs each step keeps for the backward instead of recomputing
     # them (keys and values are always replayed, from the stream buffer); see RECORDABLE.
-    record: tuple[str, ...] = ("query", "out", "down")
+    record: tuple[str, ...] = ("query", "attention", "out", "down")
 
     def __post_init__(self):
         if self.num_ahead < 4:
@@ -206,7 +208,7 @@ def context_mask(config: QuietStarConfig, segment_ids, length: int, step: int | 
 # ------------------------------------------------------------------- base step
 
 def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
-    """Step 0: (h_base [N,T,H], base logits [N,T,V], keys, values [layers, N, T, kv_heads, d])."""
+    """Step 0: (h_base [N,T,H], base logits [N,T,V], per-layer keys and values [N, T, kv_heads, d])."""
     n, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
     mask = context_mask(fd.config, segment_ids, t)
@@ -219,7 +221,7 @@ def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
         keys.append(k)
         values.append(v)
     h = fd.final_norm(params, x)
-    return h, fd.lm_head(params, h), jnp.stack(keys), jnp.stack(values)
+    return h, fd.lm_head(params, h), keys, values
 
 
 # --------------------------------------------------------- shared step pieces
@@ -335,46 +337,9 @@ def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
 
 # ------------------------------------------------------------- streams steps
 
-def stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
-    """One softmax over the context (masked) and the stream's own slots < `slot` plus itself.
-
-    q: [N, T, heads, d]; new_k/v: [N, T, kv_heads, d]; slot_k/v: [N, T, kv_heads, S, d];
-    ctx_k/v: [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in training; the KV
-    cache length when generating one token per row).
-
-    Layouts are chosen so every product is a batched matmul with no copy of the big operands:
-    the context part heads-major ([N, kv, group * T, d], as in `softmax_attention`), the own
-    slots batched over (row, position, kv head) with the slot axis next to head_dim, so a
-    [group, d] x [d, S] product reads each stream's slots where they lie.
-    """
-    n, t, heads, d = q.shape
-    kv_heads, num_slots = ctx_k.shape[2], slot_k.shape[3]
-    group = heads // kv_heads
-    scale = d ** -0.5
-    f32 = dict(preferred_element_type=jnp.float32)
-    s_ctx = jnp.einsum("bhqd,bhkd->bhqk", heads_major(q, kv_heads), heads_major(ctx_k, kv_heads), **f32)
-    s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx.reshape(n, kv_heads, group, t, -1) * scale, _NEG)
-    qg = q.reshape(n, t, kv_heads, group, d)
-    s_own = jnp.einsum("nikgd,niksd->nikgs", qg, slot_k, **f32) * scale
-    s_own = jnp.where(jnp.arange(num_slots) < slot, s_own, _NEG)
-    s_new = jnp.einsum("nikgd,nikd->nikg", qg, new_k, **f32)[..., None] * scale
-    own = jnp.concatenate([s_own, s_new], axis=-1).transpose(0, 2, 3, 1, 4)  # [N, kv, group, T, S + 1]
-    probs = jax.nn.softmax(jnp.concatenate([s_ctx, own], axis=-1), axis=-1)
-    context = ctx_k.shape[1]
-    p_ctx = probs[..., :context].reshape(n, kv_heads, group * t, context)
-    p_own = probs[..., context:].transpose(0, 3, 1, 2, 4)  # [N, T, kv, group, S + 1]
-    dt = ctx_v.dtype
-    out = tokens_major(jnp.einsum("bhqk,bhkd->bhqd", p_ctx.astype(dt), heads_major(ctx_v, kv_heads)), t)
-    out = (out.reshape(n, t, kv_heads, group, d)
-           + jnp.einsum("nikgs,niksd->nikgd", p_own[..., :num_slots].astype(dt), slot_v)
-           + p_own[..., num_slots:].astype(dt) * new_v[:, :, :, None])
-    return out.reshape(n, t, heads, d)
-
-
 def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
     n, t = ctx.targets.shape
-    num_layers, _, _, kv_heads, d = keys.shape
-    slots = spec.num_steps
+    _, _, kv_heads, d = keys[0].shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
 
     def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
@@ -387,32 +352,36 @@ def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, va
             known = None if replay is None else _known(replay, layer)
             record = {}
             q, kk, vv = fd.qkv(p, x, positions + k, known, record)
-            out = stream_attention(q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv,
-                                   k - 1, mask)
+            inputs = (q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv, k - 1, mask)
+            if known and "attention" in known:
+                out = replayed_stream_attention(*inputs, *known["attention"])
+            else:
+                out, lse = stream_attention(*inputs)
+                record["attention"] = (out, lse)
             x = fd.finish(p, x, out, known, record)
             new_keys.append(kk)
             new_values.append(vv)
-            records.append({name: record[name] for name in spec.record})
+            if replay is None:
+                records.append({name: record[name] for name in spec.record})
         next_token, outputs = step_head(fd, spec, params, h_base, statics, k, fd.final_norm(params, x))
-        kept = jax.tree.map(lambda *xs: jnp.stack(xs), *records) if replay is None else {}
-        return next_token, (jnp.stack(new_keys), jnp.stack(new_values)), outputs, kept
+        return next_token, (tuple(new_keys), tuple(new_values)), outputs, records
 
-    shape = (num_layers, n, t, kv_heads, slots, d)
-    buffer = (jnp.zeros(shape, keys.dtype), jnp.zeros(shape, values.dtype))
+    # one [N, T, kv_heads, slots, d] array per layer: a layer's slots are read without a copy
+    slots = jnp.zeros((n, t, kv_heads, spec.num_steps, d), keys[0].dtype)
+    buffer = (tuple(slots for _ in keys), tuple(slots for _ in values))
     sampled = jnp.zeros((n, t), jnp.int32)
-    steps = jnp.arange(1, slots + 1, dtype=jnp.int32)
-    _, _, outputs = append_scan(step, (params, h_base, keys, values), ctx, sampled, buffer, steps,
-                                index_fn=lambda k: k - 1, axis=4)
+    steps = jnp.arange(1, spec.num_steps + 1, dtype=jnp.int32)
+    _, _, outputs = append_scan(step, (params, h_base, tuple(keys), tuple(values)), ctx, sampled, buffer, steps,
+                                index_fn=lambda k: k - 1, axis=3)
     return outputs
 
 
 def _known(replay: Replay, layer: int) -> dict:
     """One layer's values a recomputed step takes instead of recomputing: its key and value
-    (the slot it wrote) and the projection outputs it recorded."""
+    (the slot it wrote) and what it recorded (projection outputs; the attention's output
+    and log-normaliser)."""
     slot_keys, slot_values = replay.slot
-    known = {"key": slot_keys[layer], "value": slot_values[layer]}
-    known.update({name: stacked[layer] for name, stacked in replay.record.items()})
-    return known
+    return {"key": slot_keys[layer], "value": slot_values[layer], **replay.record[layer]}
 
 
 # ---------------------------------------------------------- dense-mask steps

@@ -80,7 +80,7 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
                     sample_temperature: float = 1.0, score_temperature: float = 3.0, beta: float = 1e6,
                     clip_advantage: bool = True, base_weight: float = 0.5,
                     implementation: str = "streams",
-                    record: Sequence[str] = ("query", "out", "down")) -> tuple[jax.Array, dict]:
+                    record: Sequence[str] = ThinkingSpec.record) -> tuple[jax.Array, dict]:
     """The Quiet-STaR loss for a `QuietStarLM` (defaults: the reference settings).
 
     Args:
@@ -93,9 +93,9 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
       clip_advantage: keep only positive advantages (the reference).
       base_weight: weight of the base cross-entropy in L_nll (the rest goes to the talk steps).
       implementation: 'streams' (default) or 'dense_mask' (the reference construction).
-      record: streams only: projection outputs each thinking step keeps for its backward
-        instead of recomputing them (`token_parallel.RECORDABLE`); more is faster and uses
-        more memory, () recomputes all but the keys and values.
+      record: streams only: what each thinking step keeps for its backward instead of
+        recomputing it (projection outputs, the attention output; `token_parallel.RECORDABLE`);
+        more is faster and uses more memory, () recomputes all but the keys and values.
     """
     config = model.config
     if not isinstance(config, QuietStarConfig):
