@@ -59,8 +59,8 @@ class ThinkingSpec:
     score_temperature: float = 3.0  # the policy term's log-probabilities use this
     implementation: str = "streams"
     collect_logits: bool = False  # also return every step's logits (tests, inspection)
-    # streams: projection outputs each step keeps for the backward instead of recomputing
-    # them (keys and values are always replayed, from the stream buffer); see RECORDABLE.
+    # streams: what each step keeps for the backward instead of recomputing it (projection
+    # outputs, the attention output; keys and values always come from the buffer); RECORDABLE.
     record: tuple[str, ...] = ("query", "attention", "out", "down")
 
     def __post_init__(self):
