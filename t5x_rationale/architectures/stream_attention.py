@@ -34,6 +34,11 @@ def _heads_first(x):
     return x.transpose(0, 2, 3, 1)
 
 
+def _tokens_first(x):
+    """Inverse of `_heads_first`: [N, kv, group, T] -> [N, T, kv, group]."""
+    return x.transpose(0, 3, 1, 2)
+
+
 def _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask):
     """Scaled, masked scores: context [N, kv, g, T, C], own slots [N, T, kv, g, S], new [N, T, kv, g]."""
     n, t, heads, d = q.shape
@@ -62,12 +67,12 @@ def _combine(p_ctx, p_own, p_new, ctx_v, slot_v, new_v):
 
 def _forward(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
     s_ctx, s_own, s_new = _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask)
-    m = jnp.maximum(jnp.maximum(jnp.max(s_ctx, -1).transpose(0, 3, 1, 2), jnp.max(s_own, -1)), s_new)
+    m = jnp.maximum(jnp.maximum(_tokens_first(jnp.max(s_ctx, -1)), jnp.max(s_own, -1)), s_new)
     p_ctx = jnp.exp(s_ctx - _heads_first(m)[..., None])
     p_own, p_new = jnp.exp(s_own - m[..., None]), jnp.exp(s_new - m)
-    total = jnp.sum(p_ctx, -1).transpose(0, 3, 1, 2) + jnp.sum(p_own, -1) + p_new  # >= 1: the max is in it
+    total = _tokens_first(jnp.sum(p_ctx, -1)) + jnp.sum(p_own, -1) + p_new  # >= 1: the max is in it
     out = _combine(p_ctx, p_own, p_new, ctx_v, slot_v, new_v) / total[..., None].astype(ctx_v.dtype)
-    return out.reshape(q.shape).astype(ctx_v.dtype), m + jnp.log(total)
+    return out.reshape(q.shape), m + jnp.log(total)
 
 
 def _backward(inputs, out, lse, d_out, d_lse):
@@ -137,7 +142,8 @@ def replayed_stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slo
 
 
 def _replayed_fwd(*args):
-    return args[-2], (args[:-2], args[-2], args[-1])
+    *inputs, out, lse = args
+    return out, (tuple(inputs), out, lse)
 
 
 def _replayed_bwd(residuals, d_out):

@@ -72,7 +72,7 @@ class ThinkingSpec:
             raise ValueError(f"implementation {self.implementation!r} not in {IMPLEMENTATIONS}")
         unknown = set(self.record) - set(RECORDABLE)
         if unknown:
-            raise ValueError(f"record: unknown projection(s) {sorted(unknown)}; expected some of {RECORDABLE}")
+            raise ValueError(f"record: unknown name(s) {sorted(unknown)}; expected some of {RECORDABLE}")
         if self.sample_temperature < 0 or self.score_temperature <= 0:
             raise ValueError("sample_temperature must be >= 0 (0: argmax) and score_temperature positive")
 
