@@ -10,7 +10,9 @@
 For `quiet_star` the preset is wrapped in a `QuietStarConfig`; rows are the batch repeated
 `--num_thoughts` times and model FLOPs count only what the streams decomposition needs
 (`flops.quiet_star_forward_flops`), for either implementation. `--compile_only` reports the
-compiled memory analysis without running a step (for settings that do not fit in memory).
+compiled memory analysis without running a step (for settings that do not fit in memory);
+`--by_parts` times a dense_mask step that does not fit as the sum of its parts
+(`dense_mask_parts`), each run forward and backward on its own.
 
 The peak matmul rate is measured in the same run (float32 2048x2048 matmul on each device,
 best of several, before and after the timed steps), so MFU compares against what this
@@ -32,7 +34,8 @@ import jax
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import RECORDABLE, ThinkingSpec
+from t5x_rationale.architectures.token_parallel import RECORDABLE, FunctionalDecoder, ThinkingSpec
+from t5x_rationale.dense_mask_parts import dense_mask_parts
 from t5x_rationale.host_memory import huge_pages_enabled, reexec_with_huge_pages
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
@@ -69,12 +72,17 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="quiet_star streams: comma-separated values each step records for its backward "
                         f"(some of {', '.join(RECORDABLE)}; empty: none)")
     p.add_argument("--compile_only", action="store_true", help="compile and report memory, run no step")
+    p.add_argument("--by_parts", action="store_true",
+                   help="quiet_star dense_mask: time the step's parts on their own, unsharded, and add "
+                        "them up (dense_mask_parts), for lengths where the whole step does not fit")
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)
 
 
 def _memory_stats(compiled) -> dict:
     out = {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    if compiled is None:
+        return out
     try:
         m = compiled.memory_analysis()
         out["compiled_temp_gib"] = m.temp_size_in_bytes / 2**30
@@ -115,26 +123,14 @@ def run(args: argparse.Namespace) -> dict:
     batches = [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
     state = trainer.init_state(0, batches[0])
 
-    start = time.perf_counter()
-    compiled = trainer.compile_step(state, batches[0])  # ahead of time: the steps below run this executable
     row = {"preset": args.preset, "objective": _objective_name(args), "batch": args.batch,
-           "target_length": args.target_length, "compile_s": time.perf_counter() - start}
-    if args.compile_only:
-        return dict(row, **_memory_stats(compiled))
-
-    def step(state, batch):
-        with trainer.context():
-            state, metrics = compiled(state, batch, trainer.constants)
-        jax.block_until_ready(metrics)
-        return state, metrics
-
-    for i in range(args.warmup):
-        state, metrics = step(state, batches[i % 2])
-    times = []
-    for i in range(args.steps):
-        t0 = time.perf_counter()
-        state, metrics = step(state, batches[i % 2])
-        times.append(time.perf_counter() - t0)
+           "target_length": args.target_length}
+    if args.by_parts:
+        times, metrics, compiled = _step_by_parts(args, config, thinking, state.params, tx, row), {}, None
+    else:
+        times, metrics, compiled = _timed_steps(args, trainer, state, batches, row)
+        if args.compile_only:
+            return dict(row, **_memory_stats(compiled))
 
     # The machine's speed drifts (shared hosts, clocks): take the best matmul rate seen before
     # and after the timed steps, which can only lower the reported MFU.
@@ -154,10 +150,53 @@ def run(args: argparse.Namespace) -> dict:
         "model_gflop_per_step": flops / 1e9, "achieved_gflop_per_s": flops / step_s / 1e9,
         "peak_matmul_gflop_per_s": peak / 1e9, "mfu": flops / step_s / peak,
         "mfu_best_step": flops / min(times) / peak,
-        "loss": float(metrics["loss"]),
     })
+    if "loss" in metrics:
+        row["loss"] = float(metrics["loss"])
     row.update(_memory_stats(compiled))
     return row
+
+
+def _timed_steps(args: argparse.Namespace, trainer: Trainer, state, batches: list, row: dict):
+    """(step times, last metrics, the compiled step); fills row["compile_s"]."""
+    start = time.perf_counter()
+    compiled = trainer.compile_step(state, batches[0])  # ahead of time: the steps below run this executable
+    row["compile_s"] = time.perf_counter() - start
+    if args.compile_only:
+        return [], {}, compiled
+
+    def step(state, batch):
+        with trainer.context():
+            state, metrics = compiled(state, batch, trainer.constants)
+        jax.block_until_ready(metrics)
+        return state, metrics
+
+    metrics = {}
+    for i in range(args.warmup):
+        state, metrics = step(state, batches[i % 2])
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        state, metrics = step(state, batches[i % 2])
+        times.append(time.perf_counter() - t0)
+    return times, metrics, compiled
+
+
+def _step_by_parts(args: argparse.Namespace, config, thinking: dict, params, tx, row: dict) -> list[float]:
+    """[the dense_mask step time added up from its parts]; the parts go into row["parts_s"]."""
+    if args.objective != "quiet_star" or args.implementation != "dense_mask":
+        raise ValueError("--by_parts times the quiet_star dense_mask step: pass --objective quiet_star "
+                         "--implementation dense_mask")
+    if args.batch % args.microbatches:
+        raise ValueError(f"--microbatches {args.microbatches} must divide --batch {args.batch}")
+    spec = ThinkingSpec(thinking["num_ahead"], thinking["num_talk"], implementation="dense_mask")
+    rows = args.batch * thinking["num_thoughts"]
+    start = time.perf_counter()
+    result = dense_mask_parts(FunctionalDecoder(config), spec, params, tx, rows=rows, length=args.target_length,
+                              microbatches=args.microbatches, repeats=max(args.steps, 1),
+                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    row.update(parts_s=result["parts_s"], parts_wall_s=time.perf_counter() - start)
+    return [result["step_s"]]
 
 
 def _objective_name(args: argparse.Namespace) -> str:

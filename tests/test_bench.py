@@ -62,3 +62,28 @@ def test_bench_compile_only_reports_memory(tmp_path):
                 "--json", str(out)])
     row = json.loads(out.read_text())
     assert row["compiled_total_gib"] > 0 and "step_s" not in row
+
+
+def test_bench_dense_mask_by_parts_adds_up_every_step(tmp_path):
+    out = tmp_path / "row.json"
+    bench.main(["--preset", "decoder-tiny", "--batch", "8", "--target_length", "16", "--objective", "quiet_star",
+                "--implementation", "dense_mask", "--num_ahead", "5", "--num_talk", "2", "--microbatches", "2",
+                "--by_parts", "--steps", "1", "--peak_matmul_size", "64", "--json", str(out)])
+    row = json.loads(out.read_text())
+    parts = row["parts_s"]
+    steps = 5 + 2 - 2
+    assert set(parts) == {"context", "optimizer"} | {f"{kind}_{k}" for kind in ("layer", "head")
+                                                       for k in range(1, steps + 1)}
+    layers = get_preset("decoder-tiny").num_layers
+    per_microbatch = parts["context"] + sum(layers * parts[f"layer_{k}"] + parts[f"head_{k}"]
+                                            for k in range(1, steps + 1))
+    assert row["step_s"] == pytest.approx(2 * per_microbatch + parts["optimizer"])
+    assert row["mfu"] == pytest.approx(row["model_gflop_per_step"] / row["step_s"] / row["peak_matmul_gflop_per_s"])
+
+
+@pytest.mark.parametrize("flags", [["--implementation", "streams"], ["--objective", "token"]])
+def test_bench_by_parts_rejects_what_it_does_not_time(flags):
+    with pytest.raises(ValueError, match="--by_parts"):
+        bench.main(["--preset", "decoder-tiny", "--batch", "8", "--target_length", "16", "--objective", "quiet_star",
+                    "--implementation", "dense_mask", "--by_parts", "--steps", "1", "--peak_matmul_size", "64"]
+                   + flags)

@@ -229,6 +229,27 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
     assert float(np.abs(g_s["start_thought"]).max()) > 0 and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
 
 
+@pytest.mark.parametrize("implementation", ["dense_mask", "streams"])
+@pytest.mark.parametrize("remat_policy", ["full", "dots_no_batch"])
+def test_remat_policy_keeps_loss_and_gradients(implementation, remat_policy):
+    """The decoder's remat_policy (dense_mask steps and both context forwards) changes what
+    the backward stores, not what it computes."""
+    batch = _batch(seed=9)
+    results = []
+    for policy in ("none", remat_policy):
+        config = tiny_config(remat_policy=policy)
+        params = tiny_params(config, mixing_random=True)
+        fn = lambda p, c=config: quiet_star_loss(build_model(c), p, batch, jax.random.PRNGKey(4),  # noqa: E731
+                                                  num_ahead=N_A, num_talk=N_T, beta=1.0,
+                                                  implementation=implementation)
+        results.append(jax.jit(jax.value_and_grad(fn, has_aux=True))(params))
+    (loss, _), grads = results[0]
+    (loss_remat, _), grads_remat = results[1]
+    np.testing.assert_allclose(loss_remat, loss, rtol=1e-6)
+    for (path, a), b in zip(jax.tree.leaves_with_path(grads_remat), jax.tree.leaves(grads)):
+        _close(a, b, err_msg=jax.tree_util.keystr(path))
+
+
 @pytest.mark.parametrize("use_replay", [False, True])
 def test_append_scan_gradients_match_lax_scan(use_replay):
     """The O(steps) backward equals differentiating the plain scan with the buffer as carry,

@@ -20,6 +20,14 @@ _POLICIES = {
 }
 
 
+def checkpointed(fn, remat_policy: str, static_argnums: tuple[int, ...] = ()):
+    """`fn` rematerialised under the named policy (`fn` itself for "none"), for functional
+    code outside Flax modules (the Quiet-STaR thinking steps)."""
+    if remat_policy == "none":
+        return fn
+    return jax.checkpoint(fn, policy=_POLICIES[remat_policy], static_argnums=static_argnums)
+
+
 def repeat_layer(layer_cls: type[nn.Module], num_layers: int, *,
                  scan: bool, remat_policy: str, layer_kwargs: dict[str, Any],
                  x: jax.Array, args: Sequence[Any]) -> jax.Array:

@@ -14,7 +14,10 @@ tokens 0..i and to its own tokens of steps 1..k, under one softmax. Two implemen
 - `dense_mask`: the reference construction. Step k concatenates the context keys with the
   keys of every earlier step ([T * (k + 1)] keys) under a mask that is causal on the
   context block and the identity on each step block. Unrolled in Python; the executable
-  reference and the fallback.
+  reference and the fallback. The decoder's `remat_policy` applies per (step, layer) and
+  per step head; without it the backward stores every step's [T, T * (k + 1)] scores.
+
+Both implementations' context forward (step 0) applies the decoder's `remat_policy` per layer.
 
 Step kinds (n_a = `num_ahead`, n_t = `num_talk`, F = n_a + n_t - 1 steps in all):
   k = 1: start thought; 2 <= k <= n_a - 2: a token sampled from step k-1's logits;
@@ -26,6 +29,7 @@ mixing head and the mixed logits predict y[i + s], s = k - n_a + 1 (y = target t
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 import jax
@@ -38,6 +42,7 @@ from t5x_rationale.architectures.configs import resolve_dtype
 from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
 from t5x_rationale.architectures.position import apply_rope
 from t5x_rationale.architectures.quiet_star_lm import MixingHead, QuietStarConfig
+from t5x_rationale.architectures.stack import checkpointed
 from t5x_rationale.architectures.stream_attention import replayed_stream_attention, stream_attention
 
 IMPLEMENTATIONS = ("streams", "dense_mask")
@@ -213,11 +218,16 @@ def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
     mask = context_mask(fd.config, segment_ids, t)
     x = constrain(fd.embed(params, tokens), _ACT)
-    keys, values = [], []
-    for p in fd.layer_params(params):
+
+    def layer(p, x):
         q, k, v = fd.qkv(p, x, positions)
         out = attn.dot_product_attention(q, k, v, mask=mask, implementation=fd.config.attention_impl)
-        x = fd.finish(p, x, out)
+        return fd.finish(p, x, out), k, v
+
+    layer = checkpointed(layer, fd.config.decoder.remat_policy)
+    keys, values = [], []
+    for p in fd.layer_params(params):
+        x, k, v = layer(p, x)
         keys.append(k)
         values.append(v)
     h = fd.final_norm(params, x)
@@ -393,9 +403,30 @@ def dense_step_mask(context: jax.Array, steps: int) -> jax.Array:
     return jnp.concatenate([context] + [eye] * steps, axis=-1)
 
 
+def dense_layer_step(fd: FunctionalDecoder, p, x, earlier_keys: list, earlier_values: list, mask, k: int):
+    """One layer at dense step k: (x, this step's keys, values); attention over the context
+    and every earlier step's keys (`earlier_keys`: k arrays [N, T, kv_heads, d]) and its own."""
+    n, t = x.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) + k, (n, t))
+    q, kk, vv = fd.qkv(p, x, positions)
+    all_k = jnp.concatenate(list(earlier_keys) + [kk], axis=1)
+    all_v = jnp.concatenate(list(earlier_values) + [vv], axis=1)
+    out = attn.dot_product_attention(q, all_k, all_v, mask=mask)
+    return fd.finish(p, x, out), kk, vv
+
+
+def dense_step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k: int, x):
+    """The head of dense step k on the last layer's output: (sampled token, step outputs)."""
+    return step_head(fd, spec, params, h_base, ctx, k, fd.final_norm(params, x))
+
+
 def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
     n, t = ctx.targets.shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
+    # the decoder's remat_policy per (step, layer) and per step head: what makes the
+    # reference's T * (k + 1)-key scores fit at real lengths (none: store them all)
+    remat_policy = fd.config.decoder.remat_policy
+    layer_step = checkpointed(functools.partial(dense_layer_step, fd), remat_policy, static_argnums=(5,))
+    head = checkpointed(functools.partial(dense_step_head, fd, spec), remat_policy, static_argnums=(3,))
     layers = fd.layer_params(params)
     step_keys = [[keys[layer]] for layer in range(len(layers))]  # per layer: context, then each step
     step_values = [[values[layer]] for layer in range(len(layers))]
@@ -405,14 +436,10 @@ def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys,
         mask = dense_step_mask(context_mask(fd.config, ctx.segment_ids, t, k), k)
         x = step_input(fd, spec, params, ctx, k, sampled)
         for layer, p in enumerate(layers):
-            q, kk, vv = fd.qkv(p, x, positions + k)
+            x, kk, vv = layer_step(p, x, step_keys[layer], step_values[layer], mask, k)
             step_keys[layer].append(kk)
             step_values[layer].append(vv)
-            all_k = jnp.concatenate(step_keys[layer], axis=1)
-            all_v = jnp.concatenate(step_values[layer], axis=1)
-            out = attn.dot_product_attention(q, all_k, all_v, mask=mask)
-            x = fd.finish(p, x, out)
-        sampled, outputs = step_head(fd, spec, params, h_base, ctx, k, fd.final_norm(params, x))
+        sampled, outputs = head(params, h_base, ctx, k, x)
         per_step.append(outputs)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
 
