@@ -34,24 +34,29 @@ from t5x_rationale.architectures.token_parallel import (
     dense_step_mask, step_input, token_logp)
 
 
-def _time_vjp(fn: Callable, args: tuple, repeats: int) -> float:
-    """Median seconds of fn's forward and its backward (all-ones output cotangents)."""
-    def fwd_bwd(args):
-        out, vjp = jax.vjp(fn, *args)
-        return vjp(jax.tree.map(jnp.ones_like, out))
-
-    compiled = jax.jit(fwd_bwd).lower(args).compile()
-    jax.block_until_ready(compiled(args))
+def _median_seconds(fn: Callable, args: tuple, repeats: int) -> float:
+    """Median seconds of jitted fn(*args), compiled ahead and run once untimed first."""
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        jax.block_until_ready(compiled(args))
+        jax.block_until_ready(compiled(*args))
         times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def _normal(key, shape, scale=1.0):
-    return scale * jax.random.normal(key, shape, jnp.float32)
+def _time_vjp(fn: Callable, args: tuple, repeats: int) -> float:
+    """Median seconds of fn's forward and its backward (all-ones output cotangents)."""
+    def fwd_bwd(*args):
+        out, vjp = jax.vjp(fn, *args)
+        return vjp(jax.tree.map(jnp.ones_like, out))
+
+    return _median_seconds(fwd_bwd, args, repeats)
+
+
+def _normal(key, shape):
+    return jax.random.normal(key, shape, jnp.float32)
 
 
 def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx, *, rows: int, length: int,
@@ -77,8 +82,8 @@ def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx,
     for k in range(1, spec.num_steps + 1):
         mask = dense_step_mask(context_mask(fd.config, None, t, k), k)
         earlier = [kv] * k
-        parts[f"layer_{k}"] = _time_vjp(lambda p, x, ek, ev, k=k, mask=mask: dense_layer_step(fd, p, x, ek, ev, mask, k),
-                                        (layer, x, earlier, earlier), repeats)
+        layer_step = lambda p, x, ek, ev, k=k, mask=mask: dense_layer_step(fd, p, x, ek, ev, mask, k)  # noqa: E731
+        parts[f"layer_{k}"] = _time_vjp(layer_step, (layer, x, earlier, earlier), repeats)
 
         def head(params, h_base, x, k=k):
             sampled, outputs = dense_step_head(fd, spec, params, h_base, ctx, k, x)
@@ -89,13 +94,8 @@ def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx,
 
         parts[f"head_{k}"] = _time_vjp(head, (params, h_base, x), repeats)
         log(f"step {k}: layer {parts[f'layer_{k}']:.3f} s, head {parts[f'head_{k}']:.3f} s")
-    grads = jax.tree.map(jnp.ones_like, params)
-    opt_state = tx.init(params)
-    update = jax.jit(lambda g, s, p: tx.update(g, s, p)).lower(grads, opt_state, params).compile()
-    jax.block_until_ready(update(grads, opt_state, params))
-    start = time.perf_counter()
-    jax.block_until_ready(update(grads, opt_state, params))
-    parts["optimizer"] = time.perf_counter() - start
+    parts["optimizer"] = _median_seconds(tx.update, (jax.tree.map(jnp.ones_like, params), tx.init(params), params),
+                                         repeats)
     per_microbatch = parts["context"] + sum(c.num_layers * parts[f"layer_{k}"] + parts[f"head_{k}"]
                                             for k in range(1, spec.num_steps + 1))
     return {"parts_s": parts, "step_s": microbatches * per_microbatch + parts["optimizer"]}
