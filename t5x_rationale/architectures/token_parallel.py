@@ -260,13 +260,12 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
 
     Thinking steps (k <= n_a - 3) sample the next thought token and score it for the policy
     term; scored steps (k >= n_a - 1) mix with h_base[i + s] and give log p(y[i + s]); step
-    n_a - 2 (followed by the end thought) needs neither, so it skips the LM head. Outputs a
-    step does not compute are zeros. `k` is a Python int (unrolled steps) or traced (scan).
+    n_a - 2 (followed by the end thought) needs neither, so it skips the LM head; only the
+    scored steps run the mixing head. Outputs a step does not compute are zeros. `k` is a
+    Python int (unrolled steps) or traced (scan).
     """
     n_a = spec.num_ahead
     offset = jnp.maximum(k - n_a + 1, 0)
-    base_shift = _shift(h_base, offset)  # h_base[i + s]
-    w = fd.mixing_weight(params, base_shift, hidden)
     zeros = jnp.zeros(hidden.shape[:-1], jnp.float32)
     no_token = jnp.zeros(hidden.shape[:-1], jnp.int32)
     kept = lambda logits: (logits,) if spec.collect_logits else ()  # noqa: E731
@@ -274,26 +273,27 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     def thinking():
         logits = fd.lm_head(params, hidden)
         token = _sample(fd, spec, ctx, k, logits)
-        return (zeros, token_logp(logits, token, spec.score_temperature), token) + kept(logits)
+        return (zeros, token_logp(logits, token, spec.score_temperature), token, zeros) + kept(logits)
 
     def idle():
-        return (zeros, zeros, no_token) + ((fd.lm_head(params, hidden),) if spec.collect_logits else ())
+        return (zeros, zeros, no_token, zeros) + ((fd.lm_head(params, hidden),) if spec.collect_logits else ())
 
-    def scored():
+    def scored():  # only these steps mix, so only they run the mixing head
+        base_shift = _shift(h_base, offset)  # h_base[i + s]
+        w = fd.mixing_weight(params, base_shift, hidden)
         w_s = w[..., None].astype(hidden.dtype)
         logits = fd.lm_head(params, (1 - w_s) * base_shift + w_s * hidden)
-        return (token_logp(logits, _shift(ctx.targets, offset)), zeros, no_token) + kept(logits)
+        return (token_logp(logits, _shift(ctx.targets, offset)), zeros, no_token, w.astype(jnp.float32)) + kept(logits)
 
     branches = (thinking, idle, scored)
     if isinstance(k, int):
         out = branches[0 if k <= n_a - 3 else 1 if k == n_a - 2 else 2]()
     else:
         out = jax.lax.switch(jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches)
-    true_logp, policy_logp, next_token = out[:3]
-    outputs = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": w.astype(jnp.float32),
-               "next_token": next_token}
+    true_logp, policy_logp, next_token, w = out[:4]
+    outputs = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": w, "next_token": next_token}
     if spec.collect_logits:
-        outputs["logits"] = out[3]
+        outputs["logits"] = out[4]
     return next_token, outputs
 
 
