@@ -267,33 +267,36 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     n_a = spec.num_ahead
     offset = jnp.maximum(k - n_a + 1, 0)
     zeros = jnp.zeros(hidden.shape[:-1], jnp.float32)
-    no_token = jnp.zeros(hidden.shape[:-1], jnp.int32)
-    kept = lambda logits: (logits,) if spec.collect_logits else ()  # noqa: E731
+
+    def result(true_logp=zeros, policy_logp=zeros, next_token=None, mixing_weight=zeros, logits=None):
+        out = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": mixing_weight,
+               "next_token": jnp.zeros(hidden.shape[:-1], jnp.int32) if next_token is None else next_token}
+        if spec.collect_logits:  # a step without the LM head computes it only to be inspected
+            out["logits"] = fd.lm_head(params, hidden) if logits is None else logits
+        return out
 
     def thinking():
         logits = fd.lm_head(params, hidden)
         token = _sample(fd, spec, ctx, k, logits)
-        return (zeros, token_logp(logits, token, spec.score_temperature), token, zeros) + kept(logits)
+        return result(policy_logp=token_logp(logits, token, spec.score_temperature), next_token=token, logits=logits)
 
     def idle():
-        return (zeros, zeros, no_token, zeros) + ((fd.lm_head(params, hidden),) if spec.collect_logits else ())
+        return result()
 
     def scored():  # only these steps mix, so only they run the mixing head
         base_shift = _shift(h_base, offset)  # h_base[i + s]
         w = fd.mixing_weight(params, base_shift, hidden)
         w_s = w[..., None].astype(hidden.dtype)
         logits = fd.lm_head(params, (1 - w_s) * base_shift + w_s * hidden)
-        return (token_logp(logits, _shift(ctx.targets, offset)), zeros, no_token, w.astype(jnp.float32)) + kept(logits)
+        return result(true_logp=token_logp(logits, _shift(ctx.targets, offset)), mixing_weight=w.astype(jnp.float32),
+                      logits=logits)
 
     branches = (thinking, idle, scored)
     if isinstance(k, int):
-        out = branches[0 if k <= n_a - 3 else 1 if k == n_a - 2 else 2]()
+        outputs = branches[0 if k <= n_a - 3 else 1 if k == n_a - 2 else 2]()
     else:
-        out = jax.lax.switch(jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches)
-    true_logp, policy_logp, next_token, w = out[:4]
-    outputs = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": w, "next_token": next_token}
-    if spec.collect_logits:
-        outputs["logits"] = out[4]
+        outputs = jax.lax.switch(jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches)
+    next_token = outputs["next_token"]
     return next_token, outputs
 
 
