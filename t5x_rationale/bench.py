@@ -193,7 +193,8 @@ def _step_by_parts(args: argparse.Namespace, config, thinking: dict, params, tx,
     rows = args.batch * thinking["num_thoughts"]
     start = time.perf_counter()
     result = dense_mask_parts(FunctionalDecoder(config), spec, params, tx, rows=rows, length=args.target_length,
-                              microbatches=args.microbatches, repeats=max(args.steps, 1),
+                              microbatches=args.microbatches, copies=thinking["num_thoughts"],
+                              repeats=max(args.steps, 1),
                               log=lambda line: print(line, file=sys.stderr, flush=True))
     row.update(parts_s=result["parts_s"], parts_wall_s=time.perf_counter() - start)
     return [result["step_s"]]

@@ -8,7 +8,8 @@ shapes, and adds them up as a sequential executor would run them:
 
     microbatches x (context + sum over steps k of (layers x layer_k + head_k)) + optimizer
 
-- context: step 0 (`context_forward` and the base log-probabilities);
+- context: step 0 (`context_forward` and the base log-probabilities), once per group of
+  `copies` identical rows, as `think` runs it;
 - layer_k: `dense_layer_step` at step k (attention over T * (k + 1) keys); every layer has
   the same shapes, so one layer is timed per step and counted `num_layers` times;
 - head_k: `dense_step_head` (final norm, LM head, sampling or mixing) and the embedding of
@@ -60,10 +61,13 @@ def _normal(key, shape):
 
 
 def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx, *, rows: int, length: int,
-                     microbatches: int, repeats: int = 2, log: Callable[[str], None] = print) -> dict:
+                     microbatches: int, copies: int = 1, repeats: int = 2,
+                     log: Callable[[str], None] = print) -> dict:
     """Seconds per part and their sum for one dense_mask train step on `rows` rows
-    (batch x P) split into `microbatches`; random inputs of the real shapes."""
+    (batch x P, P = `copies`) split into `microbatches`; random inputs of the real shapes."""
     n, t = rows // microbatches, length
+    if n % copies:
+        raise ValueError(f"a microbatch's {n} rows must hold whole groups of {copies} copies")
     c = fd.config.decoder
     keys = iter(jax.random.split(jax.random.PRNGKey(0), 8))
     tokens = jax.random.randint(next(keys), (n, t), 7, c.vocab_size, jnp.int32)
@@ -73,9 +77,9 @@ def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx,
     kv = _normal(next(keys), (n, t, c.kv_heads, c.head_dim))
     layer = fd.layer_params(params)[0]
 
-    def context(params):
-        h, logits, ks, vs = context_forward(fd, params, tokens, None)
-        return h, token_logp(logits, ctx.targets), ks, vs
+    def context(params):  # one row per group of copies
+        h, logits, ks, vs = context_forward(fd, params, tokens[:n // copies], None)
+        return h, token_logp(logits, ctx.targets[:n // copies]), ks, vs
 
     parts = {"context": _time_vjp(context, (params,), repeats)}
     log(f"context {parts['context']:.3f} s")

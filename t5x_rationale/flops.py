@@ -41,18 +41,21 @@ def quiet_star_forward_flops(c: QuietStarConfig, batch: int, length: int, *, num
     """Forward FLOPs the token-parallel decomposition needs (METHODS.md section 2).
 
     Rows are the batch repeated `num_thoughts` times. The base step is an ordinary decoder
-    forward; each of the n_a + n_t - 2 later steps runs every position's new token through the
-    decoder attending to the context (full length, as above) plus its own k stream tokens.
-    Every step but n_a - 2 (whose sample would be replaced by the end thought) needs the LM
-    head, and the n_t scored steps add the mixing head (2H -> H -> H -> 1). The dense-mask
-    construction attends to T * (k + 1) keys instead; that waste is not counted.
+    forward, and step 1 (the start thought) sees only the context: both are the same for the
+    copies of a row, so they count once per batch row. Each later step of the
+    n_a + n_t - 2 runs every row's new token through the decoder attending to the context
+    (full length, as above) plus its own k stream tokens. Every step but n_a - 2 (whose sample
+    would be replaced by the end thought) needs the LM head, and the n_t scored steps add the
+    mixing head (2H -> H -> H -> 1). The dense-mask construction attends to T * (k + 1) keys
+    instead and runs step 1 for every copy; that waste is not counted.
     """
     d = c.decoder
-    tokens = batch * num_thoughts * length
-    steps = sum(_decoder_token_flops(d, length + k) for k in range(1, num_ahead + num_talk - 1))
+    rows = batch * num_thoughts
+    later_steps = sum(_decoder_token_flops(d, length + k) for k in range(2, num_ahead + num_talk - 1))
     idle_head = 2 * d.emb_dim * d.vocab_size
     mixing = num_talk * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
-    return decoder_forward_flops(d, batch * num_thoughts, length) + tokens * (steps - idle_head + mixing)
+    once_per_row = decoder_forward_flops(d, batch, length) + batch * length * _decoder_token_flops(d, length + 1)
+    return once_per_row + rows * length * (later_steps - idle_head + mixing)
 
 
 def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: int) -> int:

@@ -197,10 +197,31 @@ def test_quiet_star_formula_is_the_dense_forward_minus_its_masked_work():
     attention_waste = sum(rows * length * d.num_layers * 4 * heads * k * (length - 1) for k in range(1, steps + 1))
     needed = quiet_star_forward_flops(config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1)
     assert needed == counted - attention_waste
-    thinking = dict(num_ahead=n_a, num_talk=n_t, num_thoughts=2)
-    assert train_step_flops(config, 1, target_length=length, thinking=thinking) == 3 * needed
+    thinking = dict(num_ahead=n_a, num_talk=n_t, num_thoughts=1)
+    assert train_step_flops(config, rows, target_length=length, thinking=thinking) == 3 * needed
     with pytest.raises(ValueError, match="thinking"):
         train_step_flops(config, 1, target_length=length)
+
+
+def test_quiet_star_formula_counts_the_context_and_start_step_once_per_copied_row():
+    """streams with `copies` runs the context forward and step 1 once per group of copies: the
+    matmuls its jaxpr drops against copies=1 are what the formula drops for P thoughts."""
+    n_a, n_t, batch, copies, length = 5, 3, 2, 3, 16
+    config = QuietStarConfig(get_preset("decoder-tiny", **DECODER))
+    spec = ThinkingSpec(n_a, n_t)  # streams
+    rows = batch * copies
+    tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
+    params = jax.eval_shape(lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens)
+    ctx = Context(tokens, jax.ShapeDtypeStruct((rows, length), bool), None, jax.random.PRNGKey(0))
+    counted = {c: _dot_flops(jax.make_jaxpr(lambda p, t, x, c=c: think(config, spec, p, t, x, copies=c))(
+        params, tokens, ctx).jaxpr) for c in (1, copies)}
+    formula = {c: quiet_star_forward_flops(config, rows // c, length, num_ahead=n_a, num_talk=n_t, num_thoughts=c)
+               for c in (1, copies)}
+    # the step-1 token's weight on its own value is an elementwise product there, not a dot_general
+    d = config.decoder
+    own_value = (rows - batch) * length * d.num_layers * 2 * d.num_heads * d.head_dim
+    assert counted[1] - counted[copies] > 0
+    assert counted[1] - counted[copies] + own_value == formula[1] - formula[copies]
 
 
 def test_measure_peak_matmul_flops():

@@ -97,6 +97,39 @@ def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
     _close(thought_only["logits"], naive)
 
 
+@pytest.mark.parametrize("implementation", ["streams", "dense_mask"])
+def test_copied_rows_share_the_context_and_start_step_exactly(implementation):
+    """think(copies=P) on rows that repeat P times (the P thoughts of a position) runs the
+    context forward, and with streams step 1, once per group; outputs and the gradients of
+    a loss over them equal running every row (copies=1), sampled tokens included."""
+    config = tiny_config(sliding_window=7)
+    params = tiny_params(config, mixing_random=True)
+    copies, t = 3, 12
+    tokens = jnp.repeat(_tokens(2, t, seed=11), copies, axis=0)
+    segments = jnp.repeat(jnp.asarray([[1] * 8 + [2] * 4, [1] * t], jnp.int32), copies, axis=0)
+    ctx = _context(tokens, segment_ids=segments)
+    spec = ThinkingSpec(N_A, N_T, implementation=implementation, collect_logits=True)
+    weights = jax.random.normal(jax.random.PRNGKey(8), (3,) + tokens.shape)
+
+    def run(p, c):
+        out = think(config, spec, p, tokens, ctx, copies=c)
+        base = jnp.repeat(out["base_logits"], c, axis=0)
+        scalar = sum(jnp.sum(w * out[k]) for w, k in zip(weights[:2], ("true_logp", "policy_logp")))
+        return scalar + jnp.sum(weights[2] * jax.nn.log_softmax(base)[..., 0]), dict(out, base_logits=base)
+
+    (v_1, one), g_1 = jax.jit(jax.value_and_grad(lambda p: run(p, 1), has_aux=True))(params)
+    (v_p, shared), g_p = jax.jit(jax.value_and_grad(lambda p: run(p, copies), has_aux=True))(params)
+    np.testing.assert_array_equal(shared["next_token"], one["next_token"])
+    for key in ("logits", "true_logp", "policy_logp", "mixing_weight", "h_base", "base_logits"):
+        _close(shared[key], one[key], err_msg=key)
+    np.testing.assert_allclose(v_p, v_1, rtol=1e-5)
+    for (path, a), b in zip(jax.tree.leaves_with_path(g_p), jax.tree.leaves(g_1)):
+        _close(a, b, err_msg=jax.tree_util.keystr(path))
+    assert float(np.abs(g_p["start_thought"]).max()) > 0
+    with pytest.raises(ValueError, match="copies"):
+        think(config, spec, params, tokens, ctx, copies=4)
+
+
 def test_packed_rows_and_sliding_window_match_dense_mask():
     config = tiny_config(sliding_window=5)
     params = tiny_params(config, mixing_random=True)
@@ -250,12 +283,15 @@ def test_remat_policy_keeps_loss_and_gradients(implementation, remat_policy):
         _close(a, b, err_msg=jax.tree_util.keystr(path))
 
 
+@pytest.mark.parametrize("prefilled", [False, True], ids=["empty", "prefilled"])
 @pytest.mark.parametrize("use_replay", [False, True])
-def test_append_scan_gradients_match_lax_scan(use_replay):
+def test_append_scan_gradients_match_lax_scan(use_replay, prefilled):
     """The O(steps) backward equals differentiating the plain scan with the buffer as carry,
     also when the recomputed steps take their recorded projection and their own slot from
-    the `Replay` instead of recomputing them."""
+    the `Replay` instead of recomputing them, and when the first slot comes in filled (a
+    function of the parameters) and the steps start at slot 1."""
     steps, width = 5, 3
+    first = 1 if prefilled else 0
 
     def step(consts, statics, carry, buffer, k, replay):
         w, b = consts
@@ -268,18 +304,22 @@ def test_append_scan_gradients_match_lax_scan(use_replay):
         new = replayed(new_slot, (summary, b), replay.slot) if known else new_slot(summary, b)
         return carry + 1.0 * 0, new, jnp.sum(new ** 2), projected if use_replay else ()
 
+    def initial(consts):
+        buf = jnp.zeros((steps, width))
+        return buf.at[0].set(jnp.cos(consts[1] * 3.0)) if prefilled else buf
+
     def plain(consts):
         def body(state, k):
             carry, buf = state
             carry, new, y, _ = step(consts, 0.5, carry, buf, k, None)
             return (carry, buf.at[k].set(new)), y
-        _, ys = jax.lax.scan(body, (jnp.zeros(width), jnp.zeros((steps, width))), jnp.arange(steps))
-        return jnp.sum(ys * jnp.arange(1, steps + 1))
+        _, ys = jax.lax.scan(body, (jnp.zeros(width), initial(consts)), jnp.arange(first, steps))
+        return jnp.sum(ys * jnp.arange(1, steps + 1 - first))
 
     def ours(consts):
-        _, _, ys = append_scan(step, consts, 0.5, jnp.zeros(width), jnp.zeros((steps, width)), jnp.arange(steps),
+        _, _, ys = append_scan(step, consts, 0.5, jnp.zeros(width), initial(consts), jnp.arange(first, steps),
                                index_fn=lambda k: k, axis=0)
-        return jnp.sum(ys * jnp.arange(1, steps + 1))
+        return jnp.sum(ys * jnp.arange(1, steps + 1 - first))
 
     consts = (jax.random.normal(jax.random.PRNGKey(0), (width, width)), jnp.asarray([0.1, -0.2, 0.3]))
     np.testing.assert_allclose(ours(consts), plain(consts), rtol=1e-6)

@@ -85,3 +85,24 @@ def test_replayed_attention_differentiates_as_the_attention():
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(replayed_stream_attention(*inputs, slot, mask, out, lse), out)
+
+
+def test_stream_attention_without_slots_equals_all_slots_masked():
+    """S = 0 (step 1 run before any stream token exists) is the S = 4, slot 0 attention."""
+    q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v = _inputs(4, 2, seed=5)
+    mask = _mask()
+    none = lambda x: x[:, :, :, :0]  # noqa: E731
+    d_out = jax.random.normal(jax.random.PRNGKey(2), q.shape)
+
+    def loss(fn, *x):
+        out, lse = fn(*x)
+        return jnp.sum(out * d_out) + jnp.sum(jnp.sin(lse))
+
+    without = lambda q, ck, cv, nk, nv: stream_attention(q, ck, cv, none(slot_k), none(slot_v), nk, nv, 0, mask)  # noqa: E731
+    masked = lambda q, ck, cv, nk, nv: stream_attention(q, ck, cv, slot_k, slot_v, nk, nv, 0, mask)  # noqa: E731
+    args = (q, ctx_k, ctx_v, new_k, new_v)
+    for a, b in zip(jax.jit(without)(*args), jax.jit(masked)(*args)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    grads = [jax.jit(jax.grad(lambda *x, f=f: loss(f, *x), argnums=tuple(range(5))))(*args) for f in (without, masked)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

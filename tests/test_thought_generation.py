@@ -51,7 +51,9 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
         tokens, thoughts, weights = _uncached(config, params, p, steps)
         np.testing.assert_array_equal(got.tokens[r], tokens)
         np.testing.assert_array_equal(got.thoughts[r], thoughts)
-        np.testing.assert_allclose(got.mixing_weight[r], weights, rtol=1e-5, atol=1e-5)
+        # float32 agreement: 1e-5 of the largest weight (the two run different summation orders)
+        np.testing.assert_allclose(got.mixing_weight[r], weights, rtol=1e-5,
+                                   atol=1e-5 * max(np.abs(weights).max(), 1.0))
     assert np.all(np.asarray(got.lengths) == steps)
     assert np.any(np.asarray(got.mixing_weight) != 0)  # the thought took part in every prediction
 

@@ -79,13 +79,15 @@ def append_scan(step_fn: StepFn, consts: Any, statics: Any, carry: Any, buffer: 
       consts: differentiable inputs shared by every step (parameters, context activations).
       statics: non-differentiable inputs shared by every step (integer data, rng keys).
       carry: non-differentiable state passed step to step (sampled token ids).
-      buffer: the initial buffer (its contents are never read before being written).
+      buffer: the initial buffer. Slots no step writes are inputs: steps may read them, and
+        they are differentiated; the other slots are never read before being written.
       xs: per-step non-differentiable inputs; `index_fn(x)` is the slot step x writes.
       axis: the slot axis of every buffer leaf.
 
     Returns:
-      (final carry, final buffer, stacked ys). Gradients flow to `consts` only (through ys
-      and the buffer); the buffer slots' cotangents are propagated inside.
+      (final carry, final buffer, stacked ys). Gradients flow to `consts` and to the initial
+      buffer's unwritten slots (through ys and the buffer); the written slots' cotangents
+      are propagated inside.
     """
     return _append_scan(step_fn, index_fn, axis, consts, statics, carry, buffer, xs)
 
@@ -131,8 +133,18 @@ def _bwd(step_fn, index_fn, axis, residuals, cotangents):
         return (d_consts, d_buffer), None
 
     zeros = jax.tree.map(jnp.zeros_like, consts)
-    (d_consts, _), _ = jax.lax.scan(body, (zeros, d_buffer_out), (carries, records, xs, d_ys), reverse=True)
-    return d_consts, None, None, None, None
+    (d_consts, d_buffer), _ = jax.lax.scan(body, (zeros, d_buffer_out), (carries, records, xs, d_ys), reverse=True)
+    return d_consts, None, None, _unwritten(d_buffer, jax.vmap(index_fn)(xs), axis), None
+
+
+def _unwritten(d_buffer: Any, written: jax.Array, axis: int) -> Any:
+    """The initial buffer's cotangent: `d_buffer` with the slots in `written` zeroed (the
+    steps overwrite those before anything reads them)."""
+    def mask(d):
+        keep = jnp.ones(d.shape[axis], bool).at[written].set(False)
+        return jnp.where(keep.reshape([-1 if a == axis else 1 for a in range(d.ndim)]), d, 0)
+
+    return jax.tree.map(mask, d_buffer)
 
 
 _append_scan.defvjp(_fwd, _bwd)

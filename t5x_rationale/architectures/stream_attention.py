@@ -8,7 +8,7 @@ output (``sum_k P dP = dO . O``), as flash attention does. A step that recorded 
 and `lse` in the forward pass differentiates through `replayed_stream_attention`, which
 runs only that backward.
 
-Shapes: q [N, T, heads, d]; new_k/v [N, T, kv_heads, d]; slot_k/v [N, T, kv_heads, S, d];
+Shapes: q [N, T, heads, d]; new_k/v [N, T, kv_heads, d]; slot_k/v [N, T, kv_heads, S, d] (S may be 0);
 ctx_k/v [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in training; the KV
 cache length when generating). lse is [N, T, kv_heads, group] (heads = kv_heads * group).
 
@@ -48,8 +48,10 @@ def _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask):
     s_ctx = jnp.einsum("bhqd,bhkd->bhqk", heads_major(q, kv_heads), heads_major(ctx_k, kv_heads), **_F32)
     s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx.reshape(n, kv_heads, group, t, -1) * scale, _NEG)
     qg = q.reshape(n, t, kv_heads, group, d)
-    s_own = jnp.einsum("nikgd,niksd->nikgs", qg, slot_k, **_F32) * scale
-    s_own = jnp.where(jnp.arange(num_slots) < slot, s_own, _NEG)
+    s_own = None
+    if num_slots:  # no slots: step 1 run alone, before any stream token exists
+        s_own = jnp.einsum("nikgd,niksd->nikgs", qg, slot_k, **_F32) * scale
+        s_own = jnp.where(jnp.arange(num_slots) < slot, s_own, _NEG)
     s_new = jnp.einsum("nikgd,nikd->nikg", qg, new_k, **_F32) * scale
     return s_ctx, s_own, s_new
 
@@ -60,19 +62,25 @@ def _combine(p_ctx, p_own, p_new, ctx_v, slot_v, new_v):
     dt = ctx_v.dtype
     out = jnp.einsum("bhqk,bhkd->bhqd", p_ctx.reshape(n, kv_heads, group * t, context).astype(dt),
                      heads_major(ctx_v, kv_heads))
-    out = tokens_major(out, t).reshape(n, t, kv_heads, group, -1)
-    return (out + jnp.einsum("nikgs,niksd->nikgd", p_own.astype(dt), slot_v)
-            + p_new[..., None].astype(dt) * new_v[:, :, :, None])
+    out = tokens_major(out, t).reshape(n, t, kv_heads, group, -1) + p_new[..., None].astype(dt) * new_v[:, :, :, None]
+    return out if p_own is None else out + jnp.einsum("nikgs,niksd->nikgd", p_own.astype(dt), slot_v)
 
 
 def _forward(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
     s_ctx, s_own, s_new = _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask)
-    m = jnp.maximum(jnp.maximum(_tokens_first(jnp.max(s_ctx, -1)), jnp.max(s_own, -1)), s_new)
+    m = jnp.maximum(_tokens_first(jnp.max(s_ctx, -1)), s_new)
+    m = m if s_own is None else jnp.maximum(m, jnp.max(s_own, -1))
     p_ctx = jnp.exp(s_ctx - _heads_first(m)[..., None])
-    p_own, p_new = jnp.exp(s_own - m[..., None]), jnp.exp(s_new - m)
-    total = _tokens_first(jnp.sum(p_ctx, -1)) + jnp.sum(p_own, -1) + p_new  # >= 1: the max is in it
+    p_own, p_new = _own_probs(s_own, m), jnp.exp(s_new - m)
+    total = _tokens_first(jnp.sum(p_ctx, -1)) + p_new  # >= 1 with the own slots: the max is in it
+    total = total if p_own is None else total + jnp.sum(p_own, -1)
     out = _combine(p_ctx, p_own, p_new, ctx_v, slot_v, new_v) / total[..., None].astype(ctx_v.dtype)
     return out.reshape(q.shape), m + jnp.log(total)
+
+
+def _own_probs(s_own, m):
+    """exp(s_own - m) over the own slots, None without slots."""
+    return None if s_own is None else jnp.exp(s_own - m[..., None])
 
 
 def _backward(inputs, out, lse, d_out, d_lse):
@@ -83,7 +91,7 @@ def _backward(inputs, out, lse, d_out, d_lse):
     scale = d ** -0.5
     s_ctx, s_own, s_new = _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask)
     p_ctx = jnp.exp(s_ctx - _heads_first(lse)[..., None])  # masked scores give exactly 0
-    p_own, p_new = jnp.exp(s_own - lse[..., None]), jnp.exp(s_new - lse)
+    p_own, p_new = _own_probs(s_own, lse), jnp.exp(s_new - lse)
     d_out_g = d_out.reshape(n, t, kv_heads, group, d)
     # d score = P (dP - row), row = sum_k P dP - d_lse = dO . O - d_lse
     row = jnp.sum(d_out_g.astype(jnp.float32) * out.reshape(d_out_g.shape).astype(jnp.float32), -1) - d_lse
@@ -97,13 +105,17 @@ def _backward(inputs, out, lse, d_out, d_lse):
     d_q = tokens_major(jnp.einsum("bhqk,bhkd->bhqd", ds_ctx, kh, **_F32), t)
     d_ctx_k = jnp.einsum("bhdq,bhqk->bhdk", qh.swapaxes(-1, -2), ds_ctx, **_F32)
 
-    ds_own = p_own * (jnp.einsum("nikgd,niksd->nikgs", d_out_g, slot_v, **_F32) - row[..., None]) * scale
     ds_new = p_new * (jnp.sum(d_out_g * new_v[:, :, :, None], -1) - row) * scale
     qg = q.reshape(d_out_g.shape)
-    d_q = d_q + (jnp.einsum("nikgs,niksd->nikgd", ds_own, slot_k, **_F32)
-                 + ds_new[..., None] * new_k[:, :, :, None]).reshape(d_q.shape)
-    d_slot_k = jnp.einsum("nikgs,nikgd->niksd", ds_own, qg, **_F32)
-    d_slot_v = jnp.einsum("nikgs,nikgd->niksd", p_own, d_out_g, **_F32)
+    d_q_new = ds_new[..., None] * new_k[:, :, :, None]
+    if p_own is None:
+        d_slot_k = d_slot_v = jnp.zeros_like(slot_k)
+    else:
+        ds_own = p_own * (jnp.einsum("nikgd,niksd->nikgs", d_out_g, slot_v, **_F32) - row[..., None]) * scale
+        d_q_new = d_q_new + jnp.einsum("nikgs,niksd->nikgd", ds_own, slot_k, **_F32)
+        d_slot_k = jnp.einsum("nikgs,nikgd->niksd", ds_own, qg, **_F32)
+        d_slot_v = jnp.einsum("nikgs,nikgd->niksd", p_own, d_out_g, **_F32)
+    d_q = d_q + d_q_new.reshape(d_q.shape)
     d_new_k = jnp.einsum("nikg,nikgd->nikd", ds_new, qg, **_F32)
     d_new_v = jnp.einsum("nikg,nikgd->nikd", p_new, d_out_g, **_F32)
     to_tokens = lambda x: x.transpose(0, 3, 1, 2)  # noqa: E731  [N, kv, d, C] -> [N, C, kv, d]

@@ -18,6 +18,9 @@ tokens 0..i and to its own tokens of steps 1..k, under one softmax. Two implemen
   per step head; without it the backward stores every step's [T, T * (k + 1)] scores.
 
 Both implementations' context forward (step 0) applies the decoder's `remat_policy` per layer.
+Rows that come as P identical copies (the P thoughts of each position, `think(copies=P)`)
+share the context forward, and with `streams` step 1 (the start thought sees only the
+context): both run once per group, and only the sampling is per row.
 
 Step kinds (n_a = `num_ahead`, n_t = `num_talk`, F = n_a + n_t - 1 steps in all):
   k = 1: start thought; 2 <= k <= n_a - 2: a token sampled from step k-1's logits;
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
-from t5x_rationale.architectures.append_scan import Replay, append_scan, replayed
+from t5x_rationale.architectures.append_scan import Replay, append_scan, replayed, write_slot
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import resolve_dtype
 from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
@@ -255,28 +258,31 @@ def step_input(fd: FunctionalDecoder, spec: ThinkingSpec, params, ctx: Context, 
     return constrain(x, _ACT)
 
 
-def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k, hidden):
+def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k, hidden, copies: int = 1):
     """This step's outputs and the token it samples, computing only what the step kind needs.
 
     Thinking steps (k <= n_a - 3) sample the next thought token and score it for the policy
     term; scored steps (k >= n_a - 1) mix with h_base[i + s] and give log p(y[i + s]); step
     n_a - 2 (followed by the end thought) needs neither, so it skips the LM head; only the
     scored steps run the mixing head. Outputs a step does not compute are zeros. `k` is a
-    Python int (unrolled steps) or traced (scan).
+    Python int (unrolled steps) or traced (scan). At step 1 `hidden` may hold one row per
+    group of `copies` identical rows (see `think`): the LM head runs once per group.
     """
     n_a = spec.num_ahead
     offset = jnp.maximum(k - n_a + 1, 0)
-    zeros = jnp.zeros(hidden.shape[:-1], jnp.float32)
+    zeros = jnp.zeros(ctx.targets.shape, jnp.float32)
+    if copies > 1 and k != 1:
+        raise ValueError(f"only step 1 takes one hidden row per {copies} copies, not step {k}")
 
     def result(true_logp=zeros, policy_logp=zeros, next_token=None, mixing_weight=zeros, logits=None):
         out = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": mixing_weight,
-               "next_token": jnp.zeros(hidden.shape[:-1], jnp.int32) if next_token is None else next_token}
+               "next_token": jnp.zeros(ctx.targets.shape, jnp.int32) if next_token is None else next_token}
         if spec.collect_logits:  # a step without the LM head computes it only to be inspected
             out["logits"] = fd.lm_head(params, hidden) if logits is None else logits
         return out
 
     def thinking():
-        logits = fd.lm_head(params, hidden)
+        logits = repeat_copies(fd.lm_head(params, hidden), copies)
         token = _sample(fd, spec, ctx, k, logits)
         return result(policy_logp=token_logp(logits, token, spec.score_temperature), next_token=token, logits=logits)
 
@@ -350,43 +356,91 @@ def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
 
 # ------------------------------------------------------------- streams steps
 
-def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
+def _stream_layers(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values, x, slot_buffer, k, mask,
+                   replay: Optional[Replay] = None):
+    """Every layer at stream step k: (last hidden, this step's keys, values, what each layer
+    records for the backward: `spec.record`, nothing when replaying)."""
+    n, t = x.shape[:2]
+    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32) + k, (n, t))
+    slot_keys, slot_values = slot_buffer
+    new_keys, new_values, records = [], [], []
+    for layer, p in enumerate(fd.layer_params(params)):
+        known = None if replay is None else _known(replay, layer)
+        record = {}
+        q, kk, vv = fd.qkv(p, x, positions, known, record)
+        inputs = (q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv, k - 1, mask)
+        if known and "attention" in known:
+            out = replayed_stream_attention(*inputs, *known["attention"])
+        else:
+            out, lse = stream_attention(*inputs)
+            record["attention"] = (out, lse)
+        x = fd.finish(p, x, out, known, record)
+        new_keys.append(kk)
+        new_values.append(vv)
+        if replay is None:
+            records.append({name: record[name] for name in spec.record})
+    return x, tuple(new_keys), tuple(new_values), records
+
+
+def _first_step(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values, ctx: Context, segment_ids,
+                copies: int):
+    """Step 1, the start thought, once per group of `copies` identical rows: its streams see
+    only the context, so the copies' layers and logits are equal; only the sampled token
+    differs. Returns (next token [N, T], outputs [1, N, T], this step's keys and values per
+    layer [N/copies, T, kv_heads, d]).
+
+    It runs as a one-step `append_scan` over a one-slot buffer, so it records and replays
+    what the later steps do, and its recomputation cannot be scheduled before the later
+    steps' backward (it needs their cotangent of its keys and values).
+    """
+    n, t = keys[0].shape[:2]
+    no_slots = jnp.zeros(keys[0].shape[:3] + (0,) + keys[0].shape[3:], keys[0].dtype)  # no stream token yet
+    empty = (tuple(no_slots for _ in keys), tuple(no_slots for _ in values))
+
+    def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
+        del sampled, buffer, k  # step 1 reads no slot and no sampled token
+        params, keys, values = consts
+        ctx, segment_ids = statics
+        x = jnp.broadcast_to(fd.thought(params, "start_thought"), (n, t, fd.config.emb_dim))
+        mask = context_mask(fd.config, segment_ids, t, 1)
+        x, new_keys, new_values, records = _stream_layers(fd, spec, params, keys, values, x, empty, 1, mask, replay)
+        token, outputs = step_head(fd, spec, params, None, ctx, 1, fd.final_norm(params, x), copies)
+        return token, (new_keys, new_values), outputs, records
+
+    one_slot = jnp.zeros(keys[0].shape[:3] + (1,) + keys[0].shape[3:], keys[0].dtype)
+    buffer = (tuple(one_slot for _ in keys), tuple(one_slot for _ in values))
+    token, (slot_keys, slot_values), outputs = append_scan(
+        step, (params, tuple(keys), tuple(values)), (ctx, segment_ids), jnp.zeros(ctx.targets.shape, jnp.int32),
+        buffer, jnp.ones((1,), jnp.int32), index_fn=lambda k: k - 1, axis=3)
+    first = lambda slots: tuple(x[:, :, :, 0] for x in slots)  # noqa: E731
+    return token, outputs, first(slot_keys), first(slot_values)
+
+
+def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context,
+             segment_ids, copies: int):
+    """Steps 1 .. F - 1; h_base, keys and values have one row per group of `copies` rows."""
     n, t = ctx.targets.shape
     _, _, kv_heads, d = keys[0].shape
-    positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
+    sampled, first, first_keys, first_values = _first_step(fd, spec, params, keys, values, ctx, segment_ids, copies)
+    h_base, keys, values = (jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values))
 
     def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
         params, h_base, keys, values = consts
-        slot_keys, slot_values = buffer
         mask = context_mask(fd.config, statics.segment_ids, t, k)
         x = step_input(fd, spec, params, statics, k, sampled)
-        new_keys, new_values, records = [], [], []
-        for layer, p in enumerate(fd.layer_params(params)):
-            known = None if replay is None else _known(replay, layer)
-            record = {}
-            q, kk, vv = fd.qkv(p, x, positions + k, known, record)
-            inputs = (q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv, k - 1, mask)
-            if known and "attention" in known:
-                out = replayed_stream_attention(*inputs, *known["attention"])
-            else:
-                out, lse = stream_attention(*inputs)
-                record["attention"] = (out, lse)
-            x = fd.finish(p, x, out, known, record)
-            new_keys.append(kk)
-            new_values.append(vv)
-            if replay is None:
-                records.append({name: record[name] for name in spec.record})
+        x, new_keys, new_values, records = _stream_layers(fd, spec, params, keys, values, x, buffer, k, mask, replay)
         next_token, outputs = step_head(fd, spec, params, h_base, statics, k, fd.final_norm(params, x))
-        return next_token, (tuple(new_keys), tuple(new_values)), outputs, records
+        return next_token, (new_keys, new_values), outputs, records
 
-    # one [N, T, kv_heads, slots, d] array per layer: a layer's slots are read without a copy
+    # one [N, T, kv_heads, slots, d] array per layer: a layer's slots are read without a copy;
+    # slot 0 holds step 1's keys and values, an input of the scan over steps 2 .. F - 1
     slots = jnp.zeros((n, t, kv_heads, spec.num_steps, d), keys[0].dtype)
-    buffer = (tuple(slots for _ in keys), tuple(slots for _ in values))
-    sampled = jnp.zeros((n, t), jnp.int32)
-    steps = jnp.arange(1, spec.num_steps + 1, dtype=jnp.int32)
-    _, _, outputs = append_scan(step, (params, h_base, tuple(keys), tuple(values)), ctx, sampled, buffer, steps,
+    buffer = tuple(tuple(write_slot(slots, repeat_copies(x, copies), 0, axis=3) for x in first_kv)
+                   for first_kv in (first_keys, first_values))
+    steps = jnp.arange(2, spec.num_steps + 1, dtype=jnp.int32)
+    _, _, outputs = append_scan(step, (params, h_base, keys, values), ctx, sampled, buffer, steps,
                                 index_fn=lambda k: k - 1, axis=3)
-    return outputs
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, outputs)
 
 
 def _known(replay: Replay, layer: int) -> dict:
@@ -423,8 +477,13 @@ def dense_step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, c
     return step_head(fd, spec, params, h_base, ctx, k, fd.final_norm(params, x))
 
 
-def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context):
+def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context,
+                segment_ids, copies: int):
+    """Steps 1 .. F - 1 for every row, as the reference runs them (one context row per group
+    of `copies` rows comes in and is repeated)."""
+    del segment_ids  # the steps' masks come from ctx, per row
     n, t = ctx.targets.shape
+    h_base, keys, values = (jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values))
     # the decoder's remat_policy per (step, layer) and per step head: what makes the
     # reference's T * (k + 1)-key scores fit at real lengths (none: store them all)
     remat_policy = fd.config.decoder.remat_policy
@@ -449,15 +508,35 @@ def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys,
 
 # ---------------------------------------------------------------- entry point
 
-def think(config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Context) -> dict[str, Any]:
+def think(config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Context,
+          copies: int = 1) -> dict[str, Any]:
     """The whole token-parallel forward on rows `tokens` [N, T] (decoder inputs).
 
-    Returns a dict with `h_base` [N,T,H], `base_logits` [N,T,V] and per-step outputs stacked
-    along a leading step axis (index k - 1 for step k): `true_logp`, `policy_logp`,
-    `mixing_weight`, `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
+    `copies` > 1 says the rows come in groups of that many adjacent identical rows (tokens and
+    segment ids; the P thoughts of each position): the context forward runs once per group,
+    and with `streams` so does step 1, the start thought, which sees only the context.
+    Sampling stays per row. Returns a dict with `h_base` [N,T,H], `base_logits`
+    [N/copies, T, V] (one row per group) and per-step outputs stacked along a leading step
+    axis (index k - 1 for step k): `true_logp`, `policy_logp`, `mixing_weight`,
+    `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
     """
+    if copies < 1 or tokens.shape[0] % copies:
+        raise ValueError(f"copies must be a positive divisor of the {tokens.shape[0]} rows, got {copies}")
     fd = FunctionalDecoder(config)
-    h_base, base_logits, keys, values = context_forward(fd, params, tokens, ctx.segment_ids)
+    tokens, segment_ids = first_copies(tokens, copies), first_copies(ctx.segment_ids, copies)
+    h_base, base_logits, keys, values = context_forward(fd, params, tokens, segment_ids)
     run = _streams if spec.implementation == "streams" else _dense_mask
-    outputs = run(fd, spec, params, h_base, keys, values, ctx)
-    return dict(outputs, h_base=h_base, base_logits=base_logits)
+    outputs = run(fd, spec, params, h_base, keys, values, ctx, segment_ids, copies)
+    return dict(outputs, h_base=repeat_copies(h_base, copies), base_logits=base_logits)
+
+
+def first_copies(x: Optional[jax.Array], copies: int) -> Optional[jax.Array]:
+    """The first row of every group of `copies` adjacent rows: [N, ...] -> [N / copies, ...]."""
+    if x is None or copies == 1:
+        return x
+    return x.reshape((x.shape[0] // copies, copies) + x.shape[1:])[:, 0]
+
+
+def repeat_copies(x: jax.Array, copies: int) -> jax.Array:
+    """Each row `copies` times, copies adjacent: [B, ...] -> [B * copies, ...] (inverse of `first_copies`)."""
+    return x if copies == 1 else jnp.repeat(x, copies, axis=0)

@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, _shift, think, token_logp
+from t5x_rationale.architectures.token_parallel import (
+    Context, ThinkingSpec, _shift, first_copies, repeat_copies, think, token_logp)
 from t5x_rationale.objectives.cross_entropy import weighted_mean
 
 
@@ -63,8 +64,8 @@ def quiet_star_terms(config: QuietStarConfig, spec: ThinkingSpec, params: Any, b
     valid = (targets > 0) if weights is None else (weights > 0)
     segments = rows.get("decoder_segment_ids")
     ctx = Context(targets=targets, valid=valid, segment_ids=segments, rng=rng, forced_thoughts=forced_thoughts)
-    out = think(config, spec, params, rows["decoder_input_tokens"], ctx)
-    base_logp = token_logp(out["base_logits"], targets)
+    out = think(config, spec, params, rows["decoder_input_tokens"], ctx, copies=num_thoughts)
+    base_logp = repeat_copies(token_logp(out["base_logits"], first_copies(targets, num_thoughts)), num_thoughts)
     talk_logp = out["true_logp"][-spec.num_talk:]  # steps n_a - 1 .. F - 1
     talk_valid = talk_validity(valid, segments, spec.num_talk)
     base_at = jnp.stack([_shift(jax.lax.stop_gradient(base_logp), s) for s in range(spec.num_talk)])
