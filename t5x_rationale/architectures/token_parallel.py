@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
-from t5x_rationale.architectures.append_scan import Replay, append_scan, replayed, write_slot
+from t5x_rationale.architectures.append_scan import Replay, append_scan, read_slot, replayed, write_slot
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import resolve_dtype
 from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
@@ -409,11 +409,11 @@ def _first_step(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values,
 
     one_slot = jnp.zeros(keys[0].shape[:3] + (1,) + keys[0].shape[3:], keys[0].dtype)
     buffer = (tuple(one_slot for _ in keys), tuple(one_slot for _ in values))
-    token, (slot_keys, slot_values), outputs = append_scan(
+    token, slots, outputs = append_scan(
         step, (params, tuple(keys), tuple(values)), (ctx, segment_ids), jnp.zeros(ctx.targets.shape, jnp.int32),
         buffer, jnp.ones((1,), jnp.int32), index_fn=lambda k: k - 1, axis=3)
-    first = lambda slots: tuple(x[:, :, :, 0] for x in slots)  # noqa: E731
-    return token, outputs, first(slot_keys), first(slot_values)
+    first_keys, first_values = read_slot(slots, 0, axis=3)
+    return token, outputs, first_keys, first_values
 
 
 def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context,
