@@ -32,10 +32,10 @@ import time
 import jax
 
 from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.architectures.token_parallel import RECORDABLE, FunctionalDecoder, ThinkingSpec
 from t5x_rationale.dense_mask_parts import dense_mask_parts
+from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.host_memory import huge_pages_enabled, reexec_with_huge_pages
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
@@ -48,33 +48,51 @@ OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss, "quiet_sta
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--preset", required=True)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--input_length", type=int, default=0, help="encoder length (encoder-decoder only)")
+    p.add_argument(
+        "--input_length", type=int, default=0, help="encoder length (encoder-decoder only)"
+    )
     p.add_argument("--target_length", type=int, default=128)
     p.add_argument("--mesh", default="-1x1x1", help="DATAxFSDPxTENSOR, -1 fills the devices")
     p.add_argument("--steps", type=int, default=5, help="timed steps")
-    p.add_argument("--warmup", type=int, default=1, help="untimed steps after (ahead-of-time) compilation")
+    p.add_argument(
+        "--warmup", type=int, default=1, help="untimed steps after (ahead-of-time) compilation"
+    )
     p.add_argument("--dtype", default="float32", help="compute dtype")
     p.add_argument("--remat", default="none")
     p.add_argument("--scan_layers", action="store_true")
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--peak_matmul_size", type=int, default=2048)
-    p.add_argument("--objective", default="token", choices=sorted(OBJECTIVES),
-                   help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans; "
-                        "quiet_star: thoughts at every position (decoder presets)")
+    p.add_argument(
+        "--objective",
+        default="token",
+        choices=sorted(OBJECTIVES),
+        help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans; "
+        "quiet_star: thoughts at every position (decoder presets)",
+    )
     p.add_argument("--implementation", default="streams", choices=["streams", "dense_mask"])
     p.add_argument("--num_ahead", type=int, default=12)
     p.add_argument("--num_talk", type=int, default=4)
     p.add_argument("--num_thoughts", type=int, default=2)
-    p.add_argument("--record", default=",".join(ThinkingSpec.record),
-                   help="quiet_star streams: comma-separated values each step records for its backward "
-                        f"(some of {', '.join(RECORDABLE)}; empty: none)")
-    p.add_argument("--compile_only", action="store_true", help="compile and report memory, run no step")
-    p.add_argument("--by_parts", action="store_true",
-                   help="quiet_star dense_mask: time the step's parts on their own, unsharded, and add "
-                        "them up (dense_mask_parts), for lengths where the whole step does not fit")
+    p.add_argument(
+        "--record",
+        default=",".join(ThinkingSpec.record),
+        help="quiet_star streams: comma-separated values each step records for its backward "
+        f"(some of {', '.join(RECORDABLE)}; empty: none)",
+    )
+    p.add_argument(
+        "--compile_only", action="store_true", help="compile and report memory, run no step"
+    )
+    p.add_argument(
+        "--by_parts",
+        action="store_true",
+        help="quiet_star dense_mask: time the step's parts on their own, unsharded, and add "
+        "them up (dense_mask_parts), for lengths where the whole step does not fit",
+    )
     p.add_argument("--json", help="write the result row to this file")
     return p.parse_args(argv)
 
@@ -86,8 +104,12 @@ def _memory_stats(compiled) -> dict:
     try:
         m = compiled.memory_analysis()
         out["compiled_temp_gib"] = m.temp_size_in_bytes / 2**30
-        out["compiled_total_gib"] = (m.temp_size_in_bytes + m.argument_size_in_bytes
-                                     + m.output_size_in_bytes - m.alias_size_in_bytes) / 2**30
+        out["compiled_total_gib"] = (
+            m.temp_size_in_bytes
+            + m.argument_size_in_bytes
+            + m.output_size_in_bytes
+            - m.alias_size_in_bytes
+        ) / 2**30
     except Exception:  # memory_analysis is optional per backend
         pass
     stats = jax.devices()[0].memory_stats() or {}
@@ -97,14 +119,22 @@ def _memory_stats(compiled) -> dict:
 
 
 def _model_and_objective(args: argparse.Namespace):
-    config = get_preset(args.preset, dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan_layers)
+    config = get_preset(
+        args.preset, dtype=args.dtype, remat_policy=args.remat, scan_layers=args.scan_layers
+    )
     if args.objective != "quiet_star":
         return config, OBJECTIVES[args.objective], None
     if config.architecture != "decoder":
-        raise ValueError(f"--objective quiet_star needs a decoder preset, {args.preset} is {config.architecture}")
-    thinking = dict(num_ahead=args.num_ahead, num_talk=args.num_talk, num_thoughts=args.num_thoughts)
+        raise ValueError(
+            f"--objective quiet_star needs a decoder preset, {args.preset} is {config.architecture}"
+        )
+    thinking = dict(
+        num_ahead=args.num_ahead, num_talk=args.num_talk, num_thoughts=args.num_thoughts
+    )
     record = tuple(name for name in args.record.split(",") if name)
-    objective = functools.partial(quiet_star_loss, implementation=args.implementation, record=record, **thinking)
+    objective = functools.partial(
+        quiet_star_loss, implementation=args.implementation, record=record, **thinking
+    )
     return QuietStarConfig(decoder=config), objective, thinking
 
 
@@ -116,17 +146,36 @@ def run(args: argparse.Namespace) -> dict:
     peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
     partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4))
-    trainer = Trainer(build_model(config), objective, tx, partitioner, learning_rate_fn=schedule,
-                      num_microbatches=args.microbatches)
-    data = RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=args.target_length,
-                         input_length=input_length, task_ids=args.objective == "step_by_step")
+    trainer = Trainer(
+        build_model(config),
+        objective,
+        tx,
+        partitioner,
+        learning_rate_fn=schedule,
+        num_microbatches=args.microbatches,
+    )
+    data = RandomBatches(
+        vocab_size=config.vocab_size,
+        batch_size=args.batch,
+        target_length=args.target_length,
+        input_length=input_length,
+        task_ids=args.objective == "step_by_step",
+    )
     batches = [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
     state = trainer.init_state(0, batches[0])
 
-    row = {"preset": args.preset, "objective": _objective_name(args), "batch": args.batch,
-           "target_length": args.target_length}
+    row = {
+        "preset": args.preset,
+        "objective": _objective_name(args),
+        "batch": args.batch,
+        "target_length": args.target_length,
+    }
     if args.by_parts:
-        times, metrics, compiled = _step_by_parts(args, config, thinking, state.params, tx, row), {}, None
+        times, metrics, compiled = (
+            _step_by_parts(args, config, thinking, state.params, tx, row),
+            {},
+            None,
+        )
     else:
         times, metrics, compiled = _timed_steps(args, trainer, state, batches, row)
         if args.compile_only:
@@ -136,21 +185,36 @@ def run(args: argparse.Namespace) -> dict:
     # and after the timed steps, which can only lower the reported MFU.
     peak_per_device = max(peak_per_device, measure_peak_matmul_flops(args.peak_matmul_size))
     step_s = statistics.median(times)
-    flops = train_step_flops(config, args.batch, target_length=args.target_length, input_length=input_length,
-                             thinking=thinking)
+    flops = train_step_flops(
+        config,
+        args.batch,
+        target_length=args.target_length,
+        input_length=input_length,
+        thinking=thinking,
+    )
     peak = peak_per_device * jax.device_count()
-    row.update({
-        "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
-        "devices": jax.device_count(), "backend": jax.default_backend(), "dtype": args.dtype,
-        "remat": args.remat, "scan_layers": args.scan_layers, "input_length": input_length,
-        "huge_pages": huge_pages_enabled(),
-        "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-        "step_s": step_s, "step_s_min": min(times), "step_s_max": max(times),
-        "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
-        "model_gflop_per_step": flops / 1e9, "achieved_gflop_per_s": flops / step_s / 1e9,
-        "peak_matmul_gflop_per_s": peak / 1e9, "mfu": flops / step_s / peak,
-        "mfu_best_step": flops / min(times) / peak,
-    })
+    row.update(
+        {
+            "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
+            "devices": jax.device_count(),
+            "backend": jax.default_backend(),
+            "dtype": args.dtype,
+            "remat": args.remat,
+            "scan_layers": args.scan_layers,
+            "input_length": input_length,
+            "huge_pages": huge_pages_enabled(),
+            "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+            "step_s": step_s,
+            "step_s_min": min(times),
+            "step_s_max": max(times),
+            "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
+            "model_gflop_per_step": flops / 1e9,
+            "achieved_gflop_per_s": flops / step_s / 1e9,
+            "peak_matmul_gflop_per_s": peak / 1e9,
+            "mfu": flops / step_s / peak,
+            "mfu_best_step": flops / min(times) / peak,
+        }
+    )
     if "loss" in metrics:
         row["loss"] = float(metrics["loss"])
     row.update(_memory_stats(compiled))
@@ -160,7 +224,9 @@ def run(args: argparse.Namespace) -> dict:
 def _timed_steps(args: argparse.Namespace, trainer: Trainer, state, batches: list, row: dict):
     """(step times, last metrics, the compiled step); fills row["compile_s"]."""
     start = time.perf_counter()
-    compiled = trainer.compile_step(state, batches[0])  # ahead of time: the steps below run this executable
+    compiled = trainer.compile_step(
+        state, batches[0]
+    )  # ahead of time: the steps below run this executable
     row["compile_s"] = time.perf_counter() - start
     if args.compile_only:
         return [], {}, compiled
@@ -182,20 +248,32 @@ def _timed_steps(args: argparse.Namespace, trainer: Trainer, state, batches: lis
     return times, metrics, compiled
 
 
-def _step_by_parts(args: argparse.Namespace, config, thinking: dict, params, tx, row: dict) -> list[float]:
+def _step_by_parts(
+    args: argparse.Namespace, config, thinking: dict, params, tx, row: dict
+) -> list[float]:
     """[the dense_mask step time added up from its parts]; the parts go into row["parts_s"]."""
     if args.objective != "quiet_star" or args.implementation != "dense_mask":
-        raise ValueError("--by_parts times the quiet_star dense_mask step: pass --objective quiet_star "
-                         "--implementation dense_mask")
+        raise ValueError(
+            "--by_parts times the quiet_star dense_mask step: pass --objective quiet_star "
+            "--implementation dense_mask"
+        )
     if args.batch % args.microbatches:
         raise ValueError(f"--microbatches {args.microbatches} must divide --batch {args.batch}")
     spec = ThinkingSpec(thinking["num_ahead"], thinking["num_talk"], implementation="dense_mask")
     rows = args.batch * thinking["num_thoughts"]
     start = time.perf_counter()
-    result = dense_mask_parts(FunctionalDecoder(config), spec, params, tx, rows=rows, length=args.target_length,
-                              microbatches=args.microbatches, copies=thinking["num_thoughts"],
-                              repeats=max(args.steps, 1),
-                              log=lambda line: print(line, file=sys.stderr, flush=True))
+    result = dense_mask_parts(
+        FunctionalDecoder(config),
+        spec,
+        params,
+        tx,
+        rows=rows,
+        length=args.target_length,
+        microbatches=args.microbatches,
+        copies=thinking["num_thoughts"],
+        repeats=max(args.steps, 1),
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     row.update(parts_s=result["parts_s"], parts_wall_s=time.perf_counter() - start)
     return [result["step_s"]]
 
@@ -205,14 +283,34 @@ def _objective_name(args: argparse.Namespace) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = ["preset", "objective", "mesh", "dtype", "batch", "input_length", "target_length", "params_m", "step_s",
-            "tokens_per_s", "model_gflop_per_step", "achieved_gflop_per_s", "peak_matmul_gflop_per_s",
-            "mfu", "mfu_best_step", "compiled_total_gib", "peak_rss_gib", "huge_pages", "compile_s"]
+    cols = [
+        "preset",
+        "objective",
+        "mesh",
+        "dtype",
+        "batch",
+        "input_length",
+        "target_length",
+        "params_m",
+        "step_s",
+        "tokens_per_s",
+        "model_gflop_per_step",
+        "achieved_gflop_per_s",
+        "peak_matmul_gflop_per_s",
+        "mfu",
+        "mfu_best_step",
+        "compiled_total_gib",
+        "peak_rss_gib",
+        "huge_pages",
+        "compile_s",
+    ]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     line = lambda vals: "| " + " | ".join(v.rjust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
-    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells])
+    return "\n".join(
+        [line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in cells]
+    )
 
 
 def main(argv=None) -> int:

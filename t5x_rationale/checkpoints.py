@@ -29,18 +29,24 @@ class CheckpointMismatchError(ValueError):
 
 def state_signature(abstract_state: Any) -> dict[str, list]:
     """path -> [shape, dtype] of every leaf of a (possibly abstract) state."""
-    return {jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)]
-            for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    return {
+        jax.tree_util.keystr(path): [list(leaf.shape), str(leaf.dtype)]
+        for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+    }
 
 
 def _describe_mismatch(saved: dict, expected: dict, limit: int = 12) -> str:
     params_first = lambda k: (not k.startswith(".params"), k)  # noqa: E731
     missing = sorted(set(expected) - set(saved), key=params_first)
     unexpected = sorted(set(saved) - set(expected), key=params_first)
-    changed = sorted((k for k in set(saved) & set(expected) if saved[k] != expected[k]), key=params_first)
+    changed = sorted(
+        (k for k in set(saved) & set(expected) if saved[k] != expected[k]), key=params_first
+    )
     lines = [f"  expected but not in checkpoint: {k} {expected[k]}" for k in missing[:limit]]
     lines += [f"  in checkpoint but not expected: {k} {saved[k]}" for k in unexpected[:limit]]
-    lines += [f"  {k}: checkpoint has {saved[k]}, model expects {expected[k]}" for k in changed[:limit]]
+    lines += [
+        f"  {k}: checkpoint has {saved[k]}, model expects {expected[k]}" for k in changed[:limit]
+    ]
     counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(changed)} with other shape/dtype"
     return counts + "\n" + "\n".join(lines)
 
@@ -55,8 +61,14 @@ class Checkpointer:
       async_save: write in a background thread; `wait()` before reading or exiting.
     """
 
-    def __init__(self, directory: str, *, keep: Optional[int] = 3, save_every: int = 1000,
-                 async_save: bool = True):
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: Optional[int] = 3,
+        save_every: int = 1000,
+        async_save: bool = True,
+    ):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = os.path.abspath(directory)
@@ -68,19 +80,30 @@ class Checkpointer:
         # The save interval is decided in `save`; orbax's own policy would also save the
         # first step of a fresh directory.
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=not read_only, read_only=read_only, create=not read_only)
-        return ocp.CheckpointManager(directory, options=options, item_names=("state", "data", "signature"))
+            max_to_keep=keep,
+            save_interval_steps=1,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=not read_only,
+            read_only=read_only,
+            create=not read_only,
+        )
+        return ocp.CheckpointManager(
+            directory, options=options, item_names=("state", "data", "signature")
+        )
 
     # ---------------------------------------------------------------------- save
 
-    def save(self, step: int, state: Any, data_state: Optional[dict] = None, *, force: bool = False) -> bool:
+    def save(
+        self, step: int, state: Any, data_state: Optional[dict] = None, *, force: bool = False
+    ) -> bool:
         """Saves if `step` is due (or `force`); returns whether a save was started."""
         if not force and step % self.save_every:
             return False
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  data=ocp.args.JsonSave(data_state or {}),
-                                  signature=ocp.args.JsonSave(state_signature(state)))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=ocp.args.JsonSave(data_state or {}),
+            signature=ocp.args.JsonSave(state_signature(state)),
+        )
         return self._manager.save(step, args=args, force=True)
 
     def reached_preemption(self, step: int) -> bool:
@@ -105,18 +128,30 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, *, manager=None) -> tuple[Any, dict]:
         """Restores `step` onto the shardings carried by `abstract_state`."""
         manager = manager or self._manager
-        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))["signature"]
+        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))[
+            "signature"
+        ]
         expected = state_signature(abstract_state)
         if saved != expected:
             raise CheckpointMismatchError(
                 f"checkpoint {manager.directory}/{step} does not match the model being restored: "
-                + _describe_mismatch(saved, expected))
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                + _describe_mismatch(saved, expected)
+            )
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+            ),
+        )
         return restored["state"], dict(restored["data"] or {})
 
-    def restore_or_init(self, abstract_state: Any, init_fn: Callable[[], Any], *,
-                        explicit_path: Optional[str] = None) -> tuple[Any, dict, str]:
+    def restore_or_init(
+        self,
+        abstract_state: Any,
+        init_fn: Callable[[], Any],
+        *,
+        explicit_path: Optional[str] = None,
+    ) -> tuple[Any, dict, str]:
         """(state, data_state, source): latest in this run, else `explicit_path`, else `init_fn()`.
 
         `explicit_path` is a step directory of any run (`.../checkpoints/1200`).
@@ -130,8 +165,10 @@ class Checkpointer:
             other = self._make_manager(parent, keep=None, async_save=False, read_only=True)
             try:
                 if step not in other.all_steps():
-                    raise FileNotFoundError(f"no complete checkpoint at {explicit_path} "
-                                            f"(complete steps in {parent}: {list(other.all_steps())})")
+                    raise FileNotFoundError(
+                        f"no complete checkpoint at {explicit_path} "
+                        f"(complete steps in {parent}: {list(other.all_steps())})"
+                    )
                 state, data = self.restore(step, abstract_state, manager=other)
             finally:
                 other.close()
@@ -157,17 +194,31 @@ def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
         steps = list(manager.all_steps())
         step = max(steps) if step is None and steps else step
         if step is None or step not in steps:
-            raise FileNotFoundError(f"no complete checkpoint {'' if step is None else step} in {directory} "
-                                    f"(complete steps: {steps})")
-        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))["signature"]
+            raise FileNotFoundError(
+                f"no complete checkpoint {'' if step is None else step} in {directory} "
+                f"(complete steps: {steps})"
+            )
+        saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))[
+            "signature"
+        ]
         expected = {".params" + k: v for k, v in state_signature(abstract_params).items()}
         mine = {k: v for k, v in saved.items() if k.startswith(".params")}
         if mine != expected:
-            raise CheckpointMismatchError(f"checkpoint {directory}/{step} does not match the model: "
-                                          + _describe_mismatch(mine, expected))
+            raise CheckpointMismatchError(
+                f"checkpoint {directory}/{step} does not match the model: "
+                + _describe_mismatch(mine, expected)
+            )
         item = {"params": abstract_params}
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True)))
+        restored = manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(
+                    item=item,
+                    restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                    partial_restore=True,
+                )
+            ),
+        )
     finally:
         manager.close()
     return restored["state"]["params"], step

@@ -35,21 +35,41 @@ def _run(entry: str, flags: list[str], cpus: Optional[set[int]]) -> None:
     cmd = [sys.executable, "-m", f"t5x_rationale.{entry}", *flags]
     env = dict(os.environ)
     if cpus is not None:
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+        env["XLA_FLAGS"] = (
+            env.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        ).strip()
     print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, env=env,
-                   preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)))
+    subprocess.run(
+        cmd,
+        check=True,
+        env=env,
+        preexec_fn=None if cpus is None else (lambda: os.sched_setaffinity(0, cpus)),
+    )
 
 
-def run_method(name: str, *, corpus: str, out_dir: str, steps: int, seed: int, teacher: Optional[str],
-               cpus: Optional[set[int]] = None) -> float:
+def run_method(
+    name: str,
+    *,
+    corpus: str,
+    out_dir: str,
+    steps: int,
+    seed: int,
+    teacher: Optional[str],
+    cpus: Optional[set[int]] = None,
+) -> float:
     """Trains and evaluates one student on `corpus`; returns its test answer accuracy (%)."""
     gin_file, train_kind, eval_kind = METHODS[name]
     eval_task = f"{corpus}_{eval_kind}"
     run_dir = os.path.join(out_dir, f"{name.split()[0].lower()}-seed{seed}")
-    flags = [f"--gin_file={gin_file}", f"--gin.RUN_DIR='{run_dir}'", f"--gin.TRAIN_STEPS={steps}",
-             f"--gin.TASK='{corpus}_{train_kind}'", f"--gin.EVAL_TASK='{eval_task}'",
-             f"--gin.train.seed={seed}", f"--gin.train.data_seed={seed}"]
+    flags = [
+        f"--gin_file={gin_file}",
+        f"--gin.RUN_DIR='{run_dir}'",
+        f"--gin.TRAIN_STEPS={steps}",
+        f"--gin.TASK='{corpus}_{train_kind}'",
+        f"--gin.EVAL_TASK='{eval_task}'",
+        f"--gin.train.seed={seed}",
+        f"--gin.train.data_seed={seed}",
+    ]
     if teacher and name.startswith("teacher"):  # only the KD student reads it
         flags.append(f"--gin.TEACHER_CHECKPOINT='{teacher}'")
     _run("train", flags + ["--gin.train.console=False"], cpus)
@@ -62,11 +82,15 @@ def run_method(name: str, *, corpus: str, out_dir: str, steps: int, seed: int, t
 
 def table(results: dict[str, list[float]], seeds: list[int], steps: int) -> str:
     """A Markdown table: method, per-seed accuracies, mean and spread."""
-    lines = [f"| student ({steps} steps) | test accuracy per seed {seeds} | mean | spread (max - min) |",
-             "| --- | --- | --- | --- |"]
+    lines = [
+        f"| student ({steps} steps) | test accuracy per seed {seeds} | mean | spread (max - min) |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, accs in results.items():
         per_seed = ", ".join(f"{a:.1f}" for a in accs)
-        lines.append(f"| {name} | {per_seed} | {statistics.mean(accs):.1f} | {max(accs) - min(accs):.1f} |")
+        lines.append(
+            f"| {name} | {per_seed} | {statistics.mean(accs):.1f} | {max(accs) - min(accs):.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -97,15 +121,25 @@ def run_all(runs: list[tuple[str, int]], jobs: int, **kwargs) -> dict[tuple[str,
 def main(argv: Optional[list[str]] = None) -> str:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out_dir", default="runs/compare")
-    p.add_argument("--corpus", default="synthetic_arith_multistep",
-                   help="a registered rationale dataset: synthetic_arith_multistep (3-4 operations on "
-                        "numbers up to 12), synthetic_arith_easy (2 operations), synthetic_arith (2-4)")
+    p.add_argument(
+        "--corpus",
+        default="synthetic_arith_multistep",
+        help="a registered rationale dataset: synthetic_arith_multistep (3-4 operations on "
+        "numbers up to 12), synthetic_arith_easy (2 operations), synthetic_arith (2-4)",
+    )
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seeds", default="0,1")
     cpus = len(os.sched_getaffinity(0))
-    p.add_argument("--jobs", type=int, default=min(2, cpus),
-                   help="runs at once, each on its own CPUs (default: 2 on a machine with 2+ cores)")
-    p.add_argument("--teacher_checkpoint", help="adds the KD student (teacher trained with distill_kd.gin's shape)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, cpus),
+        help="runs at once, each on its own CPUs (default: 2 on a machine with 2+ cores)",
+    )
+    p.add_argument(
+        "--teacher_checkpoint",
+        help="adds the KD student (teacher trained with distill_kd.gin's shape)",
+    )
     args = p.parse_args(argv)
     if args.jobs > cpus:
         raise ValueError(f"--jobs {args.jobs} exceeds the {cpus} CPUs available")
@@ -113,9 +147,17 @@ def main(argv: Optional[list[str]] = None) -> str:
     names = [n for n in METHODS if args.teacher_checkpoint or not n.startswith("teacher")]
     # Longest runs first (decoding rationales, then training on them), so the last to start are short.
     cost = {"cot": 0, "step_by_step": 1}
-    order = sorted(((n, s) for n in names for s in seeds), key=lambda r: cost.get(METHODS[r[0]][1], 2))
-    done = run_all(order, args.jobs, corpus=args.corpus, out_dir=args.out_dir, steps=args.steps,
-                   teacher=args.teacher_checkpoint)
+    order = sorted(
+        ((n, s) for n in names for s in seeds), key=lambda r: cost.get(METHODS[r[0]][1], 2)
+    )
+    done = run_all(
+        order,
+        args.jobs,
+        corpus=args.corpus,
+        out_dir=args.out_dir,
+        steps=args.steps,
+        teacher=args.teacher_checkpoint,
+    )
     results = {n: [done[n, s] for s in seeds] for n in names}
     text = table(results, seeds, args.steps)
     print(text, flush=True)

@@ -63,7 +63,9 @@ class DecodeConfig:
 
     def __post_init__(self):
         if not isinstance(self.max_decode_length, int) or self.max_decode_length < 1:
-            raise ValueError(f"max_decode_length must be a positive int, got {self.max_decode_length!r}")
+            raise ValueError(
+                f"max_decode_length must be a positive int, got {self.max_decode_length!r}"
+            )
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r} not in {METHODS}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
@@ -90,8 +92,10 @@ class DecodeConfig:
         """Raises if an id of this config is outside the model's vocabulary."""
         bad = [i for i in (self.eos_id,) + self.forbidden_ids if i >= vocab_size]
         if bad:
-            raise ValueError(f"ids {bad} (eos_id / forbidden_ids) are outside the vocabulary of size "
-                             f"{vocab_size}")
+            raise ValueError(
+                f"ids {bad} (eos_id / forbidden_ids) are outside the vocabulary of size "
+                f"{vocab_size}"
+            )
 
 
 class DecodeResult(NamedTuple):
@@ -126,8 +130,15 @@ def prompt_lengths(prompt: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------------------------ entry point
 
-def decode(model: nn.Module, params: Any, batch: dict[str, Any], config: DecodeConfig, *,
-           rng: Optional[jax.Array] = None) -> DecodeResult:
+
+def decode(
+    model: nn.Module,
+    params: Any,
+    batch: dict[str, Any],
+    config: DecodeConfig,
+    *,
+    rng: Optional[jax.Array] = None,
+) -> DecodeResult:
     """Decodes every row of `batch` with `config`.
 
     Args:
@@ -179,8 +190,10 @@ def _required(batch: dict[str, Any], name: str):
 
 def _context_key() -> tuple:
     """Logical rules and mesh in effect: they shape the traced program but are not jit inputs."""
-    rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes)
-                  for name, axes in nn.get_logical_axis_rules())
+    rules = tuple(
+        (name, tuple(axes) if isinstance(axes, list) else axes)
+        for name, axes in nn.get_logical_axis_rules()
+    )
     return rules, jax.sharding.get_abstract_mesh()
 
 
@@ -195,7 +208,10 @@ def _compiled(model: nn.Module, config: DecodeConfig, prefill: int, context: tup
 
 # ------------------------------------------------------------------------ model adapters
 
-def _decode_encoder_decoder(model, config: DecodeConfig, params, encoder_tokens, rng) -> DecodeResult:
+
+def _decode_encoder_decoder(
+    model, config: DecodeConfig, params, encoder_tokens, rng
+) -> DecodeResult:
     """Encodes once, then runs the loop with the 1-token 'prompt' 0 for every row."""
     encoder_tokens = constrain(encoder_tokens, ("batch", "length"))
     rows = encoder_tokens.shape[0]
@@ -205,16 +221,32 @@ def _decode_encoder_decoder(model, config: DecodeConfig, params, encoder_tokens,
     encoder_tokens = jnp.repeat(encoder_tokens, copies, axis=0)
 
     def apply(variables, tokens):
-        return model.apply(variables, encoded, encoder_tokens, tokens, decode=True, mutable=["cache"],
-                           method=model.decode)
+        return model.apply(
+            variables,
+            encoded,
+            encoder_tokens,
+            tokens,
+            decode=True,
+            mutable=["cache"],
+            method=model.decode,
+        )
 
     cache = _new_cache(apply, params, rows * copies, config.max_decode_length)
     prompt = jnp.zeros((rows, 1), jnp.int32)
-    return _run_loop(_step_fn(apply, params), cache, prompt, start=0, config=config, rng=rng,
-                     vocab_size=model.config.vocab_size)
+    return _run_loop(
+        _step_fn(apply, params),
+        cache,
+        prompt,
+        start=0,
+        config=config,
+        rng=rng,
+        vocab_size=model.config.vocab_size,
+    )
 
 
-def _decode_decoder_only(model, config: DecodeConfig, prefill: int, params, prompt, rng) -> DecodeResult:
+def _decode_decoder_only(
+    model, config: DecodeConfig, prefill: int, params, prompt, rng
+) -> DecodeResult:
     """Prefills the shared prompt prefix, then runs the loop (beams copy the prefilled cache)."""
     prompt = constrain(prompt.astype(jnp.int32), ("batch", "length"))
     rows, prompt_width = prompt.shape
@@ -228,8 +260,15 @@ def _decode_decoder_only(model, config: DecodeConfig, prefill: int, params, prom
         cache = mutated["cache"]
     if config.method == "beam":
         cache = _map_cache_rows(lambda x, axis: jnp.repeat(x, config.num_beams, axis=axis), cache)
-    return _run_loop(_step_fn(apply, params), cache, prompt, start=prefill, config=config, rng=rng,
-                     vocab_size=model.config.vocab_size)
+    return _run_loop(
+        _step_fn(apply, params),
+        cache,
+        prompt,
+        start=prefill,
+        config=config,
+        rng=rng,
+        vocab_size=model.config.vocab_size,
+    )
 
 
 def _new_cache(apply, params, rows: int, length: int):
@@ -261,19 +300,24 @@ def _map_cache_rows(fn: Callable[[jax.Array, int], jax.Array], cache):
     layers are scanned); positions and the write index are shared by all rows.
     """
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: fn(x, x.ndim - 4) if _is_kv(path) else x, cache)
+        lambda path, x: fn(x, x.ndim - 4) if _is_kv(path) else x, cache
+    )
 
 
 def _constrain_cache(cache):
     """Keeps cached keys/values sharded like the model's keys/values (rows over the batch axes)."""
     return _map_cache_rows(
-        lambda x, axis: constrain(x, ("layers",) * axis + ("batch", "length", "kv_heads", "kv")), cache)
+        lambda x, axis: constrain(x, ("layers",) * axis + ("batch", "length", "kv_heads", "kv")),
+        cache,
+    )
 
 
 # -------------------------------------------------------------------------------- the loop
 
-def _run_loop(step: StepFn, cache, prompt, *, start: int, config: DecodeConfig, rng,
-              vocab_size: int) -> DecodeResult:
+
+def _run_loop(
+    step: StepFn, cache, prompt, *, start: int, config: DecodeConfig, rng, vocab_size: int
+) -> DecodeResult:
     """Dispatches to the beam or the one-sequence-per-row loop."""
     forbidden = np.zeros((vocab_size,), bool)
     forbidden[list(config.forbidden_ids)] = True
@@ -300,8 +344,9 @@ def _filter_logits(logits: jax.Array, config: DecodeConfig) -> jax.Array:
         probs = jax.nn.softmax(descending, axis=-1)
         mass_before = jnp.cumsum(probs, axis=-1) - probs
         # The smallest prefix whose mass reaches top_p; the top token is always kept.
-        threshold = jnp.min(jnp.where(mass_before < config.top_p, descending, jnp.inf), axis=-1,
-                            keepdims=True)
+        threshold = jnp.min(
+            jnp.where(mass_before < config.top_p, descending, jnp.inf), axis=-1, keepdims=True
+        )
         logits = jnp.where(logits >= threshold, logits, -jnp.inf)
     return logits
 
@@ -316,8 +361,9 @@ class _TokenState(NamedTuple):
     done: jax.Array  # [B]
 
 
-def _token_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden,
-                rng) -> DecodeResult:
+def _token_loop(
+    step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden, rng
+) -> DecodeResult:
     """Greedy or sampled decoding, one sequence per row."""
     rows, width = prompt.shape
     limit = config.max_decode_length
@@ -340,16 +386,24 @@ def _token_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, f
         token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
         write = active[:, None] & (columns[None] == generated[:, None])
         return _TokenState(
-            pos=s.pos + 1, last=token, cache=cache,
+            pos=s.pos + 1,
+            last=token,
+            cache=cache,
             tokens=jnp.where(write, token[:, None], s.tokens),
             lengths=jnp.where(active, generated + 1, s.lengths),
             scores=s.scores + jnp.where(active, token_log_prob, 0.0),
-            done=s.done | (active & ((token == config.eos_id) | (generated >= limit - 1))))
+            done=s.done | (active & ((token == config.eos_id) | (generated >= limit - 1))),
+        )
 
     init = _TokenState(
-        pos=jnp.asarray(start, jnp.int32), last=jnp.zeros((rows,), jnp.int32), cache=cache,
-        tokens=jnp.zeros((rows, limit), jnp.int32), lengths=jnp.zeros((rows,), jnp.int32),
-        scores=jnp.zeros((rows,), jnp.float32), done=jnp.zeros((rows,), bool))
+        pos=jnp.asarray(start, jnp.int32),
+        last=jnp.zeros((rows,), jnp.int32),
+        cache=cache,
+        tokens=jnp.zeros((rows, limit), jnp.int32),
+        lengths=jnp.zeros((rows,), jnp.int32),
+        scores=jnp.zeros((rows,), jnp.float32),
+        done=jnp.zeros((rows,), bool),
+    )
     final = jax.lax.while_loop(_keep_going(width + limit - 1), body, init)
     return DecodeResult(final.tokens, final.lengths, final.scores)
 
@@ -371,7 +425,9 @@ class _BeamState(NamedTuple):
     done: jax.Array  # [B]
 
 
-def _beam_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden) -> DecodeResult:
+def _beam_loop(
+    step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden
+) -> DecodeResult:
     """Beam search: keep the K best expansions; EOS (or max length) moves one to 'finished'.
 
     A finished hypothesis leaves the beam (the beam shrinks), so num_beams=1 is exactly
@@ -387,7 +443,9 @@ def _beam_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, fo
     row_offsets = jnp.arange(rows, dtype=jnp.int32)[:, None] * beams
 
     def body(s: _BeamState) -> _BeamState:
-        fed = jnp.where((s.pos < lengths_in)[:, None], _prompt_token(prompt, s.pos)[:, None], s.last)
+        fed = jnp.where(
+            (s.pos < lengths_in)[:, None], _prompt_token(prompt, s.pos)[:, None], s.last
+        )
         logits, cache = step(s.cache, fed.reshape(-1))
         log_probs = jax.nn.log_softmax(logits, axis=-1).reshape(rows, beams, -1)
         vocab = log_probs.shape[-1]
@@ -399,7 +457,9 @@ def _beam_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, fo
         top_scores, top_index = jax.lax.top_k(candidates, beams)
         parent, token = top_index // vocab, (top_index % vocab).astype(jnp.int32)
         parent_tokens = jnp.take_along_axis(s.alive_tokens, parent[:, :, None], axis=1)
-        new_tokens = jnp.where(columns == generated[:, None, None], token[:, :, None], parent_tokens)
+        new_tokens = jnp.where(
+            columns == generated[:, None, None], token[:, :, None], parent_tokens
+        )
 
         finishing = (token == config.eos_id) | (generated[:, None] >= limit - 1)
         normalised = top_scores / length_normalizer(generated + 1, alpha)[:, None]
@@ -412,28 +472,40 @@ def _beam_loop(step: StepFn, cache, prompt, start: int, config: DecodeConfig, fo
         keep = expanding[:, None]
         alive_scores = jnp.where(keep, jnp.where(finishing, -jnp.inf, top_scores), s.alive_scores)
         parent = jnp.where(keep, parent, slots)
-        cache = _map_cache_rows(lambda x, axis: jnp.take(x, (row_offsets + parent).reshape(-1), axis=axis),
-                                cache)
+        cache = _map_cache_rows(
+            lambda x, axis: jnp.take(x, (row_offsets + parent).reshape(-1), axis=axis), cache
+        )
         # Descendants are at least one token longer and never score above their parent's sum.
-        reachable = jnp.maximum(length_normalizer(generated + 2, alpha), length_normalizer(limit, alpha))
+        reachable = jnp.maximum(
+            length_normalizer(generated + 2, alpha), length_normalizer(limit, alpha)
+        )
         bound = jnp.max(alive_scores, axis=1) / reachable
         best_scores = jnp.where(better, pick_score, s.best_scores)
         stop = expanding & ((bound <= best_scores) | (generated >= limit - 1))
         return _BeamState(
-            pos=s.pos + 1, last=jnp.where(keep, token, fed), cache=_constrain_cache(cache),
+            pos=s.pos + 1,
+            last=jnp.where(keep, token, fed),
+            cache=_constrain_cache(cache),
             alive_tokens=jnp.where(keep[:, :, None], new_tokens, s.alive_tokens),
             alive_scores=alive_scores,
             best_tokens=jnp.where(better[:, None], pick_tokens, s.best_tokens),
             best_lengths=jnp.where(better, generated + 1, s.best_lengths),
-            best_scores=best_scores, done=s.done | stop)
+            best_scores=best_scores,
+            done=s.done | stop,
+        )
 
     # One live beam per row at first, so the first expansion does not repeat itself K times.
     first_alive = jnp.where(slots == 0, 0.0, -jnp.inf).astype(jnp.float32)
     init = _BeamState(
-        pos=jnp.asarray(start, jnp.int32), last=jnp.zeros((rows, beams), jnp.int32), cache=cache,
+        pos=jnp.asarray(start, jnp.int32),
+        last=jnp.zeros((rows, beams), jnp.int32),
+        cache=cache,
         alive_tokens=jnp.zeros((rows, beams, limit), jnp.int32),
         alive_scores=jnp.broadcast_to(first_alive, (rows, beams)),
-        best_tokens=jnp.zeros((rows, limit), jnp.int32), best_lengths=jnp.zeros((rows,), jnp.int32),
-        best_scores=jnp.full((rows,), -jnp.inf, jnp.float32), done=jnp.zeros((rows,), bool))
+        best_tokens=jnp.zeros((rows, limit), jnp.int32),
+        best_lengths=jnp.zeros((rows,), jnp.int32),
+        best_scores=jnp.full((rows,), -jnp.inf, jnp.float32),
+        done=jnp.zeros((rows,), bool),
+    )
     final = jax.lax.while_loop(_keep_going(width + limit - 1), body, init)
     return DecodeResult(final.best_tokens, final.best_lengths, final.best_scores)

@@ -31,8 +31,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_rationale.architectures.token_parallel import (
-    Context, FunctionalDecoder, ThinkingSpec, context_forward, context_mask, dense_layer_step, dense_step_head,
-    dense_step_mask, step_input, token_logp)
+    Context,
+    FunctionalDecoder,
+    ThinkingSpec,
+    context_forward,
+    context_mask,
+    dense_layer_step,
+    dense_step_head,
+    dense_step_mask,
+    step_input,
+    token_logp,
+)
 
 
 def _median_seconds(fn: Callable, args: tuple, repeats: int) -> float:
@@ -49,6 +58,7 @@ def _median_seconds(fn: Callable, args: tuple, repeats: int) -> float:
 
 def _time_vjp(fn: Callable, args: tuple, repeats: int) -> float:
     """Median seconds of fn's forward and its backward (all-ones output cotangents)."""
+
     def fwd_bwd(*args):
         out, vjp = jax.vjp(fn, *args)
         return vjp(jax.tree.map(jnp.ones_like, out))
@@ -60,9 +70,19 @@ def _normal(key, shape):
     return jax.random.normal(key, shape, jnp.float32)
 
 
-def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx, *, rows: int, length: int,
-                     microbatches: int, copies: int = 1, repeats: int = 2,
-                     log: Callable[[str], None] = print) -> dict:
+def dense_mask_parts(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params: Any,
+    tx,
+    *,
+    rows: int,
+    length: int,
+    microbatches: int,
+    copies: int = 1,
+    repeats: int = 2,
+    log: Callable[[str], None] = print,
+) -> dict:
     """Seconds per part and their sum for one dense_mask train step on `rows` rows
     (batch x P, P = `copies`) split into `microbatches`; random inputs of the real shapes."""
     n, t = rows // microbatches, length
@@ -78,15 +98,17 @@ def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx,
     layer = fd.layer_params(params)[0]
 
     def context(params):  # one row per group of copies
-        h, logits, ks, vs = context_forward(fd, params, tokens[:n // copies], None)
-        return h, token_logp(logits, ctx.targets[:n // copies]), ks, vs
+        h, logits, ks, vs = context_forward(fd, params, tokens[: n // copies], None)
+        return h, token_logp(logits, ctx.targets[: n // copies]), ks, vs
 
     parts = {"context": _time_vjp(context, (params,), repeats)}
     log(f"context {parts['context']:.3f} s")
     for k in range(1, spec.num_steps + 1):
         mask = dense_step_mask(context_mask(fd.config, None, t, k), k)
         earlier = [kv] * k
-        layer_step = lambda p, x, ek, ev, k=k, mask=mask: dense_layer_step(fd, p, x, ek, ev, mask, k)  # noqa: E731
+        layer_step = lambda p, x, ek, ev, k=k, mask=mask: dense_layer_step(
+            fd, p, x, ek, ev, mask, k
+        )  # noqa: E731
         parts[f"layer_{k}"] = _time_vjp(layer_step, (layer, x, earlier, earlier), repeats)
 
         def head(params, h_base, x, k=k):
@@ -98,8 +120,11 @@ def dense_mask_parts(fd: FunctionalDecoder, spec: ThinkingSpec, params: Any, tx,
 
         parts[f"head_{k}"] = _time_vjp(head, (params, h_base, x), repeats)
         log(f"step {k}: layer {parts[f'layer_{k}']:.3f} s, head {parts[f'head_{k}']:.3f} s")
-    parts["optimizer"] = _median_seconds(tx.update, (jax.tree.map(jnp.ones_like, params), tx.init(params), params),
-                                         repeats)
-    per_microbatch = parts["context"] + sum(c.num_layers * parts[f"layer_{k}"] + parts[f"head_{k}"]
-                                            for k in range(1, spec.num_steps + 1))
+    parts["optimizer"] = _median_seconds(
+        tx.update, (jax.tree.map(jnp.ones_like, params), tx.init(params), params), repeats
+    )
+    per_microbatch = parts["context"] + sum(
+        c.num_layers * parts[f"layer_{k}"] + parts[f"head_{k}"]
+        for k in range(1, spec.num_steps + 1)
+    )
     return {"parts_s": parts, "step_s": microbatches * per_microbatch + parts["optimizer"]}

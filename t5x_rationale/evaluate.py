@@ -34,13 +34,23 @@ def _tasks_with_metrics(name: str) -> list[seqio.Task]:
     return scored
 
 
-def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-             checkpoint_path: Optional[str] = None, run_dir: Optional[str] = None,
-             output_dir: Optional[str] = None, split: str = "validation",
-             input_length: int = 128, decode_config: DecodeConfig = DecodeConfig(max_decode_length=128),
-             batch_size: int = 32, max_examples: Optional[int] = None, mesh: MeshConfig = MeshConfig(),
-             vocabulary_path: Optional[str] = None,
-             thoughts: Optional[ThoughtDecodeConfig] = None, seed: int = 0) -> dict[str, dict[str, float]]:
+def evaluate(
+    *,
+    model_config=gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    checkpoint_path: Optional[str] = None,
+    run_dir: Optional[str] = None,
+    output_dir: Optional[str] = None,
+    split: str = "validation",
+    input_length: int = 128,
+    decode_config: DecodeConfig = DecodeConfig(max_decode_length=128),
+    batch_size: int = 32,
+    max_examples: Optional[int] = None,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary_path: Optional[str] = None,
+    thoughts: Optional[ThoughtDecodeConfig] = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float]]:
     """Decodes every task of `mixture_or_task_name` that has metrics; returns task -> metrics.
 
     Args:
@@ -62,15 +72,27 @@ def evaluate(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUI
     vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
     run_setup.check_task(mixture_or_task_name, vocabulary)
     tasks = _tasks_with_metrics(mixture_or_task_name)
-    predictor = Predictor(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), vocabulary,
-                          decode_config, batch_size=batch_size, input_length=input_length, thoughts=thoughts)
-    output_dir = output_dir or os.path.join(os.path.dirname(os.path.abspath(checkpoint_path.rstrip("/"))), "eval")
+    predictor = Predictor(
+        model_config,
+        checkpoint_path,
+        Partitioner(create_mesh(mesh)),
+        vocabulary,
+        decode_config,
+        batch_size=batch_size,
+        input_length=input_length,
+        thoughts=thoughts,
+    )
+    output_dir = output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(checkpoint_path.rstrip("/"))), "eval"
+    )
     results = {}
     for task in tasks:
         examples = load_examples(task.name, split, max_examples=max_examples)
         predictions = predictor.predict(examples, rng=jax.random.PRNGKey(seed))
         scores = score_task(task, examples, predictions.texts)
-        scores.update(examples=float(len(examples)), truncated_inputs=float(predictions.truncated_inputs))
+        scores.update(
+            examples=float(len(examples)), truncated_inputs=float(predictions.truncated_inputs)
+        )
         results[task.name] = scores
         _write(output_dir, task.name, split, predictor.step, scores, examples, predictions.texts)
         shown = " ".join(f"{k}={v:.2f}" for k, v in scores.items())
@@ -83,15 +105,27 @@ def _write(output_dir, task_name, split, step, scores, examples, texts) -> None:
         return
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.join(output_dir, f"{task_name}-{split}-step{step}")
-    write_text_atomic(stem + ".json", json.dumps({"step": step, **scores}, indent=1, sort_keys=True) + "\n")
-    rows = [json.dumps({"id": text_of(ex.get("id", i)), "input": text_of(ex["inputs_pretokenized"]),
-                        "target": text_of(ex["targets_pretokenized"]), "prediction": text},
-                       ensure_ascii=False) for i, (ex, text) in enumerate(zip(examples, texts))]
+    write_text_atomic(
+        stem + ".json", json.dumps({"step": step, **scores}, indent=1, sort_keys=True) + "\n"
+    )
+    rows = [
+        json.dumps(
+            {
+                "id": text_of(ex.get("id", i)),
+                "input": text_of(ex["inputs_pretokenized"]),
+                "target": text_of(ex["targets_pretokenized"]),
+                "prediction": text,
+            },
+            ensure_ascii=False,
+        )
+        for i, (ex, text) in enumerate(zip(examples, texts))
+    ]
     write_text_atomic(stem + "-predictions.jsonl", "\n".join(rows) + "\n")
 
 
 def main() -> None:
     from t5x_rationale.gin_launch import run
+
     run("evaluate")
 
 

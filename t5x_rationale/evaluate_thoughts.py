@@ -43,30 +43,42 @@ def perplexity_by_difficulty(base_nll: np.ndarray, mixed_nll: np.ndarray, num_bi
     which = np.clip(np.searchsorted(edges[1:-1], base_nll, side="right"), 0, num_bins - 1)
 
     def summary(mask) -> dict:
-        return {"tokens": int(mask.sum()), "base_ppl": float(np.exp(base_nll[mask].mean())),
-                "mixed_ppl": float(np.exp(mixed_nll[mask].mean())),
-                "base_nll": float(base_nll[mask].mean()), "mixed_nll": float(mixed_nll[mask].mean())}
+        return {
+            "tokens": int(mask.sum()),
+            "base_ppl": float(np.exp(base_nll[mask].mean())),
+            "mixed_ppl": float(np.exp(mixed_nll[mask].mean())),
+            "base_nll": float(base_nll[mask].mean()),
+            "mixed_nll": float(mixed_nll[mask].mean()),
+        }
 
-    bins = [dict(summary(which == b), base_nll_range=[float(edges[b]), float(edges[b + 1])])
-            for b in range(num_bins) if np.any(which == b)]
+    bins = [
+        dict(summary(which == b), base_nll_range=[float(edges[b]), float(edges[b + 1])])
+        for b in range(num_bins)
+        if np.any(which == b)
+    ]
     return {"overall": summary(np.ones_like(base_nll, bool)), "by_difficulty": bins}
 
 
 def _batches(rows: Sequence[Sequence[int]], batch_size: int, length: int):
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         out = np.zeros((len(chunk), length), np.int32)
         for r, tokens in enumerate(chunk):
             tokens = list(tokens)[:length]
-            out[r, :len(tokens)] = tokens
+            out[r, : len(tokens)] = tokens
         yield out
 
 
 def _score_all(scorer: ThoughtScorer, rows, batch_size: int, length: int) -> list[ThoughtScores]:
-    return [scorer.score(b, rng=jax.random.PRNGKey(i)) for i, b in enumerate(_batches(rows, batch_size, length))]
+    return [
+        scorer.score(b, rng=jax.random.PRNGKey(i))
+        for i, b in enumerate(_batches(rows, batch_size, length))
+    ]
 
 
-def answer_rows(vocabulary, questions: Sequence[dict], answer_prefix: str) -> tuple[list[list[int]], list[int]]:
+def answer_rows(
+    vocabulary, questions: Sequence[dict], answer_prefix: str
+) -> tuple[list[list[int]], list[int]]:
     """(question + prefix + answer tokens, number of answer tokens) per question.
 
     The answer's tokens are those the full text adds after the prompt's; a question whose
@@ -76,16 +88,19 @@ def answer_rows(vocabulary, questions: Sequence[dict], answer_prefix: str) -> tu
     for q in questions:
         prompt = f"{q['input']}{answer_prefix}"
         prompt_ids, full = vocabulary.encode(prompt), vocabulary.encode(f"{prompt} {q['label']}")
-        if full[:len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
-            raise ValueError(f"question {q.get('id')}: the answer {q['label']!r} does not tokenize after the "
-                             f"prompt on its own; change answer_prefix")
+        if full[: len(prompt_ids)] != prompt_ids or len(full) == len(prompt_ids):
+            raise ValueError(
+                f"question {q.get('id')}: the answer {q['label']!r} does not tokenize after the "
+                f"prompt on its own; change answer_prefix"
+            )
         rows.append(full)
         answer_lengths.append(len(full) - len(prompt_ids))
     return rows, answer_lengths
 
 
-def answer_mass(scores: list[ThoughtScores], rows: list[list[int]], answer_lengths: list[int],
-                length: int) -> dict:
+def answer_mass(
+    scores: list[ThoughtScores], rows: list[list[int]], answer_lengths: list[int], length: int
+) -> dict:
     """Mean p(answer) and mean log p(answer) under the base and mixed predictions."""
     base, mixed = [], []
     flat = [(s, r) for s in scores for r in range(len(s.targets))]
@@ -95,15 +110,22 @@ def answer_mass(scores: list[ThoughtScores], rows: list[list[int]], answer_lengt
         base.append(s.base_logp[r, span].sum())
         mixed.append(s.mixed_logp[r, span].sum())
     base, mixed = np.asarray(base), np.asarray(mixed)
-    return {"questions": len(base), "base_mass": float(np.exp(base).mean()), "mixed_mass": float(np.exp(mixed).mean()),
-            "base_logp": float(base.mean()), "mixed_logp": float(mixed.mean()),
-            "mixed_better_fraction": float(np.mean(mixed > base))}
+    return {
+        "questions": len(base),
+        "base_mass": float(np.exp(base).mean()),
+        "mixed_mass": float(np.exp(mixed).mean()),
+        "base_logp": float(base.mean()),
+        "mixed_logp": float(mixed.mean()),
+        "mixed_better_fraction": float(np.mean(mixed > base)),
+    }
 
 
 QUESTION_FORMATS = ("teacher", "gsm8k")
 
 
-def load_questions(questions_file: Optional[str], num_questions: int, questions_format: str = "teacher") -> list[dict]:
+def load_questions(
+    questions_file: Optional[str], num_questions: int, questions_format: str = "teacher"
+) -> list[dict]:
     """Rows with `input` and `label`: from a teacher-JSONL or GSM8K file, else the shipped
     corpus's validation questions."""
     if questions_file is None:
@@ -112,35 +134,72 @@ def load_questions(questions_file: Optional[str], num_questions: int, questions_
         raise ValueError(f"questions_format {questions_format!r} not in {QUESTION_FORMATS}")
     if questions_format == "gsm8k":
         return sources.read_gsm8k(questions_file).rows[:num_questions]
-    return sources.read_rationale_jsonl(questions_file, require_rationales=False).rows[:num_questions]
+    return sources.read_rationale_jsonl(questions_file, require_rationales=False).rows[
+        :num_questions
+    ]
 
 
-def evaluate_thoughts(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
-                      output_dir: str = gin.REQUIRED, mixture_or_task_name: str = "synthetic_arith_text",
-                      split: str = "validation", length: int = 128, max_examples: int = 64, batch_size: int = 8,
-                      num_difficulty_bins: int = 4, questions_file: Optional[str] = None, questions_format: str = "teacher",
-                      num_questions: int = 64,
-                      answer_prefix: str = " The answer is", num_ahead: int = 12,
-                      thought_temperature: float = 0.0, mesh: MeshConfig = MeshConfig(),
-                      vocabulary_path: Optional[str] = None) -> dict:
+def evaluate_thoughts(
+    *,
+    model_config=gin.REQUIRED,
+    checkpoint_path: str = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    mixture_or_task_name: str = "synthetic_arith_text",
+    split: str = "validation",
+    length: int = 128,
+    max_examples: int = 64,
+    batch_size: int = 8,
+    num_difficulty_bins: int = 4,
+    questions_file: Optional[str] = None,
+    questions_format: str = "teacher",
+    num_questions: int = 64,
+    answer_prefix: str = " The answer is",
+    num_ahead: int = 12,
+    thought_temperature: float = 0.0,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary_path: Optional[str] = None,
+) -> dict:
     """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it."""
     vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
     run_setup.check_task(mixture_or_task_name, vocabulary)
-    scorer = ThoughtScorer(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), num_ahead=num_ahead,
-                           num_talk=1, thought_temperature=thought_temperature)
-    texts = [ex["targets"] for ex in load_examples(mixture_or_task_name, split, max_examples=max_examples)]
+    scorer = ThoughtScorer(
+        model_config,
+        checkpoint_path,
+        Partitioner(create_mesh(mesh)),
+        num_ahead=num_ahead,
+        num_talk=1,
+        thought_temperature=thought_temperature,
+    )
+    texts = [
+        ex["targets"]
+        for ex in load_examples(mixture_or_task_name, split, max_examples=max_examples)
+    ]
     scores = _score_all(scorer, texts, batch_size, length)
     base_nll = np.concatenate([-s.base_logp[s.valid] for s in scores])
     mixed_nll = np.concatenate([-s.mixed_logp[s.valid] for s in scores])
-    report = {"checkpoint": checkpoint_path, "step": scorer.step, "task": mixture_or_task_name, "split": split,
-              "examples": len(texts), "perplexity": perplexity_by_difficulty(base_nll, mixed_nll, num_difficulty_bins),
-              "mean_mixing_weight": float(np.concatenate([s.mixing_weight[s.valid] for s in scores]).mean())}
-    rows, answer_lengths = answer_rows(vocabulary, load_questions(questions_file, num_questions, questions_format), answer_prefix)
-    report["answer_mass"] = answer_mass(_score_all(scorer, rows, batch_size, length), rows, answer_lengths, length)
+    report = {
+        "checkpoint": checkpoint_path,
+        "step": scorer.step,
+        "task": mixture_or_task_name,
+        "split": split,
+        "examples": len(texts),
+        "perplexity": perplexity_by_difficulty(base_nll, mixed_nll, num_difficulty_bins),
+        "mean_mixing_weight": float(
+            np.concatenate([s.mixing_weight[s.valid] for s in scores]).mean()
+        ),
+    }
+    rows, answer_lengths = answer_rows(
+        vocabulary, load_questions(questions_file, num_questions, questions_format), answer_prefix
+    )
+    report["answer_mass"] = answer_mass(
+        _score_all(scorer, rows, batch_size, length), rows, answer_lengths, length
+    )
     report["answer_mass"]["source"] = questions_file or "shipped synthetic validation questions"
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)
-        write_text_atomic(os.path.join(output_dir, "thought_eval.json"), json.dumps(report, indent=1))
+        write_text_atomic(
+            os.path.join(output_dir, "thought_eval.json"), json.dumps(report, indent=1)
+        )
         print(format_report(report), flush=True)
     return report
 
@@ -148,23 +207,30 @@ def evaluate_thoughts(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.R
 def format_report(report: dict) -> str:
     """The report as a few readable lines."""
     p = report["perplexity"]
-    lines = [f"evaluate_thoughts: step {report['step']}, {report['examples']} {report['task']}/{report['split']} "
-             f"texts, mean w {report['mean_mixing_weight']:+.3f}",
-             f"  all tokens ({p['overall']['tokens']}): ppl base {p['overall']['base_ppl']:.3f}  "
-             f"mixed {p['overall']['mixed_ppl']:.3f}"]
+    lines = [
+        f"evaluate_thoughts: step {report['step']}, {report['examples']} {report['task']}/{report['split']} "
+        f"texts, mean w {report['mean_mixing_weight']:+.3f}",
+        f"  all tokens ({p['overall']['tokens']}): ppl base {p['overall']['base_ppl']:.3f}  "
+        f"mixed {p['overall']['mixed_ppl']:.3f}",
+    ]
     for i, b in enumerate(p["by_difficulty"]):
         lo, hi = b["base_nll_range"]
-        lines.append(f"  bin {i} (base nll {lo:.2f}..{hi:.2f}, {b['tokens']} tokens): ppl base {b['base_ppl']:.3f}  "
-                     f"mixed {b['mixed_ppl']:.3f}")
+        lines.append(
+            f"  bin {i} (base nll {lo:.2f}..{hi:.2f}, {b['tokens']} tokens): ppl base {b['base_ppl']:.3f}  "
+            f"mixed {b['mixed_ppl']:.3f}"
+        )
     a = report["answer_mass"]
-    lines.append(f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  mixed {a['mixed_mass']:.4f}"
-                 f"  (mean log p {a['base_logp']:.3f} vs {a['mixed_logp']:.3f}; mixed higher on "
-                 f"{100 * a['mixed_better_fraction']:.0f}%)")
+    lines.append(
+        f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  mixed {a['mixed_mass']:.4f}"
+        f"  (mean log p {a['base_logp']:.3f} vs {a['mixed_logp']:.3f}; mixed higher on "
+        f"{100 * a['mixed_better_fraction']:.0f}%)"
+    )
     return "\n".join(lines)
 
 
 def main() -> None:
     from t5x_rationale.gin_launch import run
+
     run("evaluate_thoughts")
 
 

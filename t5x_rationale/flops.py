@@ -36,8 +36,9 @@ def decoder_forward_flops(c: DecoderConfig, batch: int, length: int) -> int:
     return batch * length * _decoder_token_flops(c, length)
 
 
-def quiet_star_forward_flops(c: QuietStarConfig, batch: int, length: int, *, num_ahead: int, num_talk: int,
-                             num_thoughts: int) -> int:
+def quiet_star_forward_flops(
+    c: QuietStarConfig, batch: int, length: int, *, num_ahead: int, num_talk: int, num_thoughts: int
+) -> int:
     """Forward FLOPs the token-parallel decomposition needs (METHODS.md section 2).
 
     Rows are the batch repeated `num_thoughts` times. The base step is an ordinary decoder
@@ -51,10 +52,14 @@ def quiet_star_forward_flops(c: QuietStarConfig, batch: int, length: int, *, num
     """
     d = c.decoder
     rows = batch * num_thoughts
-    later_steps = sum(_decoder_token_flops(d, length + k) for k in range(2, num_ahead + num_talk - 1))
+    later_steps = sum(
+        _decoder_token_flops(d, length + k) for k in range(2, num_ahead + num_talk - 1)
+    )
     idle_head = 2 * d.emb_dim * d.vocab_size
-    mixing = num_talk * 2 * (3 * d.emb_dim ** 2 + d.emb_dim)
-    once_per_row = decoder_forward_flops(d, batch, length) + batch * length * _decoder_token_flops(d, length + 1)
+    mixing = num_talk * 2 * (3 * d.emb_dim**2 + d.emb_dim)
+    once_per_row = decoder_forward_flops(d, batch, length) + batch * length * _decoder_token_flops(
+        d, length + 1
+    )
     return once_per_row + rows * length * (later_steps - idle_head + mixing)
 
 
@@ -65,35 +70,48 @@ def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: 
     mlp = 2 * _mlp_params(c)
     enc_tokens, dec_tokens = batch * input_length, batch * target_length
     encoder = enc_tokens * c.num_encoder_layers * (4 * proj + mlp + 4 * input_length * d_attn)
-    decoder_per_token = (4 * proj                       # self-attention q, k, v, o
-                         + 2 * proj                     # cross-attention q, o
-                         + mlp
-                         + 4 * target_length * d_attn   # self-attention scores/values
-                         + 4 * input_length * d_attn)   # cross-attention scores/values
+    decoder_per_token = (
+        4 * proj  # self-attention q, k, v, o
+        + 2 * proj  # cross-attention q, o
+        + mlp
+        + 4 * target_length * d_attn  # self-attention scores/values
+        + 4 * input_length * d_attn
+    )  # cross-attention scores/values
     decoder = dec_tokens * c.num_decoder_layers * decoder_per_token
-    cross_kv = enc_tokens * c.num_decoder_layers * 2 * proj  # cross-attention k, v of the encoder output
+    cross_kv = (
+        enc_tokens * c.num_decoder_layers * 2 * proj
+    )  # cross-attention k, v of the encoder output
     logits = dec_tokens * 2 * c.emb_dim * c.vocab_size
     return encoder + decoder + cross_kv + logits
 
 
-def train_step_flops(config: T5Config | DecoderConfig | QuietStarConfig, batch: int, *, target_length: int,
-                     input_length: int = 0, thinking: dict | None = None) -> int:
+def train_step_flops(
+    config: T5Config | DecoderConfig | QuietStarConfig,
+    batch: int,
+    *,
+    target_length: int,
+    input_length: int = 0,
+    thinking: dict | None = None,
+) -> int:
     """Model FLOPs of one training step (forward + backward = 3x forward).
 
     `thinking` (num_ahead, num_talk, num_thoughts) is required for a `QuietStarConfig`.
     """
     if isinstance(config, QuietStarConfig):
         if thinking is None:
-            raise ValueError("train_step_flops of a QuietStarConfig needs thinking=dict(num_ahead=, num_talk=, "
-                             "num_thoughts=)")
+            raise ValueError(
+                "train_step_flops of a QuietStarConfig needs thinking=dict(num_ahead=, num_talk=, "
+                "num_thoughts=)"
+            )
         return 3 * quiet_star_forward_flops(config, batch, target_length, **thinking)
     if isinstance(config, T5Config):
         return 3 * t5_forward_flops(config, batch, input_length, target_length)
     return 3 * decoder_forward_flops(config, batch, target_length)
 
 
-def measure_peak_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int = 10,
-                              device=None) -> float:
+def measure_peak_matmul_flops(
+    size: int = 2048, dtype=jnp.float32, repeats: int = 10, device=None
+) -> float:
     """Best-of-`repeats` FLOP/s of a square matmul on one device (the MFU denominator)."""
     device = device or jax.devices()[0]
     a = jax.device_put(jnp.ones((size, size), dtype) * 0.5, device)
@@ -105,4 +123,4 @@ def measure_peak_matmul_flops(size: int = 2048, dtype=jnp.float32, repeats: int 
         start = time.perf_counter()
         matmul(a, b).block_until_ready()
         best = min(best, time.perf_counter() - start)
-    return 2 * size ** 3 / best
+    return 2 * size**3 / best

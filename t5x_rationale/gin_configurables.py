@@ -18,14 +18,13 @@ from t5x_rationale import infer as infer_module
 from t5x_rationale import inspect_thoughts as inspect_thoughts_module
 from t5x_rationale import train as train_module
 from t5x_rationale.architectures import QuietStarConfig, get_preset
-from t5x_rationale.data import converters
-from t5x_rationale.data import registry
+from t5x_rationale.data import converters, registry
 from t5x_rationale.decoding import DecodeConfig
-from t5x_rationale.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.optimizers import OptimizerConfig
 from t5x_rationale.partitioning import MeshConfig
+from t5x_rationale.thought_generation import ThoughtDecodeConfig
 
 
 @gin.configurable
@@ -35,14 +34,26 @@ def model_config(preset: str = gin.REQUIRED, **overrides):
 
 
 @gin.configurable
-def quiet_star_config(decoder=gin.REQUIRED, thought_init_ids=(6,), thought_token_ids=(3, 4),
-                      thought_scale: float = 100.0, mixing_sigmoid: bool = False):
+def quiet_star_config(
+    decoder=gin.REQUIRED,
+    thought_init_ids=(6,),
+    thought_token_ids=(3, 4),
+    thought_scale: float = 100.0,
+    mixing_sigmoid: bool = False,
+):
     """A decoder config (`@model_config()`) with the Quiet-STaR thought embeddings and mixing head."""
-    return QuietStarConfig(decoder, tuple(thought_init_ids), tuple(thought_token_ids), thought_scale, mixing_sigmoid)
+    return QuietStarConfig(
+        decoder, tuple(thought_init_ids), tuple(thought_token_ids), thought_scale, mixing_sigmoid
+    )
 
 
-for _cls in (converters.EncDecConverter, converters.MultiTaskEncDecConverter, converters.DecoderConverter,
-             converters.MultiTaskDecoderConverter, converters.CandidatesConverter):
+for _cls in (
+    converters.EncDecConverter,
+    converters.MultiTaskEncDecConverter,
+    converters.DecoderConverter,
+    converters.MultiTaskDecoderConverter,
+    converters.CandidatesConverter,
+):
     gin.external_configurable(_cls)
 gin.external_configurable(OptimizerConfig)
 gin.external_configurable(MeshConfig)
@@ -62,6 +73,10 @@ ENTRY_POINTS = {
     "train": gin.external_configurable(train_module.train, "train"),
     "evaluate": gin.external_configurable(evaluate_module.evaluate, "evaluate"),
     "infer": gin.external_configurable(infer_module.infer, "infer"),
-    "inspect_thoughts": gin.external_configurable(inspect_thoughts_module.inspect_thoughts, "inspect_thoughts"),
-    "evaluate_thoughts": gin.external_configurable(evaluate_thoughts_module.evaluate_thoughts, "evaluate_thoughts"),
+    "inspect_thoughts": gin.external_configurable(
+        inspect_thoughts_module.inspect_thoughts, "inspect_thoughts"
+    ),
+    "evaluate_thoughts": gin.external_configurable(
+        evaluate_thoughts_module.evaluate_thoughts, "evaluate_thoughts"
+    ),
 }

@@ -38,14 +38,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--coordinator_address", help="jax.distributed coordinator HOST:PORT")
     parser.add_argument("--num_processes", type=int, help="jax.distributed process count")
     parser.add_argument("--process_id", type=int, help="this process's index")
-    parser.add_argument("--distributed", action="store_true", help="auto-detected jax.distributed cluster")
+    parser.add_argument(
+        "--distributed", action="store_true", help="auto-detected jax.distributed cluster"
+    )
     args, rest = parser.parse_known_args(argv)
     args.gin_bindings = []
     for flag in rest:
         if not flag.startswith("--gin.") or "=" not in flag:
-            raise GinConfigError(f"unknown flag {flag!r}; expected --gin_file=F, --gin_search_paths=D "
-                                 "or --gin.KEY=VALUE")
-        key, value = flag[len("--gin."):].split("=", 1)
+            raise GinConfigError(
+                f"unknown flag {flag!r}; expected --gin_file=F, --gin_search_paths=D "
+                "or --gin.KEY=VALUE"
+            )
+        key, value = flag[len("--gin.") :].split("=", 1)
         args.gin_bindings.append(f"{key} = {value}")
     return args
 
@@ -57,7 +61,9 @@ def _resolve(name: str, search_paths: list[str]) -> str:
         candidate = os.path.join(directory, name)
         if os.path.isfile(candidate):
             return candidate
-    raise GinConfigError(f"gin file {name!r} not found in the working directory or in {search_paths}")
+    raise GinConfigError(
+        f"gin file {name!r} not found in the working directory or in {search_paths}"
+    )
 
 
 class _QuietSearchMisses(logging.Filter):
@@ -70,12 +76,14 @@ class _QuietSearchMisses(logging.Filter):
 def _tolerate_module_like_directories() -> None:
     """gin's Python-path reader crashes (TypeError) on `include 'runs/x.gin'` when the working
     directory has a plain `runs/` folder (a namespace package); treat that as "not found"."""
+
     def safe(check):
         def exists(path):
             try:
                 return check(path)
             except (TypeError, ValueError, ImportError):
                 return False
+
         exists.wrapped = True
         return exists
 
@@ -83,7 +91,9 @@ def _tolerate_module_like_directories() -> None:
     readers[:] = [(r, c if getattr(c, "wrapped", False) else safe(c)) for r, c in readers]
 
 
-def parse_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()) -> None:
+def parse_config(
+    gin_files: Sequence[str], bindings: Sequence[str], search_paths: Sequence[str] = ()
+) -> None:
     """Parses files then bindings into gin's global config; errors name the file or binding."""
     paths = [p for p in search_paths if p] + [str(CONFIGS_DIR)]
     for path in paths:
@@ -102,7 +112,9 @@ def parse_config(gin_files: Sequence[str], bindings: Sequence[str], search_paths
         try:
             gin.parse_config(binding)
         except Exception as e:
-            raise GinConfigError(f"bad gin binding --gin.{binding.replace(' = ', '=', 1)}: {e}") from e
+            raise GinConfigError(
+                f"bad gin binding --gin.{binding.replace(' = ', '=', 1)}: {e}"
+            ) from e
     gin.finalize()
 
 

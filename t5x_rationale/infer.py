@@ -41,20 +41,36 @@ def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
             if not isinstance(row, dict) or not isinstance(row.get("input"), str):
                 raise ValueError(f"{path}:{line_no}: field 'input': expected a string")
             text = input_prefix + row["input"]
-            examples.append({"id": str(row.get("id", line_no)), "inputs_pretokenized": text,
-                             "inputs": vocabulary.encode(text) + [vocabulary.eos_id]})
+            examples.append(
+                {
+                    "id": str(row.get("id", line_no)),
+                    "inputs_pretokenized": text,
+                    "inputs": vocabulary.encode(text) + [vocabulary.eos_id],
+                }
+            )
     if not examples:
         raise ValueError(f"{path}: no rows")
     return examples
 
 
-def infer(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED, output_file: str = gin.REQUIRED,
-          mixture_or_task_name: Optional[str] = None, split: str = "test", input_file: Optional[str] = None,
-          input_prefix: str = "", input_length: int = 128,
-          decode_config: DecodeConfig = DecodeConfig(max_decode_length=128), batch_size: int = 32,
-          max_examples: Optional[int] = None, mesh: MeshConfig = MeshConfig(),
-          vocabulary_path: Optional[str] = None,
-          thoughts: Optional[ThoughtDecodeConfig] = None, seed: int = 0) -> list[dict]:
+def infer(
+    *,
+    model_config=gin.REQUIRED,
+    checkpoint_path: str = gin.REQUIRED,
+    output_file: str = gin.REQUIRED,
+    mixture_or_task_name: Optional[str] = None,
+    split: str = "test",
+    input_file: Optional[str] = None,
+    input_prefix: str = "",
+    input_length: int = 128,
+    decode_config: DecodeConfig = DecodeConfig(max_decode_length=128),
+    batch_size: int = 32,
+    max_examples: Optional[int] = None,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary_path: Optional[str] = None,
+    thoughts: Optional[ThoughtDecodeConfig] = None,
+    seed: int = 0,
+) -> list[dict]:
     """Writes one JSONL prediction per example to `output_file` and returns the rows."""
     if (input_file is None) == (mixture_or_task_name is None):
         raise ValueError("give exactly one of infer.input_file and infer.mixture_or_task_name")
@@ -64,21 +80,41 @@ def infer(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED, out
     else:
         run_setup.check_task(mixture_or_task_name, vocabulary)
         examples = load_examples(mixture_or_task_name, split, max_examples=max_examples)
-    predictor = Predictor(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), vocabulary,
-                          decode_config, batch_size=batch_size, input_length=input_length, thoughts=thoughts)
+    predictor = Predictor(
+        model_config,
+        checkpoint_path,
+        Partitioner(create_mesh(mesh)),
+        vocabulary,
+        decode_config,
+        batch_size=batch_size,
+        input_length=input_length,
+        thoughts=thoughts,
+    )
     predictions = predictor.predict(examples, rng=jax.random.PRNGKey(seed))
-    rows = [{"id": text_of(ex.get("id", i)), "input": text_of(ex["inputs_pretokenized"]), "prediction": text}
-            for i, (ex, text) in enumerate(zip(examples, predictions.texts))]
+    rows = [
+        {
+            "id": text_of(ex.get("id", i)),
+            "input": text_of(ex["inputs_pretokenized"]),
+            "prediction": text,
+        }
+        for i, (ex, text) in enumerate(zip(examples, predictions.texts))
+    ]
     if jax.process_index() == 0:
         os.makedirs(os.path.dirname(os.path.abspath(output_file)), exist_ok=True)
-        write_text_atomic(output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        print(f"infer: wrote {len(rows)} predictions to {output_file} (checkpoint step {predictor.step}, "
-              f"{predictions.truncated_inputs} inputs truncated)", flush=True)
+        write_text_atomic(
+            output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        )
+        print(
+            f"infer: wrote {len(rows)} predictions to {output_file} (checkpoint step {predictor.step}, "
+            f"{predictions.truncated_inputs} inputs truncated)",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     from t5x_rationale.gin_launch import run
+
     run("infer")
 
 

@@ -39,15 +39,20 @@ def token_rows(scores: ThoughtScores, vocabulary, row: int = 0) -> list[dict]:
     out = []
     for i in np.flatnonzero(scores.valid[row]):
         thought_ids = [int(t) for t in scores.thoughts[row, i]]
-        out.append({
-            "position": int(i), "token": piece_text(vocabulary, scores.targets[row, i]),
-            "token_id": int(scores.targets[row, i]),
-            "thought": "".join(piece_text(vocabulary, t) for t in thought_ids), "thought_ids": thought_ids,
-            "mixing_weight": float(scores.mixing_weight[row, i]),
-            "base_logp": float(scores.base_logp[row, i]), "mixed_logp": float(scores.mixed_logp[row, i]),
-            "delta_next": float(scores.mixed_logp[row, i] - scores.base_logp[row, i]),
-            "delta_future": float(scores.delta_future[row, i]),
-        })
+        out.append(
+            {
+                "position": int(i),
+                "token": piece_text(vocabulary, scores.targets[row, i]),
+                "token_id": int(scores.targets[row, i]),
+                "thought": "".join(piece_text(vocabulary, t) for t in thought_ids),
+                "thought_ids": thought_ids,
+                "mixing_weight": float(scores.mixing_weight[row, i]),
+                "base_logp": float(scores.base_logp[row, i]),
+                "mixed_logp": float(scores.mixed_logp[row, i]),
+                "delta_next": float(scores.mixed_logp[row, i] - scores.base_logp[row, i]),
+                "delta_future": float(scores.delta_future[row, i]),
+            }
+        )
     return out
 
 
@@ -67,13 +72,16 @@ def render_html(rows: list[dict], *, title: str, num_talk: int) -> str:
     scale = _delta_scale(rows)
     spans = "".join(
         f'<span style="background:{_colour(r["delta_future"], scale)}" title="{html.escape(_tooltip(r))}">'
-        f'{html.escape(r["token"])}</span>' for r in rows)
+        f"{html.escape(r['token'])}</span>"
+        for r in rows
+    )
     cells = "".join(
-        f'<tr><td>{r["position"]}</td><td><code>{html.escape(repr(r["token"]))}</code></td>'
-        f'<td><code>{html.escape(r["thought"])}</code></td><td>{r["mixing_weight"]:+.3f}</td>'
-        f'<td>{r["base_logp"]:.3f}</td><td>{r["mixed_logp"]:.3f}</td><td>{r["delta_next"]:+.3f}</td>'
+        f"<tr><td>{r['position']}</td><td><code>{html.escape(repr(r['token']))}</code></td>"
+        f"<td><code>{html.escape(r['thought'])}</code></td><td>{r['mixing_weight']:+.3f}</td>"
+        f"<td>{r['base_logp']:.3f}</td><td>{r['mixed_logp']:.3f}</td><td>{r['delta_next']:+.3f}</td>"
         f'<td style="background:{_colour(r["delta_future"], scale)}">{r["delta_future"]:+.3f}</td></tr>'
-        for r in rows)
+        for r in rows
+    )
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}} .text span{{white-space:pre}}
@@ -91,8 +99,10 @@ token for its thought.</p>
 
 
 def _tooltip(row: dict) -> str:
-    return (f"thought: {row['thought']!r}\nw = {row['mixing_weight']:+.3f}\n"
-            f"delta next = {row['delta_next']:+.3f}\ndelta future = {row['delta_future']:+.3f}")
+    return (
+        f"thought: {row['thought']!r}\nw = {row['mixing_weight']:+.3f}\n"
+        f"delta next = {row['delta_next']:+.3f}\ndelta future = {row['delta_future']:+.3f}"
+    )
 
 
 def render_png(rows: list[dict], path: str, *, title: str) -> None:
@@ -103,9 +113,12 @@ def render_png(rows: list[dict], path: str, *, title: str) -> None:
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("inspect_thoughts writes its PNG with matplotlib: pip install -e '.[viz]'") from e
+        raise ImportError(
+            "inspect_thoughts writes its PNG with matplotlib: pip install -e '.[viz]'"
+        ) from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(12, 0.8 + 0.25 * len(rows)))
     ax.set_xlim(0, 1)
     ax.set_ylim(len(rows), -1)
@@ -129,11 +142,21 @@ def render_png(rows: list[dict], path: str, *, title: str) -> None:
     os.replace(partial, path)
 
 
-def inspect_thoughts(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.REQUIRED,
-                     output_dir: str = gin.REQUIRED, text: Optional[str] = None, text_file: Optional[str] = None,
-                     max_length: int = 256, num_ahead: int = 12, num_talk: int = 4,
-                     thought_temperature: float = 0.0, mesh: MeshConfig = MeshConfig(),
-                     vocabulary_path: Optional[str] = None, seed: int = 0) -> list[dict]:
+def inspect_thoughts(
+    *,
+    model_config=gin.REQUIRED,
+    checkpoint_path: str = gin.REQUIRED,
+    output_dir: str = gin.REQUIRED,
+    text: Optional[str] = None,
+    text_file: Optional[str] = None,
+    max_length: int = 256,
+    num_ahead: int = 12,
+    num_talk: int = 4,
+    thought_temperature: float = 0.0,
+    mesh: MeshConfig = MeshConfig(),
+    vocabulary_path: Optional[str] = None,
+    seed: int = 0,
+) -> list[dict]:
     """Writes thoughts.html, thoughts.png and thoughts.json for `text` (or `text_file`)."""
     if (text is None) == (text_file is None):
         raise ValueError("give exactly one of inspect_thoughts.text and inspect_thoughts.text_file")
@@ -146,24 +169,36 @@ def inspect_thoughts(*, model_config=gin.REQUIRED, checkpoint_path: str = gin.RE
     tokens = vocabulary.encode(text)[:max_length]
     if not tokens:
         raise ValueError("inspect_thoughts: the text has no tokens")
-    scorer = ThoughtScorer(model_config, checkpoint_path, Partitioner(create_mesh(mesh)), num_ahead=num_ahead,
-                           num_talk=num_talk, thought_temperature=thought_temperature)
+    scorer = ThoughtScorer(
+        model_config,
+        checkpoint_path,
+        Partitioner(create_mesh(mesh)),
+        num_ahead=num_ahead,
+        num_talk=num_talk,
+        thought_temperature=thought_temperature,
+    )
     scores = scorer.score(np.asarray([tokens], np.int32), rng=jax.random.PRNGKey(seed))
     rows = token_rows(scores, vocabulary)
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)
         title = f"Thoughts of {checkpoint_path} (step {scorer.step})"
-        write_text_atomic(os.path.join(output_dir, "thoughts.html"), render_html(rows, title=title,
-                                                                                   num_talk=num_talk))
+        write_text_atomic(
+            os.path.join(output_dir, "thoughts.html"),
+            render_html(rows, title=title, num_talk=num_talk),
+        )
         write_text_atomic(os.path.join(output_dir, "thoughts.json"), json.dumps(rows, indent=1))
         render_png(rows, os.path.join(output_dir, "thoughts.png"), title=title)
-        print(f"inspect_thoughts: {len(rows)} tokens -> {output_dir}/thoughts.{{html,png,json}} "
-              f"(checkpoint step {scorer.step})", flush=True)
+        print(
+            f"inspect_thoughts: {len(rows)} tokens -> {output_dir}/thoughts.{{html,png,json}} "
+            f"(checkpoint step {scorer.step})",
+            flush=True,
+        )
     return rows
 
 
 def main() -> None:
     from t5x_rationale.gin_launch import run
+
     run("inspect_thoughts")
 
 

@@ -25,8 +25,16 @@ class MetricsWriter:
       stream: console stream (None: stderr); `console=False` silences it.
     """
 
-    def __init__(self, run_dir: str, *, total_steps: int, log_every: int = 10, console: bool = True,
-                 stream: Optional[TextIO] = None, tensorboard: bool = True):
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        total_steps: int,
+        log_every: int = 10,
+        console: bool = True,
+        stream: Optional[TextIO] = None,
+        tensorboard: bool = True,
+    ):
         self.active = jax.process_index() == 0
         self.total_steps, self.log_every = total_steps, max(1, log_every)
         self.console = console and self.active
@@ -37,6 +45,7 @@ class MetricsWriter:
             self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
             if tensorboard:
                 from tensorboardX import SummaryWriter
+
                 self._tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
     def __call__(self, step: int, metrics: dict[str, float]) -> None:
@@ -54,8 +63,10 @@ class MetricsWriter:
     def _progress(self, step: int, metrics: dict[str, float]) -> None:
         width = 30
         done = int(width * step / max(self.total_steps, 1))
-        parts = [f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{self.total_steps}",
-                 f"loss {metrics.get('loss', float('nan')):.4f}"]
+        parts = [
+            f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{self.total_steps}",
+            f"loss {metrics.get('loss', float('nan')):.4f}",
+        ]
         if "tokens_per_s" in metrics:
             parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
         if "mfu" in metrics:

@@ -48,7 +48,9 @@ class OptimizerConfig:
         if self.schedule in ("cosine", "linear") and not self.total_steps:
             raise ValueError(f"schedule {self.schedule!r} needs total_steps")
         if self.total_steps is not None and self.total_steps <= self.warmup_steps:
-            raise ValueError(f"total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})")
+            raise ValueError(
+                f"total_steps ({self.total_steps}) must exceed warmup_steps ({self.warmup_steps})"
+            )
         if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
             raise ValueError(f"clip_grad_norm must be positive or None, got {self.clip_grad_norm}")
 
@@ -57,11 +59,13 @@ def make_schedule(c: OptimizerConfig) -> optax.Schedule:
     """The learning rate as a function of the (0-based) step."""
     peak, warm = c.learning_rate, c.warmup_steps
     if c.schedule == "rsqrt":
+
         def rsqrt(step):
             step = jnp.asarray(step, jnp.float32)
             warmup = peak * step / max(warm, 1)
             decay = peak * jnp.sqrt(max(warm, 1) / jnp.maximum(step, 1.0))
             return jnp.where(step < warm, warmup, decay)
+
         return rsqrt
     if c.schedule == "constant":
         after = optax.constant_schedule(peak)
@@ -80,10 +84,12 @@ DECAYED_PARAM_NAMES = ("kernel", "embedding", "rel_embedding")
 def _decay_mask(params):
     """Decay kernels and embeddings by name, never norm scales (rank would misjudge scanned
     layers, whose scales are stacked to [layers, embed])."""
+
     def decayed(path, _):
         last = path[-1]
         name = getattr(last, "key", getattr(last, "name", None))
         return name in DECAYED_PARAM_NAMES
+
     return jax.tree_util.tree_map_with_path(decayed, params)
 
 
@@ -91,11 +97,16 @@ def make_optimizer(c: OptimizerConfig) -> tuple[optax.GradientTransformation, op
     """(optax transformation, schedule); clipping is applied before the update rule."""
     schedule = make_schedule(c)
     if c.name == "adamw":
-        rule = optax.adamw(schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay,
-                           mask=_decay_mask)
+        rule = optax.adamw(
+            schedule, b1=c.b1, b2=c.b2, eps=c.eps, weight_decay=c.weight_decay, mask=_decay_mask
+        )
     elif c.name == "adafactor":
-        rule = optax.adafactor(schedule, weight_decay_rate=c.weight_decay or None,
-                               weight_decay_mask=_decay_mask, clipping_threshold=None)
+        rule = optax.adafactor(
+            schedule,
+            weight_decay_rate=c.weight_decay or None,
+            weight_decay_mask=_decay_mask,
+            clipping_threshold=None,
+        )
     else:
         rule = optax.sgd(schedule)
     parts = ([optax.clip_by_global_norm(c.clip_grad_norm)] if c.clip_grad_norm else []) + [rule]

@@ -33,8 +33,10 @@ class MeshConfig:
     def __post_init__(self):
         sizes = (self.data, self.fsdp, self.tensor)
         if sum(s == -1 for s in sizes) > 1:
-            raise ValueError(f"at most one mesh axis may be -1, got data={self.data}, fsdp={self.fsdp}, "
-                             f"tensor={self.tensor}")
+            raise ValueError(
+                f"at most one mesh axis may be -1, got data={self.data}, fsdp={self.fsdp}, "
+                f"tensor={self.tensor}"
+            )
         if any(s == 0 or s < -1 for s in sizes):
             raise ValueError(f"mesh axis sizes must be positive or -1, got {sizes}")
 
@@ -44,12 +46,16 @@ class MeshConfig:
         known = math.prod(s for s in sizes if s != -1)
         if -1 in sizes:
             if num_devices % known:
-                raise ValueError(f"mesh (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
-                                 f"cannot fill {num_devices} devices: {known} does not divide {num_devices}")
+                raise ValueError(
+                    f"mesh (data={self.data}, fsdp={self.fsdp}, tensor={self.tensor}) "
+                    f"cannot fill {num_devices} devices: {known} does not divide {num_devices}"
+                )
             sizes[sizes.index(-1)] = num_devices // known
         if math.prod(sizes) != num_devices:
-            raise ValueError(f"mesh data x fsdp x tensor = {sizes[0]}x{sizes[1]}x{sizes[2]} = "
-                             f"{math.prod(sizes)} devices, but {num_devices} devices are available")
+            raise ValueError(
+                f"mesh data x fsdp x tensor = {sizes[0]}x{sizes[1]}x{sizes[2]} = "
+                f"{math.prod(sizes)} devices, but {num_devices} devices are available"
+            )
         return tuple(sizes)
 
     @classmethod
@@ -109,7 +115,9 @@ class Partitioner:
         notes: list[str] = []
 
         def one(path, leaf, logical):
-            names = tuple(logical) if logical else (None,) * len(leaf.shape)  # unannotated: replicate
+            names = (
+                tuple(logical) if logical else (None,) * len(leaf.shape)
+            )  # unannotated: replicate
             try:
                 spec, leaf_notes = resolve_spec(names, leaf.shape, self.rules, self.mesh_shape)
             except ValueError as e:
@@ -118,7 +126,11 @@ class Partitioner:
             return NamedSharding(self.mesh, spec)
 
         shardings = jax.tree_util.tree_map_with_path(
-            one, abstract_tree, logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+            one,
+            abstract_tree,
+            logical_specs,
+            is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
+        )
         return shardings, notes
 
     @property
@@ -136,19 +148,25 @@ class Partitioner:
 
     def check_global_batch_size(self, batch_size: int) -> None:
         if batch_size % self.batch_shards:
-            raise ValueError(f"global batch size {batch_size} is not divisible by data x fsdp = "
-                             f"{self.mesh_shape['data']}x{self.mesh_shape['fsdp']} = {self.batch_shards}")
+            raise ValueError(
+                f"global batch size {batch_size} is not divisible by data x fsdp = "
+                f"{self.mesh_shape['data']}x{self.mesh_shape['fsdp']} = {self.batch_shards}"
+            )
 
     def host_rows(self, global_batch_size: int) -> slice:
         """The contiguous rows of a global batch that this process's devices hold."""
         self.check_global_batch_size(global_batch_size)
         indices = self.batch_sharding(1).addressable_devices_indices_map((global_batch_size,))
         starts = sorted({idx[0].start or 0 for idx in indices.values()})
-        stops = sorted({global_batch_size if idx[0].stop is None else idx[0].stop for idx in indices.values()})
+        stops = sorted(
+            {global_batch_size if idx[0].stop is None else idx[0].stop for idx in indices.values()}
+        )
         rows = slice(starts[0], stops[-1])
         if (rows.stop - rows.start) * jax.process_count() != global_batch_size:
-            raise ValueError(f"this process's devices hold rows {starts}..{stops} of a batch of "
-                             f"{global_batch_size}, which are not one contiguous block of 1/{jax.process_count()}")
+            raise ValueError(
+                f"this process's devices hold rows {starts}..{stops} of a batch of "
+                f"{global_batch_size}, which are not one contiguous block of 1/{jax.process_count()}"
+            )
         return rows
 
     def host_batch_to_global(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
@@ -159,7 +177,8 @@ class Partitioner:
             global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
             self.check_global_batch_size(global_shape[0])
             out[name] = jax.make_array_from_process_local_data(
-                self.batch_sharding(local.ndim), local, global_shape)
+                self.batch_sharding(local.ndim), local, global_shape
+            )
         return out
 
     def describe(self, abstract_tree, shardings, logical_specs) -> str:
@@ -167,11 +186,15 @@ class Partitioner:
         rows = []
         leaves = jax.tree_util.tree_flatten_with_path(abstract_tree)[0]
         flat_shard = jax.tree.leaves(shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
-        flat_logical = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+        flat_logical = jax.tree.leaves(
+            logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None
+        )
         total = 0
         for (path, leaf), sharding, logical in zip(leaves, flat_shard, flat_logical):
             total += math.prod(leaf.shape)
-            rows.append(f"{jax.tree_util.keystr(path):80s} {str(tuple(leaf.shape)):20s} {str(leaf.dtype):9s} "
-                        f"logical={tuple(logical) if logical is not None else ()} mesh={tuple(sharding.spec)}")
+            rows.append(
+                f"{jax.tree_util.keystr(path):80s} {str(tuple(leaf.shape)):20s} {str(leaf.dtype):9s} "
+                f"logical={tuple(logical) if logical is not None else ()} mesh={tuple(sharding.spec)}"
+            )
         rows.append(f"total parameters: {total:,}  mesh: {self.mesh_shape}")
         return "\n".join(rows)

@@ -22,20 +22,31 @@ from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.decoding import DecodeConfig, decode
 from t5x_rationale.partitioning import Partitioner
-from t5x_rationale.thought_generation import ThoughtDecodeConfig, from_decode_config, generate_with_thoughts
+from t5x_rationale.thought_generation import (
+    ThoughtDecodeConfig,
+    from_decode_config,
+    generate_with_thoughts,
+)
 from t5x_rationale.trainer import Trainer, abstract_params
 
 
-def load_examples(task_name: str, split: str, *, max_examples: Optional[int] = None,
-                  unique_ids: bool = True) -> list[dict]:
+def load_examples(
+    task_name: str, split: str, *, max_examples: Optional[int] = None, unique_ids: bool = True
+) -> list[dict]:
     """A task split's examples in file order, as NumPy/bytes dicts (after preprocessing).
 
     With `unique_ids`, only the first row of each `id` is kept: a chain-of-thought task has
     one row per teacher rationale, but a question is answered (and scored) once.
     """
     task = seqio.get_mixture_or_task(task_name)
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                          use_cached=False, trim_output_features=False)
+    ds = task.get_dataset(
+        sequence_length=None,
+        split=split,
+        shuffle=False,
+        num_epochs=1,
+        use_cached=False,
+        trim_output_features=False,
+    )
     examples, seen = [], set()
     for ex in ds.as_numpy_iterator():
         key = ex.get("id")
@@ -73,21 +84,42 @@ class Predictor:
         temperature taken from `decode_config` (default `ThoughtDecodeConfig()`).
     """
 
-    def __init__(self, model_config, checkpoint_path: str, partitioner: Partitioner,
-                 vocabulary: seqio.Vocabulary, decode_config: DecodeConfig, *, batch_size: int, input_length: int,
-                 thoughts: Optional[ThoughtDecodeConfig] = None):
+    def __init__(
+        self,
+        model_config,
+        checkpoint_path: str,
+        partitioner: Partitioner,
+        vocabulary: seqio.Vocabulary,
+        decode_config: DecodeConfig,
+        *,
+        batch_size: int,
+        input_length: int,
+        thoughts: Optional[ThoughtDecodeConfig] = None,
+    ):
         partitioner.check_global_batch_size(batch_size)
         if thoughts is not None and not isinstance(model_config, QuietStarConfig):
-            raise ValueError(f"thought generation needs a QuietStarConfig, got {type(model_config).__name__}")
-        self.thoughts = (from_decode_config(decode_config, thoughts or ThoughtDecodeConfig())
-                         if isinstance(model_config, QuietStarConfig) else None)
+            raise ValueError(
+                f"thought generation needs a QuietStarConfig, got {type(model_config).__name__}"
+            )
+        self.thoughts = (
+            from_decode_config(decode_config, thoughts or ThoughtDecodeConfig())
+            if isinstance(model_config, QuietStarConfig)
+            else None
+        )
         self.model_config, self.partitioner, self.vocabulary = model_config, partitioner, vocabulary
-        self.decode_config, self.batch_size, self.input_length = decode_config, batch_size, input_length
+        self.decode_config, self.batch_size, self.input_length = (
+            decode_config,
+            batch_size,
+            input_length,
+        )
         self.encoder_decoder = isinstance(model_config, T5Config)
         self.model = build_model(model_config)
-        self._shell = Trainer(self.model, None, optax.identity(), partitioner)  # for its mesh context
-        self.params, self.step = restore_params(checkpoint_path,
-                                                abstract_params(self.model, partitioner, self._shape_batch()))
+        self._shell = Trainer(
+            self.model, None, optax.identity(), partitioner
+        )  # for its mesh context
+        self.params, self.step = restore_params(
+            checkpoint_path, abstract_params(self.model, partitioner, self._shape_batch())
+        )
 
     def _shape_batch(self) -> dict[str, np.ndarray]:
         ones = np.ones((self.batch_size, self.input_length), np.int32)
@@ -106,7 +138,7 @@ class Predictor:
                 tokens = np.concatenate([[0], tokens])
             truncated += len(tokens) > width
             tokens = tokens[:width]
-            rows[i, :len(tokens)] = tokens
+            rows[i, : len(tokens)] = tokens
         return rows, truncated
 
     def predict(self, examples: Sequence[dict], rng: Optional[jax.Array] = None) -> Predictions:
@@ -117,30 +149,47 @@ class Predictor:
         texts: list[str] = []
         rng = jax.random.PRNGKey(0) if rng is None else rng
         for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
+            chunk = rows[start : start + self.batch_size]
             padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
             batch = self.partitioner.host_batch_to_global({key: padded[host]})
             with self._shell.context():
                 if self.thoughts is not None:
-                    result = generate_with_thoughts(self.model_config, self.params, batch[key], self.thoughts,
-                                                    rng=jax.random.fold_in(rng, start))
+                    result = generate_with_thoughts(
+                        self.model_config,
+                        self.params,
+                        batch[key],
+                        self.thoughts,
+                        rng=jax.random.fold_in(rng, start),
+                    )
                 else:
-                    result = decode(self.model, self.params, batch, self.decode_config,
-                                    rng=jax.random.fold_in(rng, start))
+                    result = decode(
+                        self.model,
+                        self.params,
+                        batch,
+                        self.decode_config,
+                        rng=jax.random.fold_in(rng, start),
+                    )
             tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
-            texts += [self._detokenize(t) for t in tokens[:len(chunk)]]
+            texts += [self._detokenize(t) for t in tokens[: len(chunk)]]
         return Predictions(texts, truncated)
 
     def _detokenize(self, tokens: np.ndarray) -> str:
         eos = np.flatnonzero(tokens == self.decode_config.eos_id)
-        tokens = tokens[:eos[0]] if len(eos) else tokens
+        tokens = tokens[: eos[0]] if len(eos) else tokens
         return self.vocabulary.decode([int(t) for t in tokens if t > 0])
 
 
-def score_task(task: seqio.Task, examples: Sequence[dict], predictions: Sequence[str]) -> dict[str, float]:
+def score_task(
+    task: seqio.Task, examples: Sequence[dict], predictions: Sequence[str]
+) -> dict[str, float]:
     """The task's metric_fns over postprocessed predictions and targets."""
-    targets = [task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True) for ex in examples]
-    outputs = [task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)]
+    targets = [
+        task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
+        for ex in examples
+    ]
+    outputs = [
+        task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)
+    ]
     scores: dict[str, float] = {}
     for metric_fn in task.metric_fns:
         scores.update(metric_fn(targets, outputs))

@@ -20,8 +20,17 @@ class RandomBatches(Iterator[dict]):
     then a rationale span) for the multi-task objectives.
     """
 
-    def __init__(self, *, vocab_size: int, batch_size: int, target_length: int, input_length: int = 0,
-                 seed: int = 0, position: int = 0, task_ids: bool = False):
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        batch_size: int,
+        target_length: int,
+        input_length: int = 0,
+        seed: int = 0,
+        position: int = 0,
+        task_ids: bool = False,
+    ):
         if vocab_size < 3:
             raise ValueError(f"vocab_size must be >= 3, got {vocab_size}")
         self.vocab_size, self.batch_size = vocab_size, batch_size
@@ -33,7 +42,9 @@ class RandomBatches(Iterator[dict]):
 
     def set_state(self, state: dict) -> None:
         if state.get("seed", self.seed) != self.seed:
-            raise ValueError(f"data state has seed {state['seed']}, this iterator uses seed {self.seed}")
+            raise ValueError(
+                f"data state has seed {state['seed']}, this iterator uses seed {self.seed}"
+            )
         self.position = int(state["position"])
 
     def __next__(self) -> dict:
@@ -44,12 +55,16 @@ class RandomBatches(Iterator[dict]):
         lengths = rng.integers(max(1, t // 2), t + 1, (b,))
         weights = (np.arange(t)[None] < lengths[:, None]).astype(np.float32)
         targets = targets * weights.astype(np.int32)
-        batch = {"decoder_target_tokens": targets,
-                 "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-                 "decoder_loss_weights": weights}
+        batch = {
+            "decoder_target_tokens": targets,
+            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+            "decoder_loss_weights": weights,
+        }
         if self.task_ids:  # a label span (task 1) then a rationale span (task 2) in every row
             label_tokens = rng.integers(1, max(2, t // 8), (b, 1))
-            batch["decoder_task_ids"] = np.where(np.arange(t)[None] < label_tokens, 1, 2).astype(np.int32)
+            batch["decoder_task_ids"] = np.where(np.arange(t)[None] < label_tokens, 1, 2).astype(
+                np.int32
+            )
         if self.input_length:
             s = self.input_length
             inputs = rng.integers(2, self.vocab_size, (b, s), dtype=np.int32)

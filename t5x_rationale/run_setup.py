@@ -24,9 +24,11 @@ def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVoc
     """The SentencePiece vocabulary, checked to fit the model's embedding table."""
     vocabulary = get_vocabulary(path)
     if vocabulary.vocab_size > model_config.vocab_size:
-        raise ValueError(f"the tokenizer {vocabulary.sentencepiece_model_file} has {vocabulary.vocab_size} "
-                         f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
-                         f"model_config.vocab_size >= {vocabulary.vocab_size}")
+        raise ValueError(
+            f"the tokenizer {vocabulary.sentencepiece_model_file} has {vocabulary.vocab_size} "
+            f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
+            f"model_config.vocab_size >= {vocabulary.vocab_size}"
+        )
     return vocabulary
 
 
@@ -35,21 +37,31 @@ def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mi
     registered = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
     if name not in registered:
         close = difflib.get_close_matches(name, registered, n=5)
-        raise ValueError(f"no seqio task or mixture named {name!r}"
-                         + (f"; did you mean {close}?" if close else "")
-                         + " (register it in a module imported by your gin file: `import my_tasks`)")
+        raise ValueError(
+            f"no seqio task or mixture named {name!r}"
+            + (f"; did you mean {close}?" if close else "")
+            + " (register it in a module imported by your gin file: `import my_tasks`)"
+        )
     task = seqio.get_mixture_or_task(name)
     for feature_name, feature in task.output_features.items():
         vocab = feature.vocabulary
-        if isinstance(vocab, seqio.SentencePieceVocabulary) and isinstance(vocabulary, seqio.SentencePieceVocabulary):
-            if os.path.abspath(vocab.sentencepiece_model_file) != os.path.abspath(vocabulary.sentencepiece_model_file):
-                raise ValueError(f"task {name!r} feature {feature_name!r} is tokenized with "
-                                 f"{vocab.sentencepiece_model_file}, but this run uses "
-                                 f"{vocabulary.sentencepiece_model_file}")
+        if isinstance(vocab, seqio.SentencePieceVocabulary) and isinstance(
+            vocabulary, seqio.SentencePieceVocabulary
+        ):
+            if os.path.abspath(vocab.sentencepiece_model_file) != os.path.abspath(
+                vocabulary.sentencepiece_model_file
+            ):
+                raise ValueError(
+                    f"task {name!r} feature {feature_name!r} is tokenized with "
+                    f"{vocab.sentencepiece_model_file}, but this run uses "
+                    f"{vocabulary.sentencepiece_model_file}"
+                )
     return task
 
 
-def attach_teacher(objective, teacher_config, teacher_checkpoint: Optional[str], partitioner, example_batch):
+def attach_teacher(
+    objective, teacher_config, teacher_checkpoint: Optional[str], partitioner, example_batch
+):
     """(objective, constants): with a teacher, its restored sharded params and `teacher_model` bound."""
     if teacher_config is None:
         if teacher_checkpoint is not None:
@@ -58,13 +70,19 @@ def attach_teacher(objective, teacher_config, teacher_checkpoint: Optional[str],
     if teacher_checkpoint is None:
         raise ValueError("train.teacher_config is set but train.teacher_checkpoint is not")
     teacher = build_model(teacher_config)
-    params, _ = restore_params(teacher_checkpoint, abstract_params(teacher, partitioner, example_batch))
+    params, _ = restore_params(
+        teacher_checkpoint, abstract_params(teacher, partitioner, example_batch)
+    )
     return functools.partial(objective, teacher_model=teacher), {"teacher": params}
 
 
 def default_converter(model_config) -> seqio.FeatureConverter:
     """Packed encoder-decoder or decoder-only (loss on targets) converter for the architecture."""
-    return EncDecConverter(pack=True) if isinstance(model_config, T5Config) else DecoderConverter(pack=True)
+    return (
+        EncDecConverter(pack=True)
+        if isinstance(model_config, T5Config)
+        else DecoderConverter(pack=True)
+    )
 
 
 def model_info(trainer, example_batch: dict, model_config) -> str:

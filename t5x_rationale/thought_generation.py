@@ -32,7 +32,12 @@ import jax.numpy as jnp
 from t5x_rationale.architectures import attention as attn
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.architectures.stream_attention import stream_attention
-from t5x_rationale.architectures.token_parallel import FunctionalDecoder, context_forward, sample_token, token_logp
+from t5x_rationale.architectures.token_parallel import (
+    FunctionalDecoder,
+    context_forward,
+    sample_token,
+    token_logp,
+)
 from t5x_rationale.decoding import DecodeConfig, prompt_lengths
 
 
@@ -56,15 +61,24 @@ class ThoughtDecodeConfig:
             raise ValueError("thought_temperature and temperature must be >= 0")
 
 
-def from_decode_config(decode_config: DecodeConfig, thoughts: ThoughtDecodeConfig) -> ThoughtDecodeConfig:
+def from_decode_config(
+    decode_config: DecodeConfig, thoughts: ThoughtDecodeConfig
+) -> ThoughtDecodeConfig:
     """`thoughts` with the length, eos, forbidden ids and token temperature of `decode_config`."""
     if decode_config.method == "beam":
-        raise ValueError("DecodeConfig.method 'beam' is not supported with thoughts; use 'greedy' or 'sample'")
+        raise ValueError(
+            "DecodeConfig.method 'beam' is not supported with thoughts; use 'greedy' or 'sample'"
+        )
     if decode_config.top_k or decode_config.top_p < 1:
         raise ValueError("DecodeConfig.top_k / top_p filtering is not supported with thoughts")
     temperature = 0.0 if decode_config.method == "greedy" else decode_config.temperature
-    return dataclasses.replace(thoughts, max_decode_length=decode_config.max_decode_length, temperature=temperature,
-                               eos_id=decode_config.eos_id, forbidden_ids=tuple(decode_config.forbidden_ids))
+    return dataclasses.replace(
+        thoughts,
+        max_decode_length=decode_config.max_decode_length,
+        temperature=temperature,
+        eos_id=decode_config.eos_id,
+        forbidden_ids=tuple(decode_config.forbidden_ids),
+    )
 
 
 class ThoughtDecodeResult(NamedTuple):
@@ -76,11 +90,18 @@ class ThoughtDecodeResult(NamedTuple):
     lengths: jax.Array  # [B] emitted tokens up to and including eos
 
 
-def generate_with_thoughts(config: QuietStarConfig, params: Any, prompt: jax.Array, decode: ThoughtDecodeConfig,
-                           rng: Optional[jax.Array] = None) -> ThoughtDecodeResult:
+def generate_with_thoughts(
+    config: QuietStarConfig,
+    params: Any,
+    prompt: jax.Array,
+    decode: ThoughtDecodeConfig,
+    rng: Optional[jax.Array] = None,
+) -> ThoughtDecodeResult:
     """Emits `decode.max_decode_length` tokens after each right-padded prompt row."""
     if not isinstance(config, QuietStarConfig):
-        raise TypeError(f"generate_with_thoughts needs a QuietStarConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"generate_with_thoughts needs a QuietStarConfig, got {type(config).__name__}"
+        )
     rng = jax.random.PRNGKey(0) if rng is None else rng
     return _compiled(config, decode)(params, jnp.asarray(prompt, jnp.int32), rng)
 
@@ -97,34 +118,55 @@ class _Cache(NamedTuple):
     pos: jax.Array  # [B] context length (the next token's position)
 
 
-def _generate(config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prompt, rng) -> ThoughtDecodeResult:
+def _generate(
+    config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prompt, rng
+) -> ThoughtDecodeResult:
     fd = FunctionalDecoder(config)
     rows, prompt_len = prompt.shape
     lengths = prompt_lengths(prompt)
     h, _, keys, values = context_forward(fd, params, prompt, None)
     keys, values = jnp.stack(keys), jnp.stack(values)
     pad = ((0, 0), (0, 0), (0, decode.max_decode_length), (0, 0), (0, 0))
-    cache = _Cache(jnp.pad(keys, pad), jnp.pad(values, pad), h[jnp.arange(rows), lengths - 1], lengths)
+    cache = _Cache(
+        jnp.pad(keys, pad), jnp.pad(values, pad), h[jnp.arange(rows), lengths - 1], lengths
+    )
 
     def emit(carry, step_rng):
         cache, done = carry
         thought_rng, token_rng = jax.random.split(step_rng)
         thoughts, w, mixed_logits, base_logits = _think_once(fd, decode, params, cache, thought_rng)
-        token = sample_token(mixed_logits, tuple(config.thought_token_ids) + tuple(decode.forbidden_ids),
-                             decode.temperature, token_rng)
+        token = sample_token(
+            mixed_logits,
+            tuple(config.thought_token_ids) + tuple(decode.forbidden_ids),
+            decode.temperature,
+            token_rng,
+        )
         token = jnp.where(done, 0, token)
-        out = (token, thoughts, w, token_logp(base_logits, token), token_logp(mixed_logits, token), done)
+        out = (
+            token,
+            thoughts,
+            w,
+            token_logp(base_logits, token),
+            token_logp(mixed_logits, token),
+            done,
+        )
         if decode.eos_id is not None:
             done = done | (token == decode.eos_id)
         return (_append(fd, params, cache, token), done), out
 
     step_rngs = jax.random.split(rng, decode.max_decode_length)
     _, (tokens, thoughts, w, base_lp, mixed_lp, was_done) = jax.lax.scan(
-        emit, (cache, jnp.zeros((rows,), bool)), step_rngs)
+        emit, (cache, jnp.zeros((rows,), bool)), step_rngs
+    )
     rows_first = lambda x: jnp.moveaxis(x, 0, 1)  # noqa: E731
-    return ThoughtDecodeResult(tokens=rows_first(tokens), thoughts=rows_first(thoughts), mixing_weight=rows_first(w),
-                               base_logp=rows_first(base_lp), mixed_logp=rows_first(mixed_lp),
-                               lengths=jnp.sum(~was_done, axis=0).astype(jnp.int32))
+    return ThoughtDecodeResult(
+        tokens=rows_first(tokens),
+        thoughts=rows_first(thoughts),
+        mixing_weight=rows_first(w),
+        base_logp=rows_first(base_lp),
+        mixed_logp=rows_first(mixed_lp),
+        lengths=jnp.sum(~was_done, axis=0).astype(jnp.int32),
+    )
 
 
 def _cache_mask(config: QuietStarConfig, cache: _Cache, position, last):
@@ -157,22 +199,39 @@ def _think_once(fd: FunctionalDecoder, decode: ThoughtDecodeConfig, params, cach
         mask = _cache_mask(config, cache, position, cache.pos - 1)
         for layer, p in enumerate(layers):
             q, kk, vv = fd.qkv(p, x, position[:, None])
-            out, _ = stream_attention(q, cache.keys[layer], cache.values[layer], slot_keys[layer],
-                                      slot_values[layer], kk, vv, k - 1, mask)
+            out, _ = stream_attention(
+                q,
+                cache.keys[layer],
+                cache.values[layer],
+                slot_keys[layer],
+                slot_values[layer],
+                kk,
+                vv,
+                k - 1,
+                mask,
+            )
             slot_keys[layer] = slot_keys[layer].at[:, :, :, k - 1].set(kk)
             slot_values[layer] = slot_values[layer].at[:, :, :, k - 1].set(vv)
             x = fd.finish(p, x, out)
         hidden = fd.final_norm(params, x)
         if k <= n_a - 3:  # this step's logits choose the thought token fed at step k + 1
-            token = sample_token(_logits(fd, params, hidden), config.thought_token_ids, decode.thought_temperature,
-                                 jax.random.fold_in(rng, k))
+            token = sample_token(
+                _logits(fd, params, hidden),
+                config.thought_token_ids,
+                decode.thought_temperature,
+                jax.random.fold_in(rng, k),
+            )
             thoughts.append(token)
     h_base = cache.h_last[:, None]
     w = fd.mixing_weight(params, h_base, hidden)
     w_h = w[..., None].astype(hidden.dtype)
     mixed = (1 - w_h) * h_base + w_h * hidden
-    return (jnp.stack(thoughts, axis=1), w[:, 0].astype(jnp.float32), _logits(fd, params, mixed),
-            _logits(fd, params, h_base))
+    return (
+        jnp.stack(thoughts, axis=1),
+        w[:, 0].astype(jnp.float32),
+        _logits(fd, params, mixed),
+        _logits(fd, params, h_base),
+    )
 
 
 def _logits(fd: FunctionalDecoder, params, hidden):
@@ -190,7 +249,8 @@ def _append(fd: FunctionalDecoder, params, cache: _Cache, token) -> _Cache:
         q, kk, vv = fd.qkv(p, x, cache.pos[:, None])
         keys = keys.at[layer, jnp.arange(rows), cache.pos].set(kk[:, 0])
         values = values.at[layer, jnp.arange(rows), cache.pos].set(vv[:, 0])
-        out = attn.dot_product_attention(q, keys[layer], values[layer], mask=mask,
-                                         implementation=fd.config.attention_impl)
+        out = attn.dot_product_attention(
+            q, keys[layer], values[layer], mask=mask, implementation=fd.config.attention_impl
+        )
         x = fd.finish(p, x, out)
     return _Cache(keys, values, fd.final_norm(params, x)[:, 0], cache.pos + 1)

@@ -47,18 +47,32 @@ class ThoughtScores:
     delta_future: np.ndarray
 
 
-def score_rows(config: QuietStarConfig, params: Any, targets: jax.Array, *, num_ahead: int, num_talk: int,
-               thought_temperature: float, rng: jax.Array) -> dict:
+def score_rows(
+    config: QuietStarConfig,
+    params: Any,
+    targets: jax.Array,
+    *,
+    num_ahead: int,
+    num_talk: int,
+    thought_temperature: float,
+    rng: jax.Array,
+) -> dict:
     """The per-position scores above (jnp arrays) of right-padded target rows [N, T]."""
     spec = ThinkingSpec(num_ahead, num_talk, sample_temperature=thought_temperature)
     inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
-    batch = {"decoder_target_tokens": targets, "decoder_input_tokens": inputs,
-             "decoder_loss_weights": (targets > 0).astype(jnp.float32)}
+    batch = {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": inputs,
+        "decoder_loss_weights": (targets > 0).astype(jnp.float32),
+    }
     terms = quiet_star_terms(config, spec, params, batch, rng, num_thoughts=1, clip_advantage=False)
-    return {"base_logp": terms["base_logp"], "mixed_logp": terms["talk_logp"][0],
-            "mixing_weight": terms["mixing_weight"][num_ahead - 2],
-            "thoughts": jnp.moveaxis(terms["next_token"][:num_ahead - 3], 0, -1),
-            "delta_future": terms["rewards"]}
+    return {
+        "base_logp": terms["base_logp"],
+        "mixed_logp": terms["talk_logp"][0],
+        "mixing_weight": terms["mixing_weight"][num_ahead - 2],
+        "thoughts": jnp.moveaxis(terms["next_token"][: num_ahead - 3], 0, -1),
+        "delta_future": terms["rewards"],
+    }
 
 
 class ThoughtScorer:
@@ -72,19 +86,38 @@ class ThoughtScorer:
       thought_temperature: 0 gives argmax thoughts (inference).
     """
 
-    def __init__(self, model_config: QuietStarConfig, checkpoint_path: str, partitioner: Partitioner, *,
-                 num_ahead: int = 12, num_talk: int = 4, thought_temperature: float = 0.0):
+    def __init__(
+        self,
+        model_config: QuietStarConfig,
+        checkpoint_path: str,
+        partitioner: Partitioner,
+        *,
+        num_ahead: int = 12,
+        num_talk: int = 4,
+        thought_temperature: float = 0.0,
+    ):
         if not isinstance(model_config, QuietStarConfig):
-            raise TypeError(f"thought scoring needs a QuietStarConfig (model_config = @quiet_star_config()), "
-                            f"got {type(model_config).__name__}")
+            raise TypeError(
+                f"thought scoring needs a QuietStarConfig (model_config = @quiet_star_config()), "
+                f"got {type(model_config).__name__}"
+            )
         self.config, self.partitioner = model_config, partitioner
         self.num_ahead, self.num_talk = num_ahead, num_talk
         model = build_model(model_config)
         self._shell = Trainer(model, None, optax.identity(), partitioner)  # for its mesh context
         shape_batch = {"decoder_input_tokens": np.ones((partitioner.batch_shards, 8), np.int32)}
-        self.params, self.step = restore_params(checkpoint_path, abstract_params(model, partitioner, shape_batch))
-        self._score = jax.jit(functools.partial(score_rows, model_config, num_ahead=num_ahead, num_talk=num_talk,
-                                                thought_temperature=thought_temperature))
+        self.params, self.step = restore_params(
+            checkpoint_path, abstract_params(model, partitioner, shape_batch)
+        )
+        self._score = jax.jit(
+            functools.partial(
+                score_rows,
+                model_config,
+                num_ahead=num_ahead,
+                num_talk=num_talk,
+                thought_temperature=thought_temperature,
+            )
+        )
 
     def score(self, targets: np.ndarray, rng: Optional[jax.Array] = None) -> ThoughtScores:
         """Scores right-padded target rows [N, T] (0 = pad), the same rows on every process."""
@@ -93,9 +126,13 @@ class ThoughtScorer:
         shards = self.partitioner.batch_shards
         padded = np.concatenate([targets, np.zeros((-rows % shards, targets.shape[1]), np.int32)])
         batch = self.partitioner.host_batch_to_global(
-            {"targets": padded[self.partitioner.host_rows(len(padded))]})
+            {"targets": padded[self.partitioner.host_rows(len(padded))]}
+        )
         rng = jax.random.PRNGKey(0) if rng is None else rng
         with self._shell.context():
             out = self._score(self.params, batch["targets"], rng=rng)
-        out = {k: np.asarray(multihost_utils.process_allgather(v, tiled=True))[:rows] for k, v in out.items()}
+        out = {
+            k: np.asarray(multihost_utils.process_allgather(v, tiled=True))[:rows]
+            for k, v in out.items()
+        }
         return ThoughtScores(targets=targets, valid=targets > 0, **out)

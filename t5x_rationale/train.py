@@ -36,16 +36,33 @@ from t5x_rationale.training_loop import train_loop
 log = logging.getLogger(__name__)
 
 
-def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED,
-          task_feature_lengths: Mapping[str, int] = gin.REQUIRED, batch_size: int = gin.REQUIRED,
-          num_steps: int = gin.REQUIRED, run_dir: str = gin.REQUIRED,
-          converter: Optional[seqio.FeatureConverter] = None, objective: Callable = token_loss,
-          optimizer: OptimizerConfig = OptimizerConfig(), mesh: MeshConfig = MeshConfig(),
-          split: str = "train", seed: int = 0, data_seed: int = 0, host_sharding: str = "rows",
-          num_microbatches: int = 1, save_every: int = 500, keep_checkpoints: Optional[int] = 3,
-          restore_path: Optional[str] = None, log_every: int = 10, vocabulary_path: Optional[str] = None,
-          measure_mfu: bool = True, console: bool = True, teacher_config=None,
-          teacher_checkpoint: Optional[str] = None) -> TrainState:
+def train(
+    *,
+    model_config=gin.REQUIRED,
+    mixture_or_task_name: str = gin.REQUIRED,
+    task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+    batch_size: int = gin.REQUIRED,
+    num_steps: int = gin.REQUIRED,
+    run_dir: str = gin.REQUIRED,
+    converter: Optional[seqio.FeatureConverter] = None,
+    objective: Callable = token_loss,
+    optimizer: OptimizerConfig = OptimizerConfig(),
+    mesh: MeshConfig = MeshConfig(),
+    split: str = "train",
+    seed: int = 0,
+    data_seed: int = 0,
+    host_sharding: str = "rows",
+    num_microbatches: int = 1,
+    save_every: int = 500,
+    keep_checkpoints: Optional[int] = 3,
+    restore_path: Optional[str] = None,
+    log_every: int = 10,
+    vocabulary_path: Optional[str] = None,
+    measure_mfu: bool = True,
+    console: bool = True,
+    teacher_config=None,
+    teacher_checkpoint: Optional[str] = None,
+) -> TrainState:
     """Trains `model_config` on a seqio task or mixture until step `num_steps`.
 
     Args:
@@ -76,23 +93,48 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
     run_setup.check_task(mixture_or_task_name, vocabulary)
     partitioner = Partitioner(create_mesh(mesh))
     converter = converter or run_setup.default_converter(model_config)
-    spec = StreamSpec(mixture_or_task_name, split, dict(task_feature_lengths), batch_size, shuffle=True,
-                      seed=data_seed, host_sharding=host_sharding)
-    stream = TaskStream(spec, converter, host_rows=partitioner.host_rows(batch_size),
-                        process_index=jax.process_index(), process_count=jax.process_count())
+    spec = StreamSpec(
+        mixture_or_task_name,
+        split,
+        dict(task_feature_lengths),
+        batch_size,
+        shuffle=True,
+        seed=data_seed,
+        host_sharding=host_sharding,
+    )
+    stream = TaskStream(
+        spec,
+        converter,
+        host_rows=partitioner.host_rows(batch_size),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
     example = next(stream)  # proves the data reads and gives the batch shapes
     tx, schedule = make_optimizer(optimizer)
-    objective, constants = run_setup.attach_teacher(objective, teacher_config, teacher_checkpoint,
-                                                    partitioner, example)
-    trainer = Trainer(build_model(model_config), objective, tx, partitioner, learning_rate_fn=schedule,
-                      num_microbatches=num_microbatches, constants=constants)
+    objective, constants = run_setup.attach_teacher(
+        objective, teacher_config, teacher_checkpoint, partitioner, example
+    )
+    trainer = Trainer(
+        build_model(model_config),
+        objective,
+        tx,
+        partitioner,
+        learning_rate_fn=schedule,
+        num_microbatches=num_microbatches,
+        constants=constants,
+    )
     abstract = trainer.abstract_state(example)
-    write_run_info(run_dir, config_gin=gin.config_str(),
-                   model_info=run_setup.model_info(trainer, example, model_config))
-    checkpointer = Checkpointer(os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints,
-                                save_every=save_every)
+    write_run_info(
+        run_dir,
+        config_gin=gin.config_str(),
+        model_info=run_setup.model_info(trainer, example, model_config),
+    )
+    checkpointer = Checkpointer(
+        os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints, save_every=save_every
+    )
     state, data_state, source = checkpointer.restore_or_init(
-        abstract, lambda: trainer.init_state(seed, example), explicit_path=restore_path)
+        abstract, lambda: trainer.init_state(seed, example), explicit_path=restore_path
+    )
     stream.set_state(data_state if data_state else {"position": 0})
     log.info("train: %s from %s at step %d", mixture_or_task_name, source, int(state.step))
     if console and jax.process_index() == 0:
@@ -104,28 +146,50 @@ def train(*, model_config=gin.REQUIRED, mixture_or_task_name: str = gin.REQUIRED
         writer(step, {**values, **stream.stats()})
 
     try:
-        state = train_loop(trainer, state, stream, num_steps=num_steps, checkpointer=checkpointer,
-                           throughput=throughput, on_metrics=on_metrics)
+        state = train_loop(
+            trainer,
+            state,
+            stream,
+            num_steps=num_steps,
+            checkpointer=checkpointer,
+            throughput=throughput,
+            on_metrics=on_metrics,
+        )
     finally:
         writer.close()
         checkpointer.close()
     return state
 
 
-def _throughput(model_config, spec: StreamSpec, converter, measure_mfu: bool, objective) -> Throughput:
+def _throughput(
+    model_config, spec: StreamSpec, converter, measure_mfu: bool, objective
+) -> Throughput:
     lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
     input_length = lengths.get("encoder_input_tokens", 0)
     target_length = lengths["decoder_target_tokens"]
-    thinking = run_setup.thinking_settings(objective) if isinstance(model_config, QuietStarConfig) else None
-    flops = train_step_flops(model_config, spec.batch_size, target_length=target_length,
-                             input_length=input_length, thinking=thinking)
+    thinking = (
+        run_setup.thinking_settings(objective)
+        if isinstance(model_config, QuietStarConfig)
+        else None
+    )
+    flops = train_step_flops(
+        model_config,
+        spec.batch_size,
+        target_length=target_length,
+        input_length=input_length,
+        thinking=thinking,
+    )
     peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
-    return Throughput(tokens_per_step=spec.batch_size * (input_length + target_length),
-                      flops_per_step=flops, peak_flops=peak)
+    return Throughput(
+        tokens_per_step=spec.batch_size * (input_length + target_length),
+        flops_per_step=flops,
+        peak_flops=peak,
+    )
 
 
 def main() -> None:
     from t5x_rationale.gin_launch import run
+
     run("train")
 
 

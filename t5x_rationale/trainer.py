@@ -57,9 +57,18 @@ class Trainer:
       constants: frozen arrays passed to the objective as `constants=` (None: not passed).
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, optimizer: optax.GradientTransformation,
-                 partitioner: Partitioner, *, learning_rate_fn: Optional[optax.Schedule] = None,
-                 num_microbatches: int = 1, max_bad_steps: int = 10, constants: Any = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Objective,
+        optimizer: optax.GradientTransformation,
+        partitioner: Partitioner,
+        *,
+        learning_rate_fn: Optional[optax.Schedule] = None,
+        num_microbatches: int = 1,
+        max_bad_steps: int = 10,
+        constants: Any = None,
+    ):
         if num_microbatches < 1:
             raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
         self.model = model
@@ -91,8 +100,14 @@ class Trainer:
             params = variables["params"] if boxed else nn.unbox(variables["params"])
             opt_state = self.optimizer.init(nn.unbox(params)) if not boxed else None
             zero = jnp.zeros((), jnp.int32)
-            return TrainState(step=zero, params=params, opt_state=opt_state, rng=state_rng,
-                              skipped_steps=zero, bad_streak=zero)
+            return TrainState(
+                step=zero,
+                params=params,
+                opt_state=opt_state,
+                rng=state_rng,
+                skipped_steps=zero,
+                bad_streak=zero,
+            )
 
         return init
 
@@ -106,9 +121,14 @@ class Trainer:
                 abstract = jax.eval_shape(init, rng)
             param_specs = nn.get_partition_spec(boxed.params)
             opt_specs = _optimizer_specs(self.optimizer, abstract.opt_state, param_specs)
-            specs = abstract.replace(params=param_specs, opt_state=opt_specs, step=PartitionSpec(),
-                                     rng=PartitionSpec(), skipped_steps=PartitionSpec(),
-                                     bad_streak=PartitionSpec())
+            specs = abstract.replace(
+                params=param_specs,
+                opt_state=opt_specs,
+                step=PartitionSpec(),
+                rng=PartitionSpec(),
+                skipped_steps=PartitionSpec(),
+                bad_streak=PartitionSpec(),
+            )
             shardings, notes = self.partitioner.shardings_for(abstract, specs)
             self._layout = (abstract, specs, shardings, notes)
         return self._layout
@@ -116,7 +136,9 @@ class Trainer:
     def abstract_state(self, example_batch: dict) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (the restore target)."""
         abstract, _, shardings, _ = self.layout(example_batch)
-        return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+        return jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+        )
 
     def init_state(self, seed: int, example_batch: dict) -> TrainState:
         """A fresh, sharded train state; identical for any mesh given the same seed."""
@@ -131,8 +153,11 @@ class Trainer:
     def _jitted_step(self, batch):
         if self._step_fn is None:
             _, _, shardings, _ = self.layout(batch)
-            self._step_fn = jax.jit(self._step, out_shardings=(shardings, self.partitioner.replicated),
-                                    donate_argnums=(0,))
+            self._step_fn = jax.jit(
+                self._step,
+                out_shardings=(shardings, self.partitioner.replicated),
+                donate_argnums=(0,),
+            )
         return self._step_fn
 
     def train_step(self, state: TrainState, batch: dict[str, jax.Array]) -> tuple[TrainState, dict]:
@@ -161,23 +186,37 @@ class Trainer:
         # A branch rather than where(finite, new, old): the select keeps the old moments alive
         # next to the new ones, so XLA copies every moment buffer first (about 100 ms a step
         # for t5-small on CPU); under lax.cond the update runs in place.
-        new_params, new_opt_state = jax.lax.cond(finite, update, lambda old: old, (state.params, state.opt_state))
+        new_params, new_opt_state = jax.lax.cond(
+            finite, update, lambda old: old, (state.params, state.opt_state)
+        )
         bad = (~finite).astype(jnp.int32)
         new_state = state.replace(
-            step=state.step + 1, params=new_params, opt_state=new_opt_state,
-            skipped_steps=state.skipped_steps + bad, bad_streak=(state.bad_streak + bad) * bad)
-        metrics = dict(metrics, grad_norm=grad_norm, skipped=bad, skipped_steps=new_state.skipped_steps,
-                       bad_streak=new_state.bad_streak)
+            step=state.step + 1,
+            params=new_params,
+            opt_state=new_opt_state,
+            skipped_steps=state.skipped_steps + bad,
+            bad_streak=(state.bad_streak + bad) * bad,
+        )
+        metrics = dict(
+            metrics,
+            grad_norm=grad_norm,
+            skipped=bad,
+            skipped_steps=new_state.skipped_steps,
+            bad_streak=new_state.bad_streak,
+        )
         if self.learning_rate_fn is not None:
             # Skipped steps freeze the optimizer's own step count, so its schedule lags state.step.
             applied_updates = state.step - state.skipped_steps
-            metrics["learning_rate"] = jnp.asarray(self.learning_rate_fn(applied_updates), jnp.float32)
+            metrics["learning_rate"] = jnp.asarray(
+                self.learning_rate_fn(applied_updates), jnp.float32
+            )
         return new_state, metrics
 
     def _loss_and_grads(self, params, batch, rng, constants=None):
         extra = {} if constants is None else {"constants": constants}
         (_, metrics), grads = jax.value_and_grad(
-            lambda p: self.objective(self.model, p, batch, rng, **extra), has_aux=True)(params)
+            lambda p: self.objective(self.model, p, batch, rng, **extra), has_aux=True
+        )(params)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
         metrics.setdefault("denominator", jnp.ones((), jnp.float32))
         return grads, metrics
@@ -190,27 +229,40 @@ class Trainer:
         shards = self.partitioner.batch_shards
         size = next(iter(batch.values())).shape[0]
         if size % (n * shards):
-            raise ValueError(f"batch size {size} must be divisible by num_microbatches ({n}) x data x fsdp "
-                             f"({shards})")
+            raise ValueError(
+                f"batch size {size} must be divisible by num_microbatches ({n}) x data x fsdp "
+                f"({shards})"
+            )
         # Row r of microbatch i is global row r * n + i: every device keeps its own rows.
-        micro = jax.tree.map(lambda x: jnp.swapaxes(x.reshape((size // n, n) + x.shape[1:]), 0, 1), batch)
+        micro = jax.tree.map(
+            lambda x: jnp.swapaxes(x.reshape((size // n, n) + x.shape[1:]), 0, 1), batch
+        )
 
         def body(carry, inputs):
             grad_sum, metric_sum = carry
             index, mb = inputs
-            mb = {k: jax.lax.with_sharding_constraint(v, PartitionSpec(("data", "fsdp")))
-                  for k, v in mb.items()}
-            grads, metrics = self._loss_and_grads(params, mb, jax.random.fold_in(rng, index), constants)
+            mb = {
+                k: jax.lax.with_sharding_constraint(v, PartitionSpec(("data", "fsdp")))
+                for k, v in mb.items()
+            }
+            grads, metrics = self._loss_and_grads(
+                params, mb, jax.random.fold_in(rng, index), constants
+            )
             w = metrics["denominator"]
             grad_sum = jax.tree.map(lambda s, g: s + w * g.astype(jnp.float32), grad_sum, grads)
-            metric_sum = {k: metric_sum[k] + (v if k == "denominator" else w * v) for k, v in metrics.items()}
+            metric_sum = {
+                k: metric_sum[k] + (v if k == "denominator" else w * v) for k, v in metrics.items()
+            }
             return (grad_sum, metric_sum), None
 
         zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        _, first_metrics = jax.eval_shape(self._loss_and_grads, params,
-                                          jax.tree.map(lambda x: x[0], micro), rng, constants)
+        _, first_metrics = jax.eval_shape(
+            self._loss_and_grads, params, jax.tree.map(lambda x: x[0], micro), rng, constants
+        )
         metric_zeros = {k: jnp.zeros((), jnp.float32) for k in first_metrics}
-        (grad_sum, metric_sum), _ = jax.lax.scan(body, (zeros, metric_zeros), (jnp.arange(n), micro))
+        (grad_sum, metric_sum), _ = jax.lax.scan(
+            body, (zeros, metric_zeros), (jnp.arange(n), micro)
+        )
         total = metric_sum["denominator"]
         grads = jax.tree.map(lambda g, p: (g / total).astype(p.dtype), grad_sum, params)
         metrics = {k: v if k == "denominator" else v / total for k, v in metric_sum.items()}
@@ -220,8 +272,10 @@ class Trainer:
         """Host-side stop rule for the NaN guard (the step itself already skipped the update)."""
         streak = int(metrics["bad_streak"])
         if streak >= self.max_bad_steps:
-            raise NonFiniteLossError(f"{streak} consecutive steps had a non-finite loss or gradient "
-                                     f"(limit max_bad_steps={self.max_bad_steps}); stopping")
+            raise NonFiniteLossError(
+                f"{streak} consecutive steps had a non-finite loss or gradient "
+                f"(limit max_bad_steps={self.max_bad_steps}); stopping"
+            )
 
 
 def abstract_params(model: nn.Module, partitioner: Partitioner, example_batch: dict) -> Any:
@@ -238,9 +292,13 @@ def _optimizer_specs(optimizer, abstract_opt_state, param_specs):
         return spec
 
     return optax.tree_map_params(
-        optimizer, spec_for, abstract_opt_state, param_specs,
+        optimizer,
+        spec_for,
+        abstract_opt_state,
+        param_specs,
         transform_non_params=lambda _: PartitionSpec(),
-        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+        is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
+    )
 
 
 @contextlib.contextmanager
@@ -274,8 +332,11 @@ class Throughput:
             self._last = now
             return {}
         dt, self._last = now - self._last, now
-        out = {"step_time_s": dt, "tokens_per_s": self.tokens_per_step / dt,
-               "model_tflops_per_s": self.flops_per_step / dt / 1e12}
+        out = {
+            "step_time_s": dt,
+            "tokens_per_s": self.tokens_per_step / dt,
+            "model_tflops_per_s": self.flops_per_step / dt / 1e12,
+        }
         if self.peak_flops:
             out["mfu"] = self.flops_per_step / dt / self.peak_flops
         return out

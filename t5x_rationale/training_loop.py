@@ -36,9 +36,16 @@ class _StopFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def train_loop(trainer: Trainer, state: TrainState, data: Iterator[dict], *, num_steps: int,
-               checkpointer: Optional[Checkpointer] = None, throughput: Optional[Throughput] = None,
-               on_metrics: Optional[MetricsCallback] = None) -> TrainState:
+def train_loop(
+    trainer: Trainer,
+    state: TrainState,
+    data: Iterator[dict],
+    *,
+    num_steps: int,
+    checkpointer: Optional[Checkpointer] = None,
+    throughput: Optional[Throughput] = None,
+    on_metrics: Optional[MetricsCallback] = None,
+) -> TrainState:
     """Trains until `state.step == num_steps`, starting wherever `state` and `data` are.
 
     `data` yields host-local NumPy batches and has `get_state()` (saved with every
@@ -63,7 +70,9 @@ def train_loop(trainer: Trainer, state: TrainState, data: Iterator[dict], *, num
             preempted = stop.event.is_set()
             if checkpointer is not None:
                 preempted = preempted or checkpointer.reached_preemption(step)
-                checkpointer.save(step, state, data.get_state(), force=preempted or step == num_steps)
+                checkpointer.save(
+                    step, state, data.get_state(), force=preempted or step == num_steps
+                )
                 if preempted:
                     checkpointer.wait()
                     raise Preempted(f"stopped at step {step} after saving a checkpoint")

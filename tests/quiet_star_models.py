@@ -18,8 +18,9 @@ def tiny_params(config, seed=0, mixing_random=False):
     params = nn.unbox(build_model(config).init(jax.random.PRNGKey(seed), tokens)["params"])
     if mixing_random:  # its last layer starts at zero, which would hide the thought entirely
         keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 8))
-        params["mixing_head"] = jax.tree.map(lambda a: 0.3 * jax.random.normal(next(keys), a.shape),
-                                             params["mixing_head"])
+        params["mixing_head"] = jax.tree.map(
+            lambda a: 0.3 * jax.random.normal(next(keys), a.shape), params["mixing_head"]
+        )
     return params
 
 
@@ -30,6 +31,11 @@ def thought_ids_likeliest(config, params):
     """
     kernel = params["decoder"]["logits_dense"]["kernel"]
     start, end = config.thought_token_ids
-    decoder = dict(params["decoder"], logits_dense=dict(params["decoder"]["logits_dense"],
-                                                       kernel=kernel.at[:, start].set(50.0).at[:, end].set(-50.0)))
+    decoder = dict(
+        params["decoder"],
+        logits_dense=dict(
+            params["decoder"]["logits_dense"],
+            kernel=kernel.at[:, start].set(50.0).at[:, end].set(-50.0),
+        ),
+    )
     return dict(params, decoder=decoder)

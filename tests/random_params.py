@@ -14,8 +14,11 @@ def random_params(model, seed=0, **inputs):
     Kernels ~ N(0, 1/fan_in), embeddings and relative-bias tables ~ N(0, 1), RMSNorm scales
     1 + 0.3 N(0, 1) so that they matter. Scanned layers (a leading `layers` axis) are handled.
     """
-    shapes = meta.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                                       **{k: jnp.asarray(v) for k, v in inputs.items()})["params"])
+    shapes = meta.unbox(
+        jax.eval_shape(
+            model.init, jax.random.PRNGKey(0), **{k: jnp.asarray(v) for k, v in inputs.items()}
+        )["params"]
+    )
     rng = np.random.default_rng(seed)
 
     def draw(path, s):
@@ -24,7 +27,7 @@ def random_params(model, seed=0, **inputs):
             value = 1.0 + 0.3 * rng.standard_normal(s.shape)
         elif name == "kernel":
             layer_axis = 1 if any(getattr(k, "key", None) == "layers" for k in path) else 0
-            in_dims = s.shape[layer_axis:layer_axis + (2 if parent == "out" else 1)]
+            in_dims = s.shape[layer_axis : layer_axis + (2 if parent == "out" else 1)]
             value = rng.standard_normal(s.shape) / math.sqrt(math.prod(in_dims))
         else:
             value = rng.standard_normal(s.shape)

@@ -15,17 +15,30 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
-
-from t5x_rationale.architectures import (DecoderConfig, DecoderOnly, EncoderDecoder, T5Config, build_model,
-                                         dummy_batch, get_preset, model_inputs)
-from t5x_rationale.architectures.position import (RelativePositionBias, apply_rope, relative_position_bucket,
-                                                  toeplitz)
 from random_params import random_params
+
+from t5x_rationale.architectures import (
+    DecoderConfig,
+    DecoderOnly,
+    EncoderDecoder,
+    T5Config,
+    build_model,
+    dummy_batch,
+    get_preset,
+    model_inputs,
+)
+from t5x_rationale.architectures.position import (
+    RelativePositionBias,
+    apply_rope,
+    relative_position_bucket,
+    toeplitz,
+)
 
 RTOL = ATOL = 1e-5
 
 
 # ================================================================== numpy references
+
 
 def np_rms_norm(x, scale, eps):
     out = np.empty_like(x)
@@ -36,7 +49,7 @@ def np_rms_norm(x, scale, eps):
 
 
 def np_gelu_tanh(x):
-    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
 def np_silu(x):
@@ -54,7 +67,9 @@ def np_rope(x, positions, theta):
             p = float(positions[bi, t])
             for h in range(heads):
                 for i in range(half):
-                    angle = p / theta ** (2.0 * i / d)  # HF: inv_freq = 1 / theta^(arange(0, d, 2) / d)
+                    angle = p / theta ** (
+                        2.0 * i / d
+                    )  # HF: inv_freq = 1 / theta^(arange(0, d, 2) / d)
                     c, s = math.cos(angle), math.sin(angle)
                     x1, x2 = x[bi, t, h, i], x[bi, t, h, i + half]
                     out[bi, t, h, i] = x1 * c - x2 * s
@@ -76,8 +91,9 @@ def t5_bucket(rel, bidirectional, num_buckets, max_distance):
     max_exact = num_buckets // 2
     if n < max_exact:
         return ret + n
-    large = max_exact + int(math.log(n / max_exact) / math.log(max_distance / max_exact)
-                            * (num_buckets - max_exact))
+    large = max_exact + int(
+        math.log(n / max_exact) / math.log(max_distance / max_exact) * (num_buckets - max_exact)
+    )
     return ret + min(large, num_buckets - 1)
 
 
@@ -97,8 +113,13 @@ def np_attention(q, k, v, allowed, bias, scale):
                 keys = [j for j in range(lk) if allowed(bi, h, i, j)]
                 if not keys:
                     continue
-                s = np.array([scale * float(np.dot(q[bi, i, h], k[bi, j, kvh]))
-                              + (0.0 if bias is None else bias[bi, h, i, j]) for j in keys])
+                s = np.array(
+                    [
+                        scale * float(np.dot(q[bi, i, h], k[bi, j, kvh]))
+                        + (0.0 if bias is None else bias[bi, h, i, j])
+                        for j in keys
+                    ]
+                )
                 w = np.exp(s - s.max())
                 w /= w.sum()
                 out[bi, i, h] = sum(wj * v[bi, j, kvh] for wj, j in zip(w, keys))
@@ -120,8 +141,16 @@ def np_mlp(p, x, act):
     return h @ p["wo"]["kernel"]
 
 
-def np_t5_forward(params, c: T5Config, enc_tokens, dec_tokens, enc_seg=None, dec_seg=None,
-                  enc_pos=None, dec_pos=None):
+def np_t5_forward(
+    params,
+    c: T5Config,
+    enc_tokens,
+    dec_tokens,
+    enc_seg=None,
+    dec_seg=None,
+    enc_pos=None,
+    dec_pos=None,
+):
     """T5 v1.1: pre-RMSNorm, no 1/sqrt(d) scaling, shared relative bias, gated-GELU."""
     p = to_f64(params)
     emb = p["token_embedder"]["embedding"]
@@ -138,8 +167,12 @@ def np_t5_forward(params, c: T5Config, enc_tokens, dec_tokens, enc_seg=None, dec
             for h in range(c.num_heads):
                 for i in range(qp.shape[1]):
                     for j in range(kp.shape[1]):
-                        bucket = t5_bucket(int(kp[bi, j] - qp[bi, i]), bidirectional,
-                                           c.relative_attention_num_buckets, c.relative_attention_max_distance)
+                        bucket = t5_bucket(
+                            int(kp[bi, j] - qp[bi, i]),
+                            bidirectional,
+                            c.relative_attention_num_buckets,
+                            c.relative_attention_max_distance,
+                        )
                         out[bi, h, i, j] = table[h, bucket]
         return out
 
@@ -156,7 +189,9 @@ def np_t5_forward(params, c: T5Config, enc_tokens, dec_tokens, enc_seg=None, dec
         lp = e[f"layers_{li}"]
         h = np_rms_norm(x, lp["pre_attention_layer_norm"]["scale"], eps)
         x = x + np_mha(lp["attention"], h, h, enc_allowed, bias=enc_bias, scale=1.0)
-        x = x + np_mlp(lp["mlp"], np_rms_norm(x, lp["pre_mlp_layer_norm"]["scale"], eps), np_gelu_tanh)
+        x = x + np_mlp(
+            lp["mlp"], np_rms_norm(x, lp["pre_mlp_layer_norm"]["scale"], eps), np_gelu_tanh
+        )
     encoded = np_rms_norm(x, e["encoder_norm"]["scale"], eps)
 
     # Decoder.
@@ -179,7 +214,9 @@ def np_t5_forward(params, c: T5Config, enc_tokens, dec_tokens, enc_seg=None, dec
         y = y + np_mha(lp["self_attention"], h, h, self_allowed, bias=dec_bias, scale=1.0)
         h = np_rms_norm(y, lp["pre_cross_attention_layer_norm"]["scale"], eps)
         y = y + np_mha(lp["encoder_decoder_attention"], h, encoded, cross_allowed, scale=1.0)
-        y = y + np_mlp(lp["mlp"], np_rms_norm(y, lp["pre_mlp_layer_norm"]["scale"], eps), np_gelu_tanh)
+        y = y + np_mlp(
+            lp["mlp"], np_rms_norm(y, lp["pre_mlp_layer_norm"]["scale"], eps), np_gelu_tanh
+        )
     y = np_rms_norm(y, d["decoder_norm"]["scale"], eps)
     if c.logits_via_embedding:
         return encoded, (y / math.sqrt(c.emb_dim)) @ emb.T
@@ -199,14 +236,23 @@ def np_llama_forward(params, c: DecoderConfig, tokens, *, allowed=None, position
     for li in range(c.num_layers):
         lp = d[f"layers_{li}"]
         h = np_rms_norm(x, lp["pre_self_attention_layer_norm"]["scale"], eps)
-        x = x + np_mha(lp["self_attention"], h, h, lambda bi, hh, i, j: allowed(bi, i, j),
-                       scale=1.0 / math.sqrt(c.head_dim), q_pos=positions, k_pos=positions, theta=c.rope_theta)
+        x = x + np_mha(
+            lp["self_attention"],
+            h,
+            h,
+            lambda bi, hh, i, j: allowed(bi, i, j),
+            scale=1.0 / math.sqrt(c.head_dim),
+            q_pos=positions,
+            k_pos=positions,
+            theta=c.rope_theta,
+        )
         x = x + np_mlp(lp["mlp"], np_rms_norm(x, lp["pre_mlp_layer_norm"]["scale"], eps), np_silu)
     x = np_rms_norm(x, d["decoder_norm"]["scale"], eps)
     return x @ (emb.T if c.tie_embeddings else d["logits_dense"]["kernel"])
 
 
 # ======================================================================== helpers
+
 
 def to_f64(tree):
     return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
@@ -227,9 +273,13 @@ def stack_layers(tree):
     if not isinstance(tree, dict):
         return tree
     out = {k: stack_layers(v) for k, v in tree.items() if not k.startswith("layers_")}
-    layer_keys = sorted((k for k in tree if k.startswith("layers_")), key=lambda k: int(k.split("_")[1]))
+    layer_keys = sorted(
+        (k for k in tree if k.startswith("layers_")), key=lambda k: int(k.split("_")[1])
+    )
     if layer_keys:
-        out["layers"] = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *[tree[k] for k in layer_keys])
+        out["layers"] = jax.tree_util.tree_map(
+            lambda *xs: jnp.stack(xs), *[tree[k] for k in layer_keys]
+        )
     return out
 
 
@@ -257,7 +307,9 @@ T5_ONE = dict(num_encoder_layers=1, num_decoder_layers=1)
 # ============================================================================ position
 
 _rope = jax.jit(apply_rope, static_argnums=2)
-_bucket = jax.jit(relative_position_bucket, static_argnames=("bidirectional", "num_buckets", "max_distance"))
+_bucket = jax.jit(
+    relative_position_bucket, static_argnames=("bidirectional", "num_buckets", "max_distance")
+)
 
 
 def test_apply_rope_matches_numpy_loop():
@@ -278,26 +330,40 @@ def test_apply_rope_preserves_norm_and_dot_products_depend_on_relative_position(
     k = rng.standard_normal((1, 1, 2, 16)).astype(np.float32)
 
     def rot(x, pos):
-        return np.asarray(_rope(jnp.asarray(x), jnp.full((1, 1), pos, jnp.int32), 10000.0), np.float64)
+        return np.asarray(
+            _rope(jnp.asarray(x), jnp.full((1, 1), pos, jnp.int32), 10000.0), np.float64
+        )
 
     for pos in (0, 3, 25):
-        np.testing.assert_allclose(np.linalg.norm(rot(q, pos), axis=-1), np.linalg.norm(q, axis=-1),
-                                   rtol=RTOL, atol=ATOL)
+        np.testing.assert_allclose(
+            np.linalg.norm(rot(q, pos), axis=-1), np.linalg.norm(q, axis=-1), rtol=RTOL, atol=ATOL
+        )
     for m, n in [(5, 2), (2, 5), (7, 7)]:
         base = np.sum(rot(q, m) * rot(k, n), axis=-1)
         for shift in (1, 4, 13):
-            np.testing.assert_allclose(np.sum(rot(q, m + shift) * rot(k, n + shift), axis=-1), base,
-                                       rtol=RTOL, atol=ATOL)
+            np.testing.assert_allclose(
+                np.sum(rot(q, m + shift) * rot(k, n + shift), axis=-1), base, rtol=RTOL, atol=ATOL
+            )
     # ...and does depend on it.
-    assert np.abs(np.sum(rot(q, 5) * rot(k, 2), -1) - np.sum(rot(q, 5) * rot(k, 3), -1)).max() > 1e-3
+    assert (
+        np.abs(np.sum(rot(q, 5) * rot(k, 2), -1) - np.sum(rot(q, 5) * rot(k, 3), -1)).max() > 1e-3
+    )
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])
 @pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (16, 32), (8, 20), (64, 256)])
-def test_relative_position_bucket_matches_scalar_reference(bidirectional, num_buckets, max_distance):
+def test_relative_position_bucket_matches_scalar_reference(
+    bidirectional, num_buckets, max_distance
+):
     rel = np.arange(-300, 301, dtype=np.int32)
-    got = np.asarray(_bucket(jnp.asarray(rel), bidirectional=bidirectional,
-                             num_buckets=num_buckets, max_distance=max_distance))
+    got = np.asarray(
+        _bucket(
+            jnp.asarray(rel),
+            bidirectional=bidirectional,
+            num_buckets=num_buckets,
+            max_distance=max_distance,
+        )
+    )
     expected = np.array([t5_bucket(int(r), bidirectional, num_buckets, max_distance) for r in rel])
     np.testing.assert_array_equal(got, expected)
     assert got.min() >= 0 and got.max() == num_buckets - 1
@@ -320,8 +386,18 @@ def test_toeplitz_matches_loop_and_checks_its_width():
     length = 6
     diagonals = rng.standard_normal((2, 3, 2 * length - 1)).astype(np.float32)
     got = np.asarray(jax.jit(toeplitz, static_argnums=1)(jnp.asarray(diagonals), length))
-    expected = np.array([[[[diagonals[a, b, j - i + length - 1] for j in range(length)] for i in range(length)]
-                          for b in range(3)] for a in range(2)])
+    expected = np.array(
+        [
+            [
+                [
+                    [diagonals[a, b, j - i + length - 1] for j in range(length)]
+                    for i in range(length)
+                ]
+                for b in range(3)
+            ]
+            for a in range(2)
+        ]
+    )
     np.testing.assert_array_equal(got, expected)
     with pytest.raises(ValueError, match="needs 11 diagonals"):
         toeplitz(jnp.zeros((2, 10)), length)
@@ -331,15 +407,24 @@ def test_toeplitz_matches_loop_and_checks_its_width():
 def test_relative_bias_from_diagonals_equals_bucket_lookup_with_gradient(bidirectional):
     """`for_length` (diagonals, used when positions are 0..L-1) against the general path."""
     length = 40  # past max_distance, so the log-spaced and saturated buckets appear
-    module = RelativePositionBias(num_buckets=16, max_distance=24, num_heads=3, bidirectional=bidirectional)
+    module = RelativePositionBias(
+        num_buckets=16, max_distance=24, num_heads=3, bidirectional=bidirectional
+    )
     positions = jnp.arange(length)[None]
     params = meta.unbox(module.init(jax.random.PRNGKey(0), positions, positions))
-    cotangent = jnp.asarray(np.random.default_rng(4).standard_normal((1, 3, length, length)), jnp.float32)
+    cotangent = jnp.asarray(
+        np.random.default_rng(4).standard_normal((1, 3, length, length)), jnp.float32
+    )
 
     def bias_and_grad(method):
         def loss(p):
-            bias = module.apply(p, length, method="for_length") if method else module.apply(p, positions, positions)
+            bias = (
+                module.apply(p, length, method="for_length")
+                if method
+                else module.apply(p, positions, positions)
+            )
             return jnp.sum(bias * cotangent), bias
+
         (_, bias), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
         return bias, grad["params"]["rel_embedding"]
 
@@ -355,6 +440,7 @@ def test_relative_bias_from_diagonals_equals_bucket_lookup_with_gradient(bidirec
 
 # ================================================================ full forward vs numpy
 
+
 def test_t5_forward_matches_numpy():
     c = get_preset("t5-tiny", **T5_ONE)
     model = build_model(c)
@@ -364,10 +450,17 @@ def test_t5_forward_matches_numpy():
     enc[0, 4:] = 0  # encoder padding
     dec = random_tokens(rng, (2, 5), c.vocab_size)
     dec[1, 3:] = 0
-    params = random_params(model, **model_inputs(dummy_batch(c, 2, target_length=5, input_length=6)))
-    encode_and_call = jax.jit(lambda p, e, d: model.apply(
-        {"params": p}, e, d, method=lambda m, e, d: (m.encode(e), m(e, d))))
-    encoded, got = (np.asarray(a) for a in encode_and_call(params, jnp.asarray(enc), jnp.asarray(dec)))
+    params = random_params(
+        model, **model_inputs(dummy_batch(c, 2, target_length=5, input_length=6))
+    )
+    encode_and_call = jax.jit(
+        lambda p, e, d: model.apply(
+            {"params": p}, e, d, method=lambda m, e, d: (m.encode(e), m(e, d))
+        )
+    )
+    encoded, got = (
+        np.asarray(a) for a in encode_and_call(params, jnp.asarray(enc), jnp.asarray(dec))
+    )
     ref_encoded, ref_logits = np_t5_forward(params, c, enc, dec)
     assert got.shape == (2, 5, c.vocab_size) and got.dtype == np.float32
     np.testing.assert_allclose(got, ref_logits, rtol=RTOL, atol=ATOL)
@@ -375,10 +468,15 @@ def test_t5_forward_matches_numpy():
     np.testing.assert_allclose(encoded[valid], ref_encoded[valid], rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("overrides", [
-    dict(num_layers=1),                                                            # 8 heads / 4 kv heads
-    dict(num_layers=1, num_kv_heads=2, rope_theta=100.0, tie_embeddings=True),     # 8 / 2, tied output
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(num_layers=1),  # 8 heads / 4 kv heads
+        dict(
+            num_layers=1, num_kv_heads=2, rope_theta=100.0, tie_embeddings=True
+        ),  # 8 / 2, tied output
+    ],
+)
 def test_decoder_forward_matches_numpy(overrides):
     c = get_preset("decoder-tiny", **overrides)
     model = build_model(c)
@@ -415,16 +513,18 @@ def test_prefix_lm_attention():
     tokens = random_tokens(rng, (1, length), c.vocab_size)
     later_prefix = tokens.copy()  # the last prefix token changed
     later_prefix[:, prefix - 1] = tokens[:, prefix - 1] % (c.vocab_size - 1) + 1
-    suffix = tokens.copy()        # every token after the prefix changed
+    suffix = tokens.copy()  # every token after the prefix changed
     suffix[:, prefix:] = tokens[:, prefix:] % (c.vocab_size - 1) + 1
     batch = np.concatenate([tokens, later_prefix, suffix])
     causal_attention = np.zeros((3, length), np.int32)
     causal_attention[:, :prefix] = 1  # T5X convention: 1 on the (bidirectional) prefix
     params = random_params(model, decoder_input_tokens=batch)
     base, after_prefix_change, after_suffix_change = logits_of(
-        model, params, decoder_input_tokens=batch, decoder_causal_attention=causal_attention)
-    expected = np_llama_forward(params, c, tokens,
-                                allowed=lambda bi, i, j: j <= i or (i < prefix and j < prefix))[0]
+        model, params, decoder_input_tokens=batch, decoder_causal_attention=causal_attention
+    )
+    expected = np_llama_forward(
+        params, c, tokens, allowed=lambda bi, i, j: j <= i or (i < prefix and j < prefix)
+    )[0]
     np.testing.assert_allclose(base, expected, rtol=RTOL, atol=ATOL)
     # A later prefix token changes the logits of earlier prefix positions (bidirectional)...
     assert np.abs(after_prefix_change[0] - base[0]).max() > 1e-3
@@ -438,10 +538,13 @@ def test_prefix_lm_attention():
 
 # =============================================================== scan / remat equivalence
 
+
 def _t5_inputs(rng, c):
     enc = random_tokens(rng, (2, 6), c.vocab_size)
     enc[1, 5:] = 0
-    return dict(encoder_input_tokens=enc, decoder_input_tokens=random_tokens(rng, (2, 5), c.vocab_size))
+    return dict(
+        encoder_input_tokens=enc, decoder_input_tokens=random_tokens(rng, (2, 5), c.vocab_size)
+    )
 
 
 def _decoder_inputs(rng, c):
@@ -467,12 +570,20 @@ def test_scan_layers_matches_unrolled(arch, remat_policy):
     stacked = stack_layers(params)
     # The scanned model's own params have exactly this structure and these shapes.
     scanned_shapes = jax.tree_util.tree_map(
-        jnp.shape, meta.unbox(jax.eval_shape(scanned.init, jax.random.PRNGKey(0),
-                                             **{k: jnp.asarray(v) for k, v in inputs.items()})["params"]))
+        jnp.shape,
+        meta.unbox(
+            jax.eval_shape(
+                scanned.init,
+                jax.random.PRNGKey(0),
+                **{k: jnp.asarray(v) for k, v in inputs.items()},
+            )["params"]
+        ),
+    )
     assert jax.tree_util.tree_map(jnp.shape, stacked) == scanned_shapes
     if arch == "t5":
-        _, want = np_t5_forward(params, unrolled.config, inputs["encoder_input_tokens"],
-                                inputs["decoder_input_tokens"])
+        _, want = np_t5_forward(
+            params, unrolled.config, inputs["encoder_input_tokens"], inputs["decoder_input_tokens"]
+        )
     else:
         want = np_llama_forward(params, unrolled.config, inputs["decoder_input_tokens"])
     np.testing.assert_allclose(logits_of(scanned, stacked, **inputs), want, rtol=RTOL, atol=ATOL)
@@ -492,28 +603,43 @@ def _reverse_layers(tree):
 def test_remat_policies_match_no_remat():
     """Logits and parameter gradients under every remat policy equal those without remat."""
     policies = ("full", "dots", "dots_no_batch")
-    models = [build_model(get_preset("decoder-tiny", num_layers=1, remat_policy=p)) for p in ("none",) + policies]
-    inputs = {k: jnp.asarray(v) for k, v in _decoder_inputs(np.random.default_rng(7), models[0].config).items()}
+    models = [
+        build_model(get_preset("decoder-tiny", num_layers=1, remat_policy=p))
+        for p in ("none",) + policies
+    ]
+    inputs = {
+        k: jnp.asarray(v)
+        for k, v in _decoder_inputs(np.random.default_rng(7), models[0].config).items()
+    }
     params = random_params(models[0], **inputs)
-    weights = jnp.asarray(np.random.default_rng(8).standard_normal((2, 6, models[0].config.vocab_size)),
-                          jnp.float32)
+    weights = jnp.asarray(
+        np.random.default_rng(8).standard_normal((2, 6, models[0].config.vocab_size)), jnp.float32
+    )
 
     def logits_and_grads(model, p):
         def loss(p):
             logits = model.apply({"params": p}, **inputs)
             return jnp.sum(logits * weights), logits
+
         (_, logits), grads = jax.value_and_grad(loss, has_aux=True)(p)
         return logits, grads
 
-    (ref_logits, ref_grads), *others = jax.jit(lambda p: [logits_and_grads(m, p) for m in models])(params)
+    (ref_logits, ref_grads), *others = jax.jit(lambda p: [logits_and_grads(m, p) for m in models])(
+        params
+    )
     assert max(float(jnp.abs(g).max()) for g in jax.tree_util.tree_leaves(ref_grads)) > 1e-3
     for policy, (logits, grads) in zip(policies, others):
         np.testing.assert_allclose(logits, ref_logits, rtol=RTOL, atol=ATOL, err_msg=policy)
-        assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(ref_grads), policy
-        jax.tree_util.tree_map(lambda a, b: assert_close_to_scale(a, b, err_msg=policy), grads, ref_grads)
+        assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(ref_grads), (
+            policy
+        )
+        jax.tree_util.tree_map(
+            lambda a, b: assert_close_to_scale(a, b, err_msg=policy), grads, ref_grads
+        )
 
 
 # ============================================================================= packing
+
 
 def test_decoder_packing_matches_separate_sequences():
     c = get_preset("decoder-tiny", num_layers=1)
@@ -525,12 +651,16 @@ def test_decoder_packing_matches_separate_sequences():
     seg = np.array([[1] * 5 + [2] * 4 + [0] * 3], np.int32)
     pos = np.array([list(range(5)) + list(range(4)) + [0] * 3], np.int32)
     params = random_params(model, decoder_input_tokens=packed)
-    got = logits_of(model, params, decoder_input_tokens=packed, decoder_segment_ids=seg, decoder_positions=pos)[0]
+    got = logits_of(
+        model, params, decoder_input_tokens=packed, decoder_segment_ids=seg, decoder_positions=pos
+    )[0]
     # Unpacked runs (plain causal path, no segment ids): a alone, b alone, and the packed row
     # without segment ids, all in one batch.
     unpacked = np.stack([pad(a), pad(b), packed[0]])
     positions = np.stack([np.arange(12), np.arange(12), pos[0]]).astype(np.int32)
-    alone_a, alone_b, leaky = logits_of(model, params, decoder_input_tokens=unpacked, decoder_positions=positions)
+    alone_a, alone_b, leaky = logits_of(
+        model, params, decoder_input_tokens=unpacked, decoder_positions=positions
+    )
     np.testing.assert_allclose(got[:5], alone_a[:5], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got[5:9], alone_b[:4], rtol=RTOL, atol=ATOL)
     # Without segment ids the second segment sees the first.
@@ -547,8 +677,14 @@ def test_decoder_packing_with_prefix_lm_and_sliding_window_matches_numpy():
     pos = np.array([[0, 1, 2, 3, 4, 0, 1, 2, 3], [0, 1, 2, 5, 6, 7, 10, 0, 0]], np.int32)
     prefix = np.array([[1, 1, 0, 0, 0, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0, 0, 0, 0]], np.int32)
     params = random_params(model, decoder_input_tokens=tokens)
-    got = logits_of(model, params, decoder_input_tokens=tokens, decoder_segment_ids=seg,
-                    decoder_positions=pos, decoder_causal_attention=prefix)
+    got = logits_of(
+        model,
+        params,
+        decoder_input_tokens=tokens,
+        decoder_segment_ids=seg,
+        decoder_positions=pos,
+        decoder_causal_attention=prefix,
+    )
 
     def allowed(bi, i, j):
         if seg[bi, i] == 0 or seg[bi, i] != seg[bi, j]:
@@ -562,34 +698,54 @@ def test_decoder_packing_with_prefix_lm_and_sliding_window_matches_numpy():
 
 
 def test_t5_packing_matches_numpy_and_separate_examples():
-    c = get_preset("t5-tiny", **T5_ONE, logits_via_embedding=True)  # also covers the tied output layer
+    c = get_preset(
+        "t5-tiny", **T5_ONE, logits_via_embedding=True
+    )  # also covers the tied output layer
     model = build_model(c)
     rng = np.random.default_rng(13)
     # Row 0 packs example a (4 inputs, 3 targets) and b (3 inputs, 4 targets); row 1 is one
     # example with padding.
     ea, eb = random_tokens(rng, (4,), c.vocab_size), random_tokens(rng, (3,), c.vocab_size)
     da, db = random_tokens(rng, (3,), c.vocab_size), random_tokens(rng, (4,), c.vocab_size)
-    enc = np.stack([np.concatenate([ea, eb, [0]]),
-                    np.concatenate([random_tokens(rng, (5,), c.vocab_size), [0] * 3])])
-    dec = np.stack([np.concatenate([da, db, [0, 0]]),
-                    np.concatenate([random_tokens(rng, (6,), c.vocab_size), [0] * 3])])
+    enc = np.stack(
+        [
+            np.concatenate([ea, eb, [0]]),
+            np.concatenate([random_tokens(rng, (5,), c.vocab_size), [0] * 3]),
+        ]
+    )
+    dec = np.stack(
+        [
+            np.concatenate([da, db, [0, 0]]),
+            np.concatenate([random_tokens(rng, (6,), c.vocab_size), [0] * 3]),
+        ]
+    )
     enc_seg = np.array([[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 0, 0, 0]], np.int32)
     dec_seg = np.array([[1, 1, 1, 2, 2, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0, 0]], np.int32)
     enc_pos = np.array([[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 3, 4, 0, 0, 0]], np.int32)
     dec_pos = np.array([[0, 1, 2, 0, 1, 2, 3, 0, 0], [0, 1, 2, 3, 4, 5, 0, 0, 0]], np.int32)
     enc, dec = enc.astype(np.int32), dec.astype(np.int32)
     params = random_params(model, encoder_input_tokens=enc, decoder_input_tokens=dec)
-    got = logits_of(model, params, encoder_input_tokens=enc, decoder_input_tokens=dec,
-                    encoder_segment_ids=enc_seg, decoder_segment_ids=dec_seg,
-                    encoder_positions=enc_pos, decoder_positions=dec_pos)
+    got = logits_of(
+        model,
+        params,
+        encoder_input_tokens=enc,
+        decoder_input_tokens=dec,
+        encoder_segment_ids=enc_seg,
+        decoder_segment_ids=dec_seg,
+        encoder_positions=enc_pos,
+        decoder_positions=dec_pos,
+    )
     _, expected = np_t5_forward(params, c, enc, dec, enc_seg, dec_seg, enc_pos, dec_pos)
     valid = dec_seg > 0
     np.testing.assert_allclose(got[valid], expected[valid], rtol=RTOL, atol=ATOL)
     # Each packed example equals the example run alone (unpacked path: padding masks only).
     pad = lambda x, n: np.pad(x, (0, n - len(x))).astype(np.int32)  # noqa: E731
-    alone_a, alone_b = logits_of(model, params,
-                                 encoder_input_tokens=np.stack([pad(ea, 8), pad(eb, 8)]),
-                                 decoder_input_tokens=np.stack([pad(da, 9), pad(db, 9)]))
+    alone_a, alone_b = logits_of(
+        model,
+        params,
+        encoder_input_tokens=np.stack([pad(ea, 8), pad(eb, 8)]),
+        decoder_input_tokens=np.stack([pad(da, 9), pad(db, 9)]),
+    )
     np.testing.assert_allclose(got[0, :3], alone_a[:3], rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(got[0, 3:7], alone_b[:4], rtol=RTOL, atol=ATOL)
     # Sanity: the examples really differ, so the check above could fail.
@@ -598,14 +754,19 @@ def test_t5_packing_matches_numpy_and_separate_examples():
 
 # ================================================================ params, presets, configs
 
-@pytest.mark.parametrize("preset,scan", [("t5-tiny", False), ("t5-tiny", True),
-                                         ("decoder-tiny", False), ("decoder-tiny", True)])
+
+@pytest.mark.parametrize(
+    "preset,scan",
+    [("t5-tiny", False), ("t5-tiny", True), ("decoder-tiny", False), ("decoder-tiny", True)],
+)
 def test_every_param_has_logical_axis_names(preset, scan):
     c = get_preset(preset, scan_layers=scan)
     model = build_model(c)
     batch = model_inputs(dummy_batch(c, 2, target_length=4, input_length=3))
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0), **batch)["params"]
-    leaves = jax.tree_util.tree_leaves_with_path(params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+    leaves = jax.tree_util.tree_leaves_with_path(
+        params, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
+    )
     assert leaves
     for path, leaf in leaves:
         name = jax.tree_util.keystr(path)
@@ -642,19 +803,25 @@ def test_get_preset_errors_name_the_problem():
     assert get_preset("decoder-tiny").num_layers == 2  # the preset itself is untouched
 
 
-@pytest.mark.parametrize("make,match", [
-    (lambda: get_preset("decoder-tiny", num_heads=8, num_kv_heads=3), "multiple"),
-    (lambda: get_preset("decoder-tiny", head_dim=7), "even head_dim"),
-    (lambda: get_preset("decoder-tiny", sliding_window=0), "sliding_window"),
-    (lambda: get_preset("decoder-tiny", num_layers=0), "num_layers"),
-    (lambda: get_preset("decoder-tiny", emb_dim=0), "emb_dim"),
-    (lambda: get_preset("decoder-tiny", dropout_rate=1.0), "dropout_rate"),
-    (lambda: get_preset("decoder-tiny", dtype="float8"), "float8"),
-    (lambda: get_preset("t5-tiny", remat_policy="some"), "remat_policy"),
-    (lambda: get_preset("t5-tiny", attention_impl="flash"), "attention_impl"),
-    (lambda: get_preset("t5-tiny", num_decoder_layers=0), "at least one"),
-    (lambda: get_preset("t5-tiny", relative_attention_num_buckets=1), "relative_attention_num_buckets"),
-])
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: get_preset("decoder-tiny", num_heads=8, num_kv_heads=3), "multiple"),
+        (lambda: get_preset("decoder-tiny", head_dim=7), "even head_dim"),
+        (lambda: get_preset("decoder-tiny", sliding_window=0), "sliding_window"),
+        (lambda: get_preset("decoder-tiny", num_layers=0), "num_layers"),
+        (lambda: get_preset("decoder-tiny", emb_dim=0), "emb_dim"),
+        (lambda: get_preset("decoder-tiny", dropout_rate=1.0), "dropout_rate"),
+        (lambda: get_preset("decoder-tiny", dtype="float8"), "float8"),
+        (lambda: get_preset("t5-tiny", remat_policy="some"), "remat_policy"),
+        (lambda: get_preset("t5-tiny", attention_impl="flash"), "attention_impl"),
+        (lambda: get_preset("t5-tiny", num_decoder_layers=0), "at least one"),
+        (
+            lambda: get_preset("t5-tiny", relative_attention_num_buckets=1),
+            "relative_attention_num_buckets",
+        ),
+    ],
+)
 def test_config_validation(make, match):
     with pytest.raises(ValueError, match=match):
         make()

@@ -9,8 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_rationale.architectures.attention import (causal_mask, combine_masks, dot_product_attention,
-                                                   padding_mask, segment_mask, sliding_window_mask)
+from t5x_rationale.architectures.attention import (
+    causal_mask,
+    combine_masks,
+    dot_product_attention,
+    padding_mask,
+    segment_mask,
+    sliding_window_mask,
+)
 
 RTOL = ATOL = 1e-5
 
@@ -19,6 +25,7 @@ attend = jax.jit(dot_product_attention, static_argnames=("scale", "implementatio
 
 
 # ------------------------------------------------------------------------ references
+
 
 def reference_attention(q, k, v, *, bias=None, mask=None, scale=None):
     """Plain-loop attention in float64.
@@ -43,8 +50,11 @@ def reference_attention(q, k, v, *, bias=None, mask=None, scale=None):
                 allowed = [j for j in range(k_len) if mask[bi, h, i, j]]
                 if not allowed:
                     continue
-                logits = {j: scale * sum(q[bi, i, h, t] * k[bi, j, kvh, t] for t in range(d))
-                          + bias[bi, h, i, j] for j in allowed}
+                logits = {
+                    j: scale * sum(q[bi, i, h, t] * k[bi, j, kvh, t] for t in range(d))
+                    + bias[bi, h, i, j]
+                    for j in allowed
+                }
                 m = max(logits.values())
                 weights = {j: math.exp(s - m) for j, s in logits.items()}
                 total = sum(weights.values())
@@ -58,28 +68,50 @@ def reference_attention(q, k, v, *, bias=None, mask=None, scale=None):
 def loop_causal(qp, kp):
     b, ql = qp.shape
     kl = kp.shape[1]
-    return np.array([[[[kp[bi, j] <= qp[bi, i] for j in range(kl)] for i in range(ql)]] for bi in range(b)])
+    return np.array(
+        [[[[kp[bi, j] <= qp[bi, i] for j in range(kl)] for i in range(ql)]] for bi in range(b)]
+    )
 
 
 def loop_segment(qs, ks):
     b, ql = qs.shape
     kl = ks.shape[1]
-    return np.array([[[[qs[bi, i] == ks[bi, j] and qs[bi, i] != 0 and ks[bi, j] != 0 for j in range(kl)]
-                       for i in range(ql)]] for bi in range(b)])
+    return np.array(
+        [
+            [
+                [
+                    [
+                        qs[bi, i] == ks[bi, j] and qs[bi, i] != 0 and ks[bi, j] != 0
+                        for j in range(kl)
+                    ]
+                    for i in range(ql)
+                ]
+            ]
+            for bi in range(b)
+        ]
+    )
 
 
 def loop_padding(qv, kv):
     b, ql = qv.shape
     kl = kv.shape[1]
-    return np.array([[[[bool(qv[bi, i]) and bool(kv[bi, j]) for j in range(kl)] for i in range(ql)]]
-                     for bi in range(b)])
+    return np.array(
+        [
+            [[[bool(qv[bi, i]) and bool(kv[bi, j]) for j in range(kl)] for i in range(ql)]]
+            for bi in range(b)
+        ]
+    )
 
 
 def loop_window(qp, kp, window):
     b, ql = qp.shape
     kl = kp.shape[1]
-    return np.array([[[[qp[bi, i] - kp[bi, j] < window for j in range(kl)] for i in range(ql)]]
-                     for bi in range(b)])
+    return np.array(
+        [
+            [[[qp[bi, i] - kp[bi, j] < window for j in range(kl)] for i in range(ql)]]
+            for bi in range(b)
+        ]
+    )
 
 
 def _rand(rng, *shape):
@@ -93,12 +125,15 @@ POS = np.array([[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 0, 0]], np.int32)
 
 def _packed_mask():
     valid = SEG > 0
-    return combine_masks(causal_mask(jnp.asarray(POS), jnp.asarray(POS)),
-                         segment_mask(jnp.asarray(SEG), jnp.asarray(SEG)),
-                         padding_mask(jnp.asarray(valid), jnp.asarray(valid)))
+    return combine_masks(
+        causal_mask(jnp.asarray(POS), jnp.asarray(POS)),
+        segment_mask(jnp.asarray(SEG), jnp.asarray(SEG)),
+        padding_mask(jnp.asarray(valid), jnp.asarray(valid)),
+    )
 
 
 # ----------------------------------------------------------------------------- masks
+
 
 def test_causal_mask_matches_loop():
     qp = np.array([[0, 1, 2, 3, 4], [3, 0, 2, 1, 7]], np.int32)
@@ -135,15 +170,26 @@ def test_sliding_window_mask_matches_loop():
         np.testing.assert_array_equal(got, loop_window(qp, qp, window))
         # Combined with causal: each query sees exactly min(window, pos + 1) keys of a plain sequence.
         causal_window = got & np.asarray(causal_mask(jnp.asarray(qp), jnp.asarray(qp)))
-        np.testing.assert_array_equal(causal_window[0, 0].sum(-1), np.minimum(window, np.arange(9) + 1))
+        np.testing.assert_array_equal(
+            causal_window[0, 0].sum(-1), np.minimum(window, np.arange(9) + 1)
+        )
 
 
 def test_combine_masks():
     rng = np.random.default_rng(0)
     a, b, c = (rng.random((2, 1, 4, 5)) > 0.4 for _ in range(3))
     got = np.asarray(combine_masks(jnp.asarray(a), None, jnp.asarray(b), jnp.asarray(c)))
-    expected = np.array([[[[a[i, 0, q, k] and b[i, 0, q, k] and c[i, 0, q, k] for k in range(5)]
-                           for q in range(4)]] for i in range(2)])
+    expected = np.array(
+        [
+            [
+                [
+                    [a[i, 0, q, k] and b[i, 0, q, k] and c[i, 0, q, k] for k in range(5)]
+                    for q in range(4)
+                ]
+            ]
+            for i in range(2)
+        ]
+    )
     np.testing.assert_array_equal(got, expected)
     assert combine_masks(None, None) is None
     assert combine_masks() is None
@@ -160,6 +206,7 @@ def test_packed_mask_matches_loops():
 
 # ------------------------------------------------------------------------- attention
 
+
 @pytest.mark.parametrize("heads,kv_heads", [(8, 8), (8, 4), (8, 2), (8, 1)])
 def test_attention_with_mask_bias_and_scale_matches_reference(heads, kv_heads):
     rng = np.random.default_rng(heads * 10 + kv_heads)
@@ -169,8 +216,16 @@ def test_attention_with_mask_bias_and_scale_matches_reference(heads, kv_heads):
     v = _rand(rng, b, length, kv_heads, d)
     bias = _rand(rng, b, heads, length, length)
     mask = np.asarray(_packed_mask())
-    got = np.asarray(attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                           bias=jnp.asarray(bias), mask=jnp.asarray(mask), scale=0.37))
+    got = np.asarray(
+        attend(
+            jnp.asarray(q),
+            jnp.asarray(k),
+            jnp.asarray(v),
+            bias=jnp.asarray(bias),
+            mask=jnp.asarray(mask),
+            scale=0.37,
+        )
+    )
     expected = reference_attention(q, k, v, bias=bias, mask=mask, scale=0.37)
     rows = SEG > 0  # padding query rows attend to nothing; their output is unspecified
     assert got.shape == (b, length, heads, d) and got.dtype == np.float32
@@ -186,8 +241,11 @@ def test_gqa_equals_mha_with_repeated_kv_heads():
     v = _rand(rng, 2, 7, kv_heads, 4)
     gqa = attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v))
     rep = heads // kv_heads
-    mha = attend(jnp.asarray(q), jnp.asarray(np.repeat(k, rep, axis=2)),
-                                jnp.asarray(np.repeat(v, rep, axis=2)))
+    mha = attend(
+        jnp.asarray(q),
+        jnp.asarray(np.repeat(k, rep, axis=2)),
+        jnp.asarray(np.repeat(v, rep, axis=2)),
+    )
     np.testing.assert_allclose(np.asarray(gqa), np.asarray(mha), rtol=RTOL, atol=ATOL)
 
 
@@ -201,22 +259,34 @@ def test_default_scale_is_inverse_sqrt_head_dim_and_no_mask():
     assert np.abs(other - got).max() > 1e-3
 
 
-@pytest.mark.parametrize("bias_shape,mask_shape", [
-    ((1, 1, 5, 7), (2, 1, 5, 7)),   # shared bias, per-batch mask
-    ((1, 8, 5, 7), (1, 1, 5, 7)),   # per-head bias (T5 relative bias), shared mask
-    ((2, 8, 5, 7), (2, 8, 5, 7)),   # everything per batch and head
-    ((2, 1, 1, 7), (2, 1, 1, 7)),   # key-only bias and mask (cross attention)
-])
+@pytest.mark.parametrize(
+    "bias_shape,mask_shape",
+    [
+        ((1, 1, 5, 7), (2, 1, 5, 7)),  # shared bias, per-batch mask
+        ((1, 8, 5, 7), (1, 1, 5, 7)),  # per-head bias (T5 relative bias), shared mask
+        ((2, 8, 5, 7), (2, 8, 5, 7)),  # everything per batch and head
+        ((2, 1, 1, 7), (2, 1, 1, 7)),  # key-only bias and mask (cross attention)
+    ],
+)
 def test_broadcastable_bias_and_mask_shapes(bias_shape, mask_shape):
     rng = np.random.default_rng(3)
     q, k, v = _rand(rng, 2, 5, 8, 4), _rand(rng, 2, 7, 2, 4), _rand(rng, 2, 7, 2, 4)
     bias = _rand(rng, *bias_shape)
     mask = rng.random(mask_shape) > 0.3
     mask[..., 0] = True  # every row has at least one allowed key
-    got = np.asarray(attend(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
-                                           bias=jnp.asarray(bias), mask=jnp.asarray(mask), scale=0.5))
-    np.testing.assert_allclose(got, reference_attention(q, k, v, bias=bias, mask=mask, scale=0.5),
-                               rtol=RTOL, atol=ATOL)
+    got = np.asarray(
+        attend(
+            jnp.asarray(q),
+            jnp.asarray(k),
+            jnp.asarray(v),
+            bias=jnp.asarray(bias),
+            mask=jnp.asarray(mask),
+            scale=0.5,
+        )
+    )
+    np.testing.assert_allclose(
+        got, reference_attention(q, k, v, bias=bias, mask=mask, scale=0.5), rtol=RTOL, atol=ATOL
+    )
 
 
 def test_masked_keys_have_no_influence():
@@ -255,7 +325,9 @@ def test_cudnn_raises_clear_error_off_gpu():
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="auto picks cuDNN on GPU for bf16")
 def test_auto_falls_back_to_xla_off_gpu():
-    dtype = jnp.bfloat16  # the case where 'auto' would pick cuDNN on a GPU; elsewhere it must be XLA
+    dtype = (
+        jnp.bfloat16
+    )  # the case where 'auto' would pick cuDNN on a GPU; elsewhere it must be XLA
     rng = np.random.default_rng(5)
     q, k, v = (jnp.asarray(_rand(rng, 2, 8, 8, 4), dtype) for _ in range(3))
     k, v = k[:, :, :2], v[:, :, :2]
@@ -264,7 +336,9 @@ def test_auto_falls_back_to_xla_off_gpu():
     auto = attend(q, k, v, bias=bias, mask=mask, implementation="auto")
     xla = attend(q, k, v, bias=bias, mask=mask, implementation="xla")
     assert auto.dtype == dtype
-    np.testing.assert_array_equal(np.asarray(auto.astype(jnp.float32)), np.asarray(xla.astype(jnp.float32)))
+    np.testing.assert_array_equal(
+        np.asarray(auto.astype(jnp.float32)), np.asarray(xla.astype(jnp.float32))
+    )
 
 
 def test_dropout_is_deterministic_per_rng_off_without_rng_and_unbiased():
@@ -273,14 +347,18 @@ def test_dropout_is_deterministic_per_rng_off_without_rng_and_unbiased():
 
     @jax.jit
     def run(key, other_key):
-        return (dot_product_attention(q, k, v),
-                dot_product_attention(q, k, v, dropout_rate=0.5),  # no rng: no dropout
-                dot_product_attention(q, k, v, dropout_rng=key, dropout_rate=0.5),
-                dot_product_attention(q, k, v, dropout_rng=key, dropout_rate=0.5),
-                dot_product_attention(q, k, v, dropout_rng=other_key, dropout_rate=0.5),
-                dot_product_attention(q, k, jnp.ones_like(v), dropout_rng=key, dropout_rate=0.5))
+        return (
+            dot_product_attention(q, k, v),
+            dot_product_attention(q, k, v, dropout_rate=0.5),  # no rng: no dropout
+            dot_product_attention(q, k, v, dropout_rng=key, dropout_rate=0.5),
+            dot_product_attention(q, k, v, dropout_rng=key, dropout_rate=0.5),
+            dot_product_attention(q, k, v, dropout_rng=other_key, dropout_rate=0.5),
+            dot_product_attention(q, k, jnp.ones_like(v), dropout_rng=key, dropout_rate=0.5),
+        )
 
-    plain, no_rng, d1, d2, d3, ones = (np.asarray(a) for a in run(jax.random.PRNGKey(0), jax.random.PRNGKey(1)))
+    plain, no_rng, d1, d2, d3, ones = (
+        np.asarray(a) for a in run(jax.random.PRNGKey(0), jax.random.PRNGKey(1))
+    )
     np.testing.assert_array_equal(no_rng, plain)
     np.testing.assert_array_equal(d1, d2)
     assert np.abs(d1 - plain).max() > 1e-3 and np.abs(d1 - d3).max() > 1e-3

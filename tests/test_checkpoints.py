@@ -16,10 +16,11 @@ import types
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset
-from t5x_rationale.checkpoints import CheckpointMismatchError, Checkpointer
+from t5x_rationale.checkpoints import Checkpointer, CheckpointMismatchError
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
@@ -36,11 +37,15 @@ EXAMPLE = next(RandomBatches(vocab_size=VOCAB, batch_size=BATCH, target_length=L
 def make_trainer(mesh, preset: str = "decoder-tiny", **overrides) -> Trainer:
     config = get_preset(preset, **overrides)
     tx, schedule = make_optimizer(OptimizerConfig(name="adamw", learning_rate=1e-2))
-    return Trainer(build_model(config), token_loss, tx, Partitioner(mesh), learning_rate_fn=schedule)
+    return Trainer(
+        build_model(config), token_loss, tx, Partitioner(mesh), learning_rate_fn=schedule
+    )
 
 
 def make_data(position: int = 0) -> RandomBatches:
-    return RandomBatches(vocab_size=VOCAB, batch_size=BATCH, target_length=LENGTH, seed=1, position=position)
+    return RandomBatches(
+        vocab_size=VOCAB, batch_size=BATCH, target_length=LENGTH, seed=1, position=position
+    )
 
 
 def no_init():
@@ -62,8 +67,10 @@ def assert_bitwise_equal(actual, expected):
 
 
 def assert_not_equal(a, b):
-    assert any(np.asarray(x).tobytes() != np.asarray(y).tobytes()
-               for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert any(
+        np.asarray(x).tobytes() != np.asarray(y).tobytes()
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +100,18 @@ def saved(tmp_path_factory):
     assert checkpointer.save(3, state, data3)
     checkpointer.wait()
     checkpointer.close()
-    return types.SimpleNamespace(root=root, trainer=trainer, initial=initial, host2=host2, host3=host3,
-                                 data2=data2, data3=data3, run_a=run_a, run_b=run_b, losses=losses)
+    return types.SimpleNamespace(
+        root=root,
+        trainer=trainer,
+        initial=initial,
+        host2=host2,
+        host3=host3,
+        data2=data2,
+        data3=data3,
+        run_a=run_a,
+        run_b=run_b,
+        losses=losses,
+    )
 
 
 def test_saved_state_is_nontrivial(saved):
@@ -110,12 +127,16 @@ def test_saved_state_is_nontrivial(saved):
 # ============================================================ (a) restore onto other meshes
 
 
-@pytest.mark.parametrize("mesh_config, num_devices", [
-    (MeshConfig(1, 1, 1), 1),
-    (MeshConfig(2, 1, 4), 8),
-    (MeshConfig(1, 2, 4), 8),
-    (MeshConfig(8, 1, 1), 8),
-], ids=["1x1x1-on-1-device", "2x1x4", "1x2x4", "8x1x1"])
+@pytest.mark.parametrize(
+    "mesh_config, num_devices",
+    [
+        (MeshConfig(1, 1, 1), 1),
+        (MeshConfig(2, 1, 4), 8),
+        (MeshConfig(1, 2, 4), 8),
+        (MeshConfig(8, 1, 1), 8),
+    ],
+    ids=["1x1x1-on-1-device", "2x1x4", "1x2x4", "8x1x1"],
+)
 def test_restore_onto_other_mesh(saved, mesh_config, num_devices):
     devices = jax.devices()[:num_devices]
     mesh = create_mesh(mesh_config, devices)
@@ -137,7 +158,8 @@ def test_restore_onto_other_mesh(saved, mesh_config, num_devices):
     assert embedding.sharding.spec == P("tensor", "fsdp")
     tensor = dict(mesh.shape)["tensor"]
     assert {s.data.shape for s in embedding.addressable_shards} == {
-        (VOCAB // tensor, 64 // dict(mesh.shape)["fsdp"])}
+        (VOCAB // tensor, 64 // dict(mesh.shape)["fsdp"])
+    }
 
 
 # =================================================================== (b) restore order
@@ -147,7 +169,8 @@ def test_latest_in_run_dir_wins_over_explicit_path(saved):
     target = saved.trainer.abstract_state(EXAMPLE)
     checkpointer = Checkpointer(str(saved.run_a))
     state, data_state, source = checkpointer.restore_or_init(
-        target, no_init, explicit_path=f"{saved.run_b}/3")
+        target, no_init, explicit_path=f"{saved.run_b}/3"
+    )
     assert source == f"{saved.run_a}/2"
     assert data_state == saved.data2
     assert_bitwise_equal(state, saved.host2)
@@ -158,7 +181,9 @@ def test_explicit_path_used_when_run_dir_empty(saved, tmp_path):
     run = tmp_path / "new_run"
     checkpointer = Checkpointer(str(run))
     for explicit in (f"{saved.run_b}/3", f"{saved.run_b}/3/"):
-        state, data_state, source = checkpointer.restore_or_init(target, no_init, explicit_path=explicit)
+        state, data_state, source = checkpointer.restore_or_init(
+            target, no_init, explicit_path=explicit
+        )
         assert source == explicit
         assert data_state == saved.data3
         assert_bitwise_equal(state, saved.host3)
@@ -178,7 +203,9 @@ def test_fresh_init_when_nothing_to_restore(saved, tmp_path):
         return sentinel
 
     checkpointer = Checkpointer(str(tmp_path / "run"))
-    state, data_state, source = checkpointer.restore_or_init(saved.trainer.abstract_state(EXAMPLE), init_fn)
+    state, data_state, source = checkpointer.restore_or_init(
+        saved.trainer.abstract_state(EXAMPLE), init_fn
+    )
     assert state is sentinel and data_state == {} and source == "fresh init"
     assert calls == [1]
 
@@ -202,9 +229,12 @@ def test_explicit_path_errors(saved, tmp_path):
 def test_other_architecture_raises_mismatch(saved, tmp_path):
     mesh = saved.trainer.partitioner.mesh
     t5 = make_trainer(mesh, "t5-tiny")
-    t5_target = t5.abstract_state(dummy_batch(get_preset("t5-tiny"), BATCH, target_length=LENGTH,
-                                              input_length=LENGTH))
-    t5_state = jax.tree.map(lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding), t5_target)
+    t5_target = t5.abstract_state(
+        dummy_batch(get_preset("t5-tiny"), BATCH, target_length=LENGTH, input_length=LENGTH)
+    )
+    t5_state = jax.tree.map(
+        lambda a: jax.device_put(np.zeros(a.shape, a.dtype), a.sharding), t5_target
+    )
     run = tmp_path / "t5_run"
     checkpointer = Checkpointer(str(run), save_every=1)
     assert checkpointer.save(1, t5_state, {"position": 1})
@@ -216,13 +246,17 @@ def test_other_architecture_raises_mismatch(saved, tmp_path):
     msg = str(info.value)
     assert isinstance(info.value, ValueError)
     assert f"{run}/1" in msg
-    assert (".params['decoder']['layers_0']['self_attention']['key']['kernel']: "
-            "checkpoint has [[64, 8, 8], 'float32'], model expects [[64, 4, 8], 'float32']") in msg, msg
+    assert (
+        ".params['decoder']['layers_0']['self_attention']['key']['kernel']: "
+        "checkpoint has [[64, 8, 8], 'float32'], model expects [[64, 4, 8], 'float32']"
+    ) in msg, msg
     assert "in checkpoint but not expected: .params['encoder']" in msg, msg
 
     # The same check guards restores from an explicit path.
     with pytest.raises(CheckpointMismatchError, match=r"model expects \[\[64, 4, 8\]"):
-        Checkpointer(str(tmp_path / "other")).restore_or_init(target, no_init, explicit_path=f"{run}/1")
+        Checkpointer(str(tmp_path / "other")).restore_or_init(
+            target, no_init, explicit_path=f"{run}/1"
+        )
 
 
 def test_other_width_raises_mismatch(saved):
@@ -232,10 +266,14 @@ def test_other_width_raises_mismatch(saved):
     with pytest.raises(CheckpointMismatchError) as info:
         checkpointer.restore_or_init(target, no_init)
     msg = str(info.value)
-    assert ".params['decoder']['decoder_norm']['scale']: checkpoint has [[64], 'float32'], " \
-           "model expects [[32], 'float32']" in msg, msg
-    assert ".params['decoder']['layers_0']['mlp']['wi_0']['kernel']: checkpoint has [[64, 128], 'float32'], " \
-           "model expects [[32, 128], 'float32']" in msg, msg
+    assert (
+        ".params['decoder']['decoder_norm']['scale']: checkpoint has [[64], 'float32'], "
+        "model expects [[32], 'float32']" in msg
+    ), msg
+    assert (
+        ".params['decoder']['layers_0']['mlp']['wi_0']['kernel']: checkpoint has [[64, 128], 'float32'], "
+        "model expects [[32, 128], 'float32']" in msg
+    ), msg
     # 21 params, each with an emb_dim axis, and their two Adam moments.
     assert "0 missing, 0 unexpected, 63 with other shape/dtype" in msg, msg
 
@@ -267,7 +305,9 @@ def test_partial_checkpoint_is_never_restored(saved, tmp_path):
     assert os.path.exists(os.path.join(complete, "commit_success.txt"))
     assert os.path.exists(os.path.join(complete, "_CHECKPOINT_METADATA"))
     _fake_interrupted_save(complete, str(run / "3.orbax-checkpoint-tmp"))  # this orbax's naming
-    _fake_interrupted_save(complete, str(run / "4.orbax-checkpoint-tmp-1795316521571"))  # timestamped
+    _fake_interrupted_save(
+        complete, str(run / "4.orbax-checkpoint-tmp-1795316521571")
+    )  # timestamped
 
     target = saved.trainer.abstract_state(EXAMPLE)
     checkpointer = Checkpointer(str(run), save_every=1)
@@ -280,7 +320,9 @@ def test_partial_checkpoint_is_never_restored(saved, tmp_path):
 
     # Nor through an explicit path.
     with pytest.raises(FileNotFoundError):
-        Checkpointer(str(tmp_path / "other")).restore_or_init(target, no_init, explicit_path=f"{run}/3")
+        Checkpointer(str(tmp_path / "other")).restore_or_init(
+            target, no_init, explicit_path=f"{run}/3"
+        )
 
     # The restarted run can write the interrupted step again.
     assert checkpointer.save(3, state, saved.data3)
@@ -296,13 +338,21 @@ def test_partial_checkpoint_is_never_restored(saved, tmp_path):
 
 
 def _small_state(mesh, value: float) -> dict:
-    return {"w": jax.device_put(np.full((8, 4), value, np.float32), NamedSharding(mesh, P("data", None))),
-            "count": jax.device_put(np.int32(value), NamedSharding(mesh, P()))}
+    return {
+        "w": jax.device_put(
+            np.full((8, 4), value, np.float32), NamedSharding(mesh, P("data", None))
+        ),
+        "count": jax.device_put(np.int32(value), NamedSharding(mesh, P())),
+    }
 
 
 def _small_target(mesh) -> dict:
-    return {"w": jax.ShapeDtypeStruct((8, 4), np.float32, sharding=NamedSharding(mesh, P(None, "tensor"))),
-            "count": jax.ShapeDtypeStruct((), np.int32, sharding=NamedSharding(mesh, P()))}
+    return {
+        "w": jax.ShapeDtypeStruct(
+            (8, 4), np.float32, sharding=NamedSharding(mesh, P(None, "tensor"))
+        ),
+        "count": jax.ShapeDtypeStruct((), np.int32, sharding=NamedSharding(mesh, P())),
+    }
 
 
 def test_keep_last_n(saved, tmp_path):
@@ -327,11 +377,26 @@ def test_save_every_unless_forced(saved, tmp_path):
     mesh = saved.trainer.partitioner.mesh
     checkpointer = Checkpointer(str(tmp_path / "run"), keep=None, save_every=2)
     decisions = {}
-    for step, force in ((2, False), (3, False), (4, False), (5, False), (6, False), (7, True), (8, False)):
+    for step, force in (
+        (2, False),
+        (3, False),
+        (4, False),
+        (5, False),
+        (6, False),
+        (7, True),
+        (8, False),
+    ):
         decisions[(step, force)] = checkpointer.save(step, _small_state(mesh, step), force=force)
         checkpointer.wait()
-    assert decisions == {(2, False): True, (3, False): False, (4, False): True, (5, False): False,
-                         (6, False): True, (7, True): True, (8, False): True}
+    assert decisions == {
+        (2, False): True,
+        (3, False): False,
+        (4, False): True,
+        (5, False): False,
+        (6, False): True,
+        (7, True): True,
+        (8, False): True,
+    }
     assert checkpointer.all_steps() == [2, 4, 6, 7, 8]
     checkpointer.close()
 
@@ -357,6 +422,7 @@ def _recorder(losses: dict, sigterm_at=None):
         losses[step] = metrics["loss"]
         if step == sigterm_at:
             signal.raise_signal(signal.SIGTERM)
+
     return on_metrics
 
 
@@ -377,8 +443,14 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
     full_losses = {}
     full_run = tmp_path / "full"
     checkpointer = Checkpointer(str(full_run), save_every=3, keep=None)
-    final = train_loop(trainer, _fresh_state(saved), make_data(), num_steps=num_steps,
-                       checkpointer=checkpointer, on_metrics=_recorder(full_losses))
+    final = train_loop(
+        trainer,
+        _fresh_state(saved),
+        make_data(),
+        num_steps=num_steps,
+        checkpointer=checkpointer,
+        on_metrics=_recorder(full_losses),
+    )
     final_host = jax.device_get(final)
     assert sorted(full_losses) == [1, 2, 3, 4]
     assert full_losses[1] == saved.losses[1] and full_losses[2] == saved.losses[2]
@@ -401,10 +473,18 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
     losses = {}
     checkpointer = Checkpointer(str(run), save_every=100, keep=None)
     with pytest.raises(Preempted, match="step 2"):
-        train_loop(trainer, _fresh_state(saved), make_data(), num_steps=num_steps,
-                   checkpointer=checkpointer, on_metrics=_recorder(losses, sigterm_at=2))
+        train_loop(
+            trainer,
+            _fresh_state(saved),
+            make_data(),
+            num_steps=num_steps,
+            checkpointer=checkpointer,
+            on_metrics=_recorder(losses, sigterm_at=2),
+        )
     assert caught == [], "SIGTERM reached the previous handler: the loop did not catch it"
-    assert signal.getsignal(signal.SIGTERM) is guard, "the loop must restore the previous SIGTERM handler"
+    assert signal.getsignal(signal.SIGTERM) is guard, (
+        "the loop must restore the previous SIGTERM handler"
+    )
     assert sorted(losses) == [1, 2]
     assert checkpointer.latest_step == 2
     assert not {3, 4} & set(checkpointer.all_steps())
@@ -412,19 +492,31 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
 
     # Restart from the run directory and finish.
     checkpointer = Checkpointer(str(run), save_every=100, keep=None)
-    state, data_state, source = checkpointer.restore_or_init(trainer.abstract_state(EXAMPLE), no_init)
+    state, data_state, source = checkpointer.restore_or_init(
+        trainer.abstract_state(EXAMPLE), no_init
+    )
     assert source == f"{run}/2" and data_state == {"position": 2, "seed": 1}
     assert int(state.step) == 2
     data = make_data()
     data.set_state(data_state)
     resumed_losses = {}
-    resumed = train_loop(trainer, state, data, num_steps=num_steps, checkpointer=checkpointer,
-                         on_metrics=_recorder(resumed_losses))
+    resumed = train_loop(
+        trainer,
+        state,
+        data,
+        num_steps=num_steps,
+        checkpointer=checkpointer,
+        on_metrics=_recorder(resumed_losses),
+    )
     assert sorted(resumed_losses) == [3, 4]
     for step in (1, 2):
         assert losses[step] == full_losses[step], step
     for step in (3, 4):
-        assert resumed_losses[step] == full_losses[step], (step, resumed_losses[step], full_losses[step])
+        assert resumed_losses[step] == full_losses[step], (
+            step,
+            resumed_losses[step],
+            full_losses[step],
+        )
     assert_bitwise_equal(resumed, final_host)
     assert checkpointer.latest_step == 4
     checkpointer.close()
@@ -445,8 +537,13 @@ def test_train_loop_sigterm_without_checkpointer_stops(saved, sigterm_guard):
     guard, caught = sigterm_guard
     losses = {}
     try:
-        train_loop(saved.trainer, _fresh_state(saved), make_data(), num_steps=3,
-                   on_metrics=_recorder(losses, sigterm_at=1))
+        train_loop(
+            saved.trainer,
+            _fresh_state(saved),
+            make_data(),
+            num_steps=3,
+            on_metrics=_recorder(losses, sigterm_at=1),
+        )
     except Preempted:
         pass
     assert caught == []

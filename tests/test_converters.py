@@ -10,7 +10,11 @@ EXAMPLES = [
     {"inputs": [5, 6, 7, 1], "targets": [8, 9, 1], "task_id": 1},
     {"inputs": [10, 11, 1], "targets": [12, 13, 14, 15, 16, 1], "task_id": 2},  # targets cut at 5
     {"inputs": [17, 1], "targets": [18, 1], "task_id": 1},
-    {"inputs": [19, 20, 21, 22, 23, 24, 25, 1], "targets": [26, 1], "task_id": 2},  # inputs cut at 6
+    {
+        "inputs": [19, 20, 21, 22, 23, 24, 25, 1],
+        "targets": [26, 1],
+        "task_id": 2,
+    },  # inputs cut at 6
 ]
 LENGTHS = {"inputs": 6, "targets": 5}
 
@@ -18,11 +22,20 @@ LENGTHS = {"inputs": 6, "targets": 5}
 def _dataset(examples):
     def gen():
         for ex in examples:
-            yield {"inputs": np.array(ex["inputs"], np.int32), "targets": np.array(ex["targets"], np.int32),
-                   "task_id": np.int32(ex["task_id"])}
-    return tf.data.Dataset.from_generator(gen, output_signature={
-        "inputs": tf.TensorSpec([None], tf.int32), "targets": tf.TensorSpec([None], tf.int32),
-        "task_id": tf.TensorSpec([], tf.int32)})
+            yield {
+                "inputs": np.array(ex["inputs"], np.int32),
+                "targets": np.array(ex["targets"], np.int32),
+                "task_id": np.int32(ex["task_id"]),
+            }
+
+    return tf.data.Dataset.from_generator(
+        gen,
+        output_signature={
+            "inputs": tf.TensorSpec([None], tf.int32),
+            "targets": tf.TensorSpec([None], tf.int32),
+            "task_id": tf.TensorSpec([], tf.int32),
+        },
+    )
 
 
 def _rows(converter, examples=EXAMPLES, lengths=LENGTHS):
@@ -41,8 +54,12 @@ def test_encdec_unpacked_matches_reference():
         np.testing.assert_array_equal(row["encoder_input_tokens"], _pad(ex["inputs"], 6))
         np.testing.assert_array_equal(row["decoder_target_tokens"], _pad(targets, 5))
         np.testing.assert_array_equal(row["decoder_input_tokens"], _pad([0] + targets[:-1], 5))
-        np.testing.assert_array_equal(row["decoder_loss_weights"], (_pad(targets, 5) > 0).astype(np.float32))
-        np.testing.assert_array_equal(row["decoder_task_ids"], _pad([ex["task_id"]] * len(targets), 5))
+        np.testing.assert_array_equal(
+            row["decoder_loss_weights"], (_pad(targets, 5) > 0).astype(np.float32)
+        )
+        np.testing.assert_array_equal(
+            row["decoder_task_ids"], _pad([ex["task_id"]] * len(targets), 5)
+        )
         cut = len(ex["inputs"]) > 6 or len(ex["targets"]) > 5
         assert row["decoder_truncated"].sum() == cut and row["decoder_truncated"][0] == cut
 
@@ -60,10 +77,18 @@ def test_encdec_packing_matches_reference():
             assert list(row["encoder_positions"][i_mask]) == list(range(i_mask.sum()))
             assert list(row["decoder_input_tokens"][t_mask]) == [0] + list(targets[:-1])
             assert set(row["decoder_task_ids"][t_mask]) <= {1, 2}
-            seen.append((list(row["encoder_input_tokens"][i_mask]), list(targets),
-                         int(row["decoder_task_ids"][t_mask][0])))
+            seen.append(
+                (
+                    list(row["encoder_input_tokens"][i_mask]),
+                    list(targets),
+                    int(row["decoder_task_ids"][t_mask][0]),
+                )
+            )
         pad = row["decoder_segment_ids"] == 0
-        assert not row["decoder_target_tokens"][pad].any() and not row["decoder_loss_weights"][pad].any()
+        assert (
+            not row["decoder_target_tokens"][pad].any()
+            and not row["decoder_loss_weights"][pad].any()
+        )
     expected = [(ex["inputs"], ex["targets"], ex["task_id"]) for ex in EXAMPLES]
     assert sorted(seen) == sorted(expected)
     assert len(rows) < len(EXAMPLES)  # something was packed together
@@ -82,17 +107,22 @@ def test_decoder_prefix_lm_reference():
         seq = prompt + targets
         np.testing.assert_array_equal(row["decoder_target_tokens"], _pad(seq, 11))
         np.testing.assert_array_equal(row["decoder_input_tokens"], _pad([0] + seq[:-1], 11))
-        np.testing.assert_array_equal(row["decoder_loss_weights"], _pad([0] * len(prompt) + [1] * len(targets), 11))
+        np.testing.assert_array_equal(
+            row["decoder_loss_weights"], _pad([0] * len(prompt) + [1] * len(targets), 11)
+        )
         # Shifted inputs: BOS and every prompt token are bidirectional prefix.
-        np.testing.assert_array_equal(row["decoder_causal_attention"], _pad([1] * (len(prompt) + 1)
-                                                                            + [0] * (len(targets) - 1), 11))
+        np.testing.assert_array_equal(
+            row["decoder_causal_attention"],
+            _pad([1] * (len(prompt) + 1) + [0] * (len(targets) - 1), 11),
+        )
         np.testing.assert_array_equal(row["decoder_task_ids"], _pad([ex["task_id"]] * len(seq), 11))
 
 
 def test_decoder_plain_lm_packed_loss_everywhere():
     ds = tf.data.Dataset.from_generator(
         lambda: ({"targets": np.array(ex["targets"], np.int32)} for ex in EXAMPLES),
-        output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+        output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+    )
     conv = converters.DecoderConverter(pack=True, inputs=False, loss_on_targets_only=False)
     rows = list(conv(ds, {"targets": 8}).as_numpy_iterator())
     got = []
@@ -113,18 +143,27 @@ def test_multitask_converter_needs_task_id():
 
 def test_candidates_converter_reference():
     def gen():
-        yield {"inputs": np.array([3, 4, 1], np.int32),
-               "positives": tf.ragged.constant([[5, 6, 1], [7, 1]], tf.int32),
-               "negatives": tf.ragged.constant([[8, 9, 10, 11, 1]], tf.int32)}
-    ds = tf.data.Dataset.from_generator(gen, output_signature={
-        "inputs": tf.TensorSpec([None], tf.int32),
-        "positives": tf.RaggedTensorSpec([None, None], tf.int32),
-        "negatives": tf.RaggedTensorSpec([None, None], tf.int32)})
+        yield {
+            "inputs": np.array([3, 4, 1], np.int32),
+            "positives": tf.ragged.constant([[5, 6, 1], [7, 1]], tf.int32),
+            "negatives": tf.ragged.constant([[8, 9, 10, 11, 1]], tf.int32),
+        }
+
+    ds = tf.data.Dataset.from_generator(
+        gen,
+        output_signature={
+            "inputs": tf.TensorSpec([None], tf.int32),
+            "positives": tf.RaggedTensorSpec([None, None], tf.int32),
+            "negatives": tf.RaggedTensorSpec([None, None], tf.int32),
+        },
+    )
     conv = converters.CandidatesConverter(num_positives=3, num_negatives=2)
     (row,) = list(conv(ds, {"inputs": 4, "positives": 4, "negatives": 4}).as_numpy_iterator())
     expected = np.array([[5, 6, 1, 0], [7, 1, 0, 0], [0] * 4, [8, 9, 10, 11], [0] * 4])
     np.testing.assert_array_equal(row["candidate_target_tokens"], expected)
-    np.testing.assert_array_equal(row["candidate_input_tokens"], np.pad(expected[:, :-1], ((0, 0), (1, 0))))
+    np.testing.assert_array_equal(
+        row["candidate_input_tokens"], np.pad(expected[:, :-1], ((0, 0), (1, 0)))
+    )
     np.testing.assert_array_equal(row["candidate_mask"], [1, 1, 0, 1, 0])
     np.testing.assert_array_equal(row["candidate_is_positive"], [1, 1, 1, 0, 0])
     np.testing.assert_array_equal(row["candidate_loss_weights"], (expected > 0).astype(np.float32))

@@ -5,17 +5,20 @@ import pytest
 from t5x_rationale.data import metrics
 
 
-@pytest.mark.parametrize("text,answer", [
-    ("Tom has 3 + 4 = 7 apples. --> 7", "7"),
-    ("a --> b --> 1,000", "1000"),
-    ("So the total is 12. The answer is 12.", "12"),
-    ("The answer is $18.50.", "18.5"),
-    ("42", "42"),
-    (" 5.0 ", "5"),
-    ("-3", "-3"),
-    ("blue", "blue"),
-    ("x -->", None),
-])
+@pytest.mark.parametrize(
+    "text,answer",
+    [
+        ("Tom has 3 + 4 = 7 apples. --> 7", "7"),
+        ("a --> b --> 1,000", "1000"),
+        ("So the total is 12. The answer is 12.", "12"),
+        ("The answer is $18.50.", "18.5"),
+        ("42", "42"),
+        (" 5.0 ", "5"),
+        ("-3", "-3"),
+        ("blue", "blue"),
+        ("x -->", None),
+    ],
+)
 def test_extract_answer(text, answer):
     assert metrics.extract_answer(text) == answer
 

@@ -18,13 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax.core import meta
+from random_params import random_params
 
-from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale import decoding
+from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.decoding import DecodeConfig, decode, length_normalizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-
-from random_params import random_params
 
 EOS = 1
 T = 8  # max_decode_length of most tests
@@ -35,6 +34,7 @@ LONG_PROMPT_LENGTHS = (3, 6, 5, 3)
 
 
 # ----------------------------------------------------------------------------- set-ups
+
 
 def make_prompts(lengths, vocab_size, seed=0, low=2):
     """Right-padded prompts [B, max(lengths)] of non-pad, non-EOS tokens."""
@@ -48,8 +48,12 @@ def make_prompts(lengths, vocab_size, seed=0, low=2):
 @functools.lru_cache(maxsize=None)
 def decoder_case(vocab_size=256, scan_layers=False, seed=1):
     """One layer, or two scanned ones (cache leaves then carry a leading layer axis)."""
-    config = get_preset("decoder-tiny", vocab_size=vocab_size, scan_layers=scan_layers,
-                        num_layers=2 if scan_layers else 1)
+    config = get_preset(
+        "decoder-tiny",
+        vocab_size=vocab_size,
+        scan_layers=scan_layers,
+        num_layers=2 if scan_layers else 1,
+    )
     model = build_model(config)
     params = random_params(model, seed=seed, decoder_input_tokens=np.ones((1, 4), np.int32))
     return model, params
@@ -60,8 +64,12 @@ def encoder_decoder_case():
     """One encoder and one decoder layer; four encoder rows, one of them padded."""
     config = get_preset("t5-tiny", num_encoder_layers=1, num_decoder_layers=1)
     model = build_model(config)
-    params = random_params(model, seed=2, encoder_input_tokens=np.ones((1, 4), np.int32),
-                           decoder_input_tokens=np.ones((1, 4), np.int32))
+    params = random_params(
+        model,
+        seed=2,
+        encoder_input_tokens=np.ones((1, 4), np.int32),
+        decoder_input_tokens=np.ones((1, 4), np.int32),
+    )
     enc = np.random.default_rng(3).integers(2, config.vocab_size, (4, 7)).astype(np.int32)
     enc[1, 3:] = 0  # encoder padding in one row
     return model, params, {"encoder_input_tokens": enc}
@@ -80,6 +88,7 @@ ARCHITECTURES = ["decoder", "encoder_decoder"]
 
 # ------------------------------------------------------------------ full-forward references
 
+
 @functools.lru_cache(maxsize=None)
 def _forward(model):
     """Jitted teacher-forced forward returning log-probs [N, W, V]."""
@@ -94,20 +103,23 @@ def _prefix(model, batch, row):
         return [0]
     prompt = list(np.asarray(batch["decoder_prompt_tokens"])[row])
     nonpad = [i for i, t in enumerate(prompt) if t != 0]
-    return prompt[:nonpad[-1] + 1] if nonpad else [0]
+    return prompt[: nonpad[-1] + 1] if nonpad else [0]
 
 
 def continuation_log_probs(model, params, batch, row, continuations, max_decode_length):
     """[N, len] log-probs of each continuation's tokens after the row's prefix (full forward)."""
     prefix = _prefix(model, batch, row)
-    width = (1 if model.config.architecture == "encoder_decoder"
-             else np.shape(batch["decoder_prompt_tokens"])[1]) + max_decode_length
+    width = (
+        1
+        if model.config.architecture == "encoder_decoder"
+        else np.shape(batch["decoder_prompt_tokens"])[1]
+    ) + max_decode_length
     inputs = np.zeros((len(continuations), width), np.int32)
     for i, cont in enumerate(continuations):
         seq = prefix + list(cont)
-        inputs[i, :len(seq)] = seq
+        inputs[i, : len(seq)] = seq
     if model.config.architecture == "encoder_decoder":
-        enc = np.repeat(batch["encoder_input_tokens"][row:row + 1], len(continuations), axis=0)
+        enc = np.repeat(batch["encoder_input_tokens"][row : row + 1], len(continuations), axis=0)
         log_probs = np.asarray(_forward(model)(params, enc, inputs))
     else:
         log_probs = np.asarray(_forward(model)(params, inputs))
@@ -122,9 +134,11 @@ def uncached_greedy(model, params, batch, max_decode_length, eos_id=1):
     for row in range(rows):
         seq = []
         while len(seq) < max_decode_length and (not seq or seq[-1] != eos_id):
-            log_probs, start = continuation_log_probs(model, params, batch, row, [seq], max_decode_length)
+            log_probs, start = continuation_log_probs(
+                model, params, batch, row, [seq], max_decode_length
+            )
             seq.append(int(np.argmax(log_probs[0, start + len(seq) - 1])))
-        tokens[row, :len(seq)], lengths[row] = seq, len(seq)
+        tokens[row, : len(seq)], lengths[row] = seq, len(seq)
     return tokens, lengths
 
 
@@ -133,7 +147,9 @@ def teacher_forced_scores(model, params, batch, tokens, lengths, max_decode_leng
     scores = []
     for row, (toks, length) in enumerate(zip(np.asarray(tokens), np.asarray(lengths))):
         cont = list(toks[:length])
-        log_probs, start = continuation_log_probs(model, params, batch, row, [cont], max_decode_length)
+        log_probs, start = continuation_log_probs(
+            model, params, batch, row, [cont], max_decode_length
+        )
         scores.append(sum(log_probs[0, start - 1 + i, t] for i, t in enumerate(cont)))
     return np.asarray(scores, np.float32)
 
@@ -156,6 +172,7 @@ def check_eos_layout(result, max_decode_length):
 
 # ----------------------------------------------------------------------------------- tests
 
+
 def test_config_validation():
     with pytest.raises(ValueError, match="method"):
         DecodeConfig(4, method="nucleus")
@@ -177,8 +194,10 @@ def test_config_validation():
         decode(*encoder_decoder_case()[:2], batch, DecodeConfig(4))
 
 
-@pytest.mark.parametrize("architecture,prompt_lengths", [
-    ("decoder", PROMPT_LENGTHS), ("decoder", LONG_PROMPT_LENGTHS), ("encoder_decoder", None)])
+@pytest.mark.parametrize(
+    "architecture,prompt_lengths",
+    [("decoder", PROMPT_LENGTHS), ("decoder", LONG_PROMPT_LENGTHS), ("encoder_decoder", None)],
+)
 def test_cached_greedy_matches_uncached_reference(architecture, prompt_lengths):
     model, params, batch = case(architecture, prompt_lengths)
     result = decode(model, params, batch, DecodeConfig(T))
@@ -188,9 +207,11 @@ def test_cached_greedy_matches_uncached_reference(architecture, prompt_lengths):
     assert result.tokens.shape == (4, T) and result.tokens.dtype == jnp.int32
     # Non-trivial: rows differ and a row is not one repeated token.
     assert len({tuple(r) for r in want_tokens}) == 4 and len(set(want_tokens[0])) > 1
-    np.testing.assert_allclose(np.asarray(result.scores),
-                               teacher_forced_scores(model, params, batch, want_tokens, want_lengths, T),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(result.scores),
+        teacher_forced_scores(model, params, batch, want_tokens, want_lengths, T),
+        rtol=1e-4,
+    )
 
 
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
@@ -209,12 +230,16 @@ def test_eos_ends_rows(architecture):
     want_tokens, want_lengths = uncached_greedy(model, eos_params, batch, T)
     np.testing.assert_array_equal(tokens, want_tokens)
     np.testing.assert_array_equal(np.asarray(result.lengths), want_lengths)
-    np.testing.assert_allclose(np.asarray(result.scores),
-                               teacher_forced_scores(model, eos_params, batch, tokens, want_lengths, T),
-                               rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(result.scores),
+        teacher_forced_scores(model, eos_params, batch, tokens, want_lengths, T),
+        rtol=1e-4,
+    )
 
     # Beam search with one beam is greedy, EOS included; length_penalty 0 keeps raw scores.
-    beam = decode(model, eos_params, batch, DecodeConfig(T, method="beam", num_beams=1, length_penalty=0.0))
+    beam = decode(
+        model, eos_params, batch, DecodeConfig(T, method="beam", num_beams=1, length_penalty=0.0)
+    )
     np.testing.assert_array_equal(np.asarray(beam.tokens), tokens)
     np.testing.assert_array_equal(np.asarray(beam.lengths), np.asarray(result.lengths))
     np.testing.assert_allclose(np.asarray(beam.scores), np.asarray(result.scores), rtol=1e-5)
@@ -236,27 +261,39 @@ def test_beam_search_finds_the_exhaustive_best():
     model, params = decoder_case(vocab_size=4, seed=4)
     limit = 3
     batch = {"decoder_prompt_tokens": make_prompts((3, 1, 2), 4, seed=0)}
-    candidates = [(EOS,)] + [(a, EOS) for a in (2, 3)] + [
-        (a, b, c) for a, b in itertools.product((2, 3), repeat=2) for c in (1, 2, 3)]
+    candidates = (
+        [(EOS,)]
+        + [(a, EOS) for a in (2, 3)]
+        + [(a, b, c) for a, b in itertools.product((2, 3), repeat=2) for c in (1, 2, 3)]
+    )
     lengths = jnp.asarray([len(c) for c in candidates])
     bests = {}
     for alpha in (0.0, 0.6):
-        config = DecodeConfig(limit, method="beam", num_beams=16, length_penalty=alpha, forbidden_ids=(0,))
+        config = DecodeConfig(
+            limit, method="beam", num_beams=16, length_penalty=alpha, forbidden_ids=(0,)
+        )
         result = decode(model, params, batch, config)
         for row in range(3):
             log_probs, start = continuation_log_probs(model, params, batch, row, candidates, limit)
-            sums = np.array([sum(log_probs[i, start - 1 + j, t] for j, t in enumerate(cand))
-                             for i, cand in enumerate(candidates)])
+            sums = np.array(
+                [
+                    sum(log_probs[i, start - 1 + j, t] for j, t in enumerate(cand))
+                    for i, cand in enumerate(candidates)
+                ]
+            )
             normalised = sums / np.asarray(length_normalizer(lengths, alpha))
             index = int(np.argmax(normalised))
             best = bests[alpha, row] = candidates[index]
             want = list(best) + [0] * (limit - len(best))
-            np.testing.assert_array_equal(np.asarray(result.tokens[row]), want,
-                                          err_msg=f"alpha {alpha}, row {row}")
+            np.testing.assert_array_equal(
+                np.asarray(result.tokens[row]), want, err_msg=f"alpha {alpha}, row {row}"
+            )
             assert int(result.lengths[row]) == len(best)
             np.testing.assert_allclose(float(result.scores[row]), normalised.max(), rtol=1e-5)
-            allowed = log_probs[index, start - 1:start - 1 + len(best), 1:]  # id 0 is forbidden
-            assert not all(allowed[j].argmax() + 1 == t for j, t in enumerate(best)), "greedy finds it"
+            allowed = log_probs[index, start - 1 : start - 1 + len(best), 1:]  # id 0 is forbidden
+            assert not all(allowed[j].argmax() + 1 == t for j, t in enumerate(best)), (
+                "greedy finds it"
+            )
     assert any(bests[0.0, row] != bests[0.6, row] for row in range(3))
 
 
@@ -274,7 +311,9 @@ def test_beam_search_keeps_hypotheses_that_can_still_win():
 
     def beam(num_beams):
         config = DecodeConfig(3, method="beam", num_beams=num_beams, length_penalty=2.0)
-        return decoding._beam_loop(step, {}, jnp.zeros((1, 1), jnp.int32), 0, config, jnp.zeros(4, bool))
+        return decoding._beam_loop(
+            step, {}, jnp.zeros((1, 1), jnp.int32), 0, config, jnp.zeros(4, bool)
+        )
 
     wide = beam(2)
     np.testing.assert_array_equal(np.asarray(wide.tokens), [[2, 2, 2]])
@@ -303,10 +342,14 @@ def test_sampling():
     # Scores are the sampled tokens' log-probs at temperature 1.
     np.testing.assert_allclose(
         np.asarray(first.scores),
-        teacher_forced_scores(model, params, batch, first.tokens, first.lengths, T), rtol=1e-4)
+        teacher_forced_scores(model, params, batch, first.tokens, first.lengths, T),
+        rtol=1e-4,
+    )
 
-    for narrow in (DecodeConfig(T, method="sample", top_k=1, temperature=2.0),
-                   DecodeConfig(T, method="sample", top_p=1e-6, temperature=2.0)):
+    for narrow in (
+        DecodeConfig(T, method="sample", top_k=1, temperature=2.0),
+        DecodeConfig(T, method="sample", top_p=1e-6, temperature=2.0),
+    ):
         result = decode(model, params, batch, narrow, rng=jax.random.PRNGKey(0))
         np.testing.assert_array_equal(np.asarray(result.tokens), greedy, err_msg=str(narrow))
 
@@ -321,11 +364,15 @@ def _sharded_params(model, params, partitioner):
     return jax.device_put(params, shardings)
 
 
-@pytest.mark.parametrize("architecture,config", [
-    # Prefill, then beams copy and reorder the (layer-scanned) cache.
-    ("decoder", DecodeConfig(T, method="beam", num_beams=4)),
-    ("encoder_decoder", DecodeConfig(T)),
-], ids=["decoder-scan-beam", "encoder_decoder-greedy"])
+@pytest.mark.parametrize(
+    "architecture,config",
+    [
+        # Prefill, then beams copy and reorder the (layer-scanned) cache.
+        ("decoder", DecodeConfig(T, method="beam", num_beams=4)),
+        ("encoder_decoder", DecodeConfig(T)),
+    ],
+    ids=["decoder-scan-beam", "encoder_decoder-greedy"],
+)
 def test_sharded_decoding_matches_one_device(architecture, config):
     model, params, batch = case(architecture, LONG_PROMPT_LENGTHS, scan_layers=True)
     want = decode(model, params, batch, config)

@@ -11,11 +11,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_rationale.architectures import build_model, dummy_batch, get_preset, model_inputs
-from t5x_rationale.architectures import QuietStarConfig
+from t5x_rationale.architectures import (
+    QuietStarConfig,
+    build_model,
+    dummy_batch,
+    get_preset,
+    model_inputs,
+)
 from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
-from t5x_rationale.flops import (decoder_forward_flops, measure_peak_matmul_flops, quiet_star_forward_flops,
-                                 t5_forward_flops, train_step_flops)
+from t5x_rationale.flops import (
+    decoder_forward_flops,
+    measure_peak_matmul_flops,
+    quiet_star_forward_flops,
+    t5_forward_flops,
+    train_step_flops,
+)
 
 DECODER = dict(emb_dim=256, mlp_dim=1024, vocab_size=2048, head_dim=32, num_heads=8, num_kv_heads=4)
 T5 = dict(emb_dim=256, mlp_dim=1024, vocab_size=2048, head_dim=32, num_heads=8)
@@ -23,12 +33,15 @@ T5 = dict(emb_dim=256, mlp_dim=1024, vocab_size=2048, head_dim=32, num_heads=8)
 
 # ============================================================================ helpers
 
+
 def _forward(config, batch_size, target_length, input_length=0):
     """(forward fn, abstract params, abstract batch) -- shapes only, nothing is initialised."""
     model = build_model(config)
     batch = dummy_batch(config, batch_size, target_length=target_length, input_length=input_length)
     inputs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in model_inputs(batch).items()}
-    params = jax.eval_shape(lambda i: nn.unbox(model.init(jax.random.PRNGKey(0), **i)["params"]), inputs)
+    params = jax.eval_shape(
+        lambda i: nn.unbox(model.init(jax.random.PRNGKey(0), **i)["params"]), inputs
+    )
 
     def forward(p, i):
         return model.apply({"params": p}, **i, deterministic=True)
@@ -65,7 +78,7 @@ def _dot_flops(jaxpr, lookup_table=None, multiplier=1):
             total += multiplier * 2 * math.prod(out) * math.prod(lhs[d] for d in lhs_contract)
         inner = multiplier * (eqn.params.get("length", 1) if eqn.primitive.name == "scan" else 1)
         for value in eqn.params.values():
-            for sub in (value if isinstance(value, (list, tuple)) else [value]):
+            for sub in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
                     total += _dot_flops(sub.jaxpr, lookup_table, inner)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
@@ -80,22 +93,23 @@ def _matmul(m, k, n, batch=1):
 
 # ============================================================ hand-enumerated 1-layer
 
+
 def test_decoder_formula_equals_hand_enumerated_matmuls():
     b, length = 2, 16
     c = get_preset("decoder-tiny", num_layers=1, **DECODER)
     e, h, k, d, f, v = c.emb_dim, c.num_heads, c.kv_heads, c.head_dim, c.mlp_dim, c.vocab_size
     tokens = b * length
     matmuls = [
-        _matmul(tokens, e, h * d),                    # query
-        _matmul(tokens, e, k * d),                    # key
-        _matmul(tokens, e, k * d),                    # value
-        _matmul(length, d, length, batch=b * h),      # scores q k^T, every head
-        _matmul(length, length, d, batch=b * h),      # probs v
-        _matmul(tokens, h * d, e),                    # out
-        _matmul(tokens, e, f),                        # wi_0 (gate)
-        _matmul(tokens, e, f),                        # wi_1 (up)
-        _matmul(tokens, f, e),                        # wo (down)
-        _matmul(tokens, e, v),                        # logits
+        _matmul(tokens, e, h * d),  # query
+        _matmul(tokens, e, k * d),  # key
+        _matmul(tokens, e, k * d),  # value
+        _matmul(length, d, length, batch=b * h),  # scores q k^T, every head
+        _matmul(length, length, d, batch=b * h),  # probs v
+        _matmul(tokens, h * d, e),  # out
+        _matmul(tokens, e, f),  # wi_0 (gate)
+        _matmul(tokens, e, f),  # wi_1 (up)
+        _matmul(tokens, f, e),  # wo (down)
+        _matmul(tokens, e, v),  # logits
     ]
     assert decoder_forward_flops(c, b, length) == sum(matmuls)
     assert _jaxpr_matmul_flops(c, b, length) == sum(matmuls)
@@ -108,27 +122,40 @@ def test_t5_formula_equals_hand_enumerated_matmuls():
     hd = h * d
     enc, dec = b * s, b * t
     encoder = [
-        _matmul(enc, e, hd), _matmul(enc, e, hd), _matmul(enc, e, hd),  # q, k, v
-        _matmul(s, d, s, batch=b * h), _matmul(s, s, d, batch=b * h),  # scores, values
-        _matmul(enc, hd, e),                                            # out
-        _matmul(enc, e, f), _matmul(enc, e, f), _matmul(enc, f, e),     # gated-GELU MLP
+        _matmul(enc, e, hd),
+        _matmul(enc, e, hd),
+        _matmul(enc, e, hd),  # q, k, v
+        _matmul(s, d, s, batch=b * h),
+        _matmul(s, s, d, batch=b * h),  # scores, values
+        _matmul(enc, hd, e),  # out
+        _matmul(enc, e, f),
+        _matmul(enc, e, f),
+        _matmul(enc, f, e),  # gated-GELU MLP
     ]
     decoder = [
-        _matmul(dec, e, hd), _matmul(dec, e, hd), _matmul(dec, e, hd),  # self q, k, v
-        _matmul(t, d, t, batch=b * h), _matmul(t, t, d, batch=b * h),  # self scores, values
-        _matmul(dec, hd, e),                                            # self out
-        _matmul(dec, e, hd),                                            # cross q
-        _matmul(enc, e, hd), _matmul(enc, e, hd),                       # cross k, v (encoder tokens)
-        _matmul(t, d, s, batch=b * h), _matmul(t, s, d, batch=b * h),  # cross scores, values
-        _matmul(dec, hd, e),                                            # cross out
-        _matmul(dec, e, f), _matmul(dec, e, f), _matmul(dec, f, e),     # MLP
-        _matmul(dec, e, v),                                             # logits
+        _matmul(dec, e, hd),
+        _matmul(dec, e, hd),
+        _matmul(dec, e, hd),  # self q, k, v
+        _matmul(t, d, t, batch=b * h),
+        _matmul(t, t, d, batch=b * h),  # self scores, values
+        _matmul(dec, hd, e),  # self out
+        _matmul(dec, e, hd),  # cross q
+        _matmul(enc, e, hd),
+        _matmul(enc, e, hd),  # cross k, v (encoder tokens)
+        _matmul(t, d, s, batch=b * h),
+        _matmul(t, s, d, batch=b * h),  # cross scores, values
+        _matmul(dec, hd, e),  # cross out
+        _matmul(dec, e, f),
+        _matmul(dec, e, f),
+        _matmul(dec, f, e),  # MLP
+        _matmul(dec, e, v),  # logits
     ]
     assert t5_forward_flops(c, b, s, t) == sum(encoder) + sum(decoder)
     assert _jaxpr_matmul_flops(c, b, t, s) == sum(encoder) + sum(decoder)
 
 
 # ===================================================== multi-layer: jaxpr and XLA counts
+
 
 def test_decoder_formula_vs_jaxpr_and_xla():
     b, length = 2, 64
@@ -149,9 +176,17 @@ def test_t5_formula_vs_jaxpr_and_xla():
     assert 0.85 * xla <= formula <= xla, (formula, xla, formula / xla)
 
 
-@pytest.mark.parametrize("overrides", [dict(num_kv_heads=None), dict(num_kv_heads=1, num_layers=3),
-                                       dict(tie_embeddings=True), dict(sliding_window=4),
-                                       dict(scan_layers=True, num_layers=3), dict(remat_policy="full")])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(num_kv_heads=None),
+        dict(num_kv_heads=1, num_layers=3),
+        dict(tie_embeddings=True),
+        dict(sliding_window=4),
+        dict(scan_layers=True, num_layers=3),
+        dict(remat_policy="full"),
+    ],
+)
 def test_decoder_formula_vs_jaxpr_variants(overrides):
     """GQA/MQA, depth, tied embeddings, sliding windows (attention still counted over the full length),
     scanned and rematerialised layers (the forward pass itself is unchanged)."""
@@ -160,19 +195,29 @@ def test_decoder_formula_vs_jaxpr_variants(overrides):
 
 
 def test_t5_formula_vs_jaxpr_variants():
-    c = get_preset("t5-tiny", num_encoder_layers=3, num_decoder_layers=1, logits_via_embedding=True,
-                   mlp_activations=("gelu", "linear", "relu"))
+    c = get_preset(
+        "t5-tiny",
+        num_encoder_layers=3,
+        num_decoder_layers=1,
+        logits_via_embedding=True,
+        mlp_activations=("gelu", "linear", "relu"),
+    )
     assert t5_forward_flops(c, 2, 7, 5) == _jaxpr_matmul_flops(c, 2, 5, 7)
 
 
 # ================================================================ train step, peak
 
+
 def test_train_step_flops_is_three_forwards():
     dec = get_preset("decoder-tiny", **DECODER)
     t5 = get_preset("t5-tiny", **T5)
     assert train_step_flops(dec, 4, target_length=32) == 3 * decoder_forward_flops(dec, 4, 32)
-    assert train_step_flops(dec, 4, target_length=32, input_length=99) == 3 * decoder_forward_flops(dec, 4, 32)
-    assert train_step_flops(t5, 4, target_length=32, input_length=48) == 3 * t5_forward_flops(t5, 4, 48, 32)
+    assert train_step_flops(dec, 4, target_length=32, input_length=99) == 3 * decoder_forward_flops(
+        dec, 4, 32
+    )
+    assert train_step_flops(t5, 4, target_length=32, input_length=48) == 3 * t5_forward_flops(
+        t5, 4, 48, 32
+    )
     # Scaling sanity: linear in batch, and more than linear in length (attention).
     assert decoder_forward_flops(dec, 8, 32) == 2 * decoder_forward_flops(dec, 4, 32)
     assert decoder_forward_flops(dec, 4, 64) > 2 * decoder_forward_flops(dec, 4, 32)
@@ -190,12 +235,20 @@ def test_quiet_star_formula_is_the_dense_forward_minus_its_masked_work():
     d = config.decoder
     spec = ThinkingSpec(n_a, n_t, implementation="dense_mask")
     tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
-    params = jax.eval_shape(lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens)
+    params = jax.eval_shape(
+        lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens
+    )
     ctx = Context(tokens, jax.ShapeDtypeStruct((rows, length), bool), None, jax.random.PRNGKey(0))
-    counted = _dot_flops(jax.make_jaxpr(lambda p, t, c: think(config, spec, p, t, c))(params, tokens, ctx).jaxpr)
+    counted = _dot_flops(
+        jax.make_jaxpr(lambda p, t, c: think(config, spec, p, t, c))(params, tokens, ctx).jaxpr
+    )
     steps, heads = spec.num_steps, d.num_heads * d.head_dim
-    attention_waste = sum(rows * length * d.num_layers * 4 * heads * k * (length - 1) for k in range(1, steps + 1))
-    needed = quiet_star_forward_flops(config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1)
+    attention_waste = sum(
+        rows * length * d.num_layers * 4 * heads * k * (length - 1) for k in range(1, steps + 1)
+    )
+    needed = quiet_star_forward_flops(
+        config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1
+    )
     assert needed == counted - attention_waste
     thinking = dict(num_ahead=n_a, num_talk=n_t, num_thoughts=1)
     assert train_step_flops(config, rows, target_length=length, thinking=thinking) == 3 * needed
@@ -211,12 +264,24 @@ def test_quiet_star_formula_counts_the_context_and_start_step_once_per_copied_ro
     spec = ThinkingSpec(n_a, n_t)  # streams
     rows = batch * copies
     tokens = jax.ShapeDtypeStruct((rows, length), jnp.int32)
-    params = jax.eval_shape(lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens)
+    params = jax.eval_shape(
+        lambda t: nn.unbox(build_model(config).init(jax.random.PRNGKey(0), t)["params"]), tokens
+    )
     ctx = Context(tokens, jax.ShapeDtypeStruct((rows, length), bool), None, jax.random.PRNGKey(0))
-    counted = {c: _dot_flops(jax.make_jaxpr(lambda p, t, x, c=c: think(config, spec, p, t, x, copies=c))(
-        params, tokens, ctx).jaxpr) for c in (1, copies)}
-    formula = {c: quiet_star_forward_flops(config, rows // c, length, num_ahead=n_a, num_talk=n_t, num_thoughts=c)
-               for c in (1, copies)}
+    counted = {
+        c: _dot_flops(
+            jax.make_jaxpr(lambda p, t, x, c=c: think(config, spec, p, t, x, copies=c))(
+                params, tokens, ctx
+            ).jaxpr
+        )
+        for c in (1, copies)
+    }
+    formula = {
+        c: quiet_star_forward_flops(
+            config, rows // c, length, num_ahead=n_a, num_talk=n_t, num_thoughts=c
+        )
+        for c in (1, copies)
+    }
     # the step-1 token's weight on its own value is an elementwise product there, not a dot_general
     d = config.decoder
     own_value = (rows - batch) * length * d.num_layers * 2 * d.num_heads * d.head_dim

@@ -14,10 +14,21 @@ from t5x_rationale.partitioning import MeshConfig
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
 ENTRY_POINTS = tuple(t5x_rationale.gin_configurables.ENTRY_POINTS)
 # Macros that run files leave to the command line.
-REQUIRED_MACROS = ["TASK = 'synthetic_arith_cot'", "RUN_DIR = '/tmp/unused'", "CHECKPOINT_PATH = '/tmp/unused'",
-                   "TEACHER_CHECKPOINT = '/tmp/unused'", "EVAL_TASK = 'synthetic_arith_cot'", "OUTPUT_DIR = '/tmp/unused'"]
-GSM8K_MACROS = ["TRAIN_KIND = 'cot'", "EVAL_KIND = 'cot'"]  # set by the gsm8k_* files over gsm8k_base.gin
-GSM8K_ROW = '{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\\n#### 5"}'
+REQUIRED_MACROS = [
+    "TASK = 'synthetic_arith_cot'",
+    "RUN_DIR = '/tmp/unused'",
+    "CHECKPOINT_PATH = '/tmp/unused'",
+    "TEACHER_CHECKPOINT = '/tmp/unused'",
+    "EVAL_TASK = 'synthetic_arith_cot'",
+    "OUTPUT_DIR = '/tmp/unused'",
+]
+GSM8K_MACROS = [
+    "TRAIN_KIND = 'cot'",
+    "EVAL_KIND = 'cot'",
+]  # set by the gsm8k_* files over gsm8k_base.gin
+GSM8K_ROW = (
+    '{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\\n#### 5"}'
+)
 
 
 def _parse(files, bindings=()):
@@ -47,14 +58,18 @@ def _model_file_for(run_file: Path) -> list[str]:
     text = _text_with_includes(run_file)
     if "model_config.preset" in text:
         return []
-    return ["models/quiet_star_tiny.gin" if "@quiet_star_config()" in text else "models/t5_tiny.gin"]
+    return [
+        "models/quiet_star_tiny.gin" if "@quiet_star_config()" in text else "models/t5_tiny.gin"
+    ]
 
 
 @pytest.mark.parametrize("run_file", sorted((CONFIGS / "runs").glob("*.gin")), ids=lambda p: p.name)
 def test_run_file_builds(run_file, tmp_path):
     files = _model_file_for(run_file) + [str(run_file)]
     text = _text_with_includes(run_file)
-    (tmp_path / "train.jsonl").write_text(GSM8K_ROW + "\n")  # GSM8K runs register their copy when built
+    (tmp_path / "train.jsonl").write_text(
+        GSM8K_ROW + "\n"
+    )  # GSM8K runs register their copy when built
     (tmp_path / "test.jsonl").write_text(GSM8K_ROW + "\n")
     required = REQUIRED_MACROS + GSM8K_MACROS + [f"GSM8K_DIR = '{tmp_path}'"]
     macros = [m for m in required if m.split(" =")[0] + " = %gin.REQUIRED" in text]
@@ -62,13 +77,17 @@ def test_run_file_builds(run_file, tmp_path):
     built = _built_entry_points()
     assert built, f"{run_file.name} binds none of {ENTRY_POINTS}"
     for name, bindings in built.items():
-        assert isinstance(bindings["model_config"], (T5Config, DecoderConfig, QuietStarConfig)), name
+        assert isinstance(bindings["model_config"], (T5Config, DecoderConfig, QuietStarConfig)), (
+            name
+        )
         if "mesh" in bindings:
             assert isinstance(bindings["mesh"], MeshConfig)
     gin.clear_config()
 
 
-@pytest.mark.parametrize("model_file", sorted((CONFIGS / "models").glob("*.gin")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "model_file", sorted((CONFIGS / "models").glob("*.gin")), ids=lambda p: p.name
+)
 def test_model_file_builds_its_preset(model_file):
     _parse([str(model_file)], ["train.model_config = @model_config()"])
     config = gin.get_bindings("train")["model_config"]
@@ -76,7 +95,9 @@ def test_model_file_builds_its_preset(model_file):
     gin.clear_config()
 
 
-@pytest.mark.parametrize("mesh_file", sorted((CONFIGS / "meshes").glob("*.gin")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "mesh_file", sorted((CONFIGS / "meshes").glob("*.gin")), ids=lambda p: p.name
+)
 def test_mesh_file_builds(mesh_file):
     _parse([str(mesh_file)], ["train.mesh = @MeshConfig()"])
     mesh = gin.get_bindings("train")["mesh"]
@@ -103,7 +124,9 @@ def test_missing_gin_file_is_named():
 
 
 def test_flags_are_parsed_in_order():
-    args = gin_launch.parse_args(["--gin_file=a.gin", "--gin.X=1", "--gin_file=b.gin", "--gin.train.y='z'"])
+    args = gin_launch.parse_args(
+        ["--gin_file=a.gin", "--gin.X=1", "--gin_file=b.gin", "--gin.train.y='z'"]
+    )
     assert args.gin_file == ["a.gin", "b.gin"]
     assert args.gin_bindings == ["X = 1", "train.y = 'z'"]
     with pytest.raises(gin_launch.GinConfigError, match="unknown flag"):

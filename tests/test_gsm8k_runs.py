@@ -10,20 +10,34 @@ import json
 
 import gin
 import pytest
+from test_sources import gsm8k_dir
 
 from t5x_rationale import gin_launch
 from t5x_rationale.data import registry
-from test_sources import gsm8k_dir
 
-TINY = ["model_config.preset = 't5-tiny'", "model_config.vocab_size = 2048",
-        "TRAIN_STEPS = 2", "OptimizerConfig.warmup_steps = 1", "BATCH_SIZE = 8", "train.save_every = 2",
-        "train.log_every = 1", "train.measure_mfu = False", "train.console = False",
-        "evaluate.max_examples = 8", "evaluate.batch_size = 8", "DecodeConfig.max_decode_length = 16"]
+TINY = [
+    "model_config.preset = 't5-tiny'",
+    "model_config.vocab_size = 2048",
+    "TRAIN_STEPS = 2",
+    "OptimizerConfig.warmup_steps = 1",
+    "BATCH_SIZE = 8",
+    "train.save_every = 2",
+    "train.log_every = 1",
+    "train.measure_mfu = False",
+    "train.console = False",
+    "evaluate.max_examples = 8",
+    "evaluate.batch_size = 8",
+    "DecodeConfig.max_decode_length = 16",
+]
 TINY_TEACHER = ["teacher/model_config.preset = 't5-tiny'", "teacher/model_config.vocab_size = 2048"]
 
 
 def _launch(entry, run_file, run_dir, extra=()):
-    argv = [f"--gin_file=runs/{run_file}", f"--gin.GSM8K_DIR='{gsm8k_dir()}'", f"--gin.RUN_DIR='{run_dir}'"]
+    argv = [
+        f"--gin_file=runs/{run_file}",
+        f"--gin.GSM8K_DIR='{gsm8k_dir()}'",
+        f"--gin.RUN_DIR='{run_dir}'",
+    ]
     argv += [f"--gin.{b.replace(' = ', '=', 1)}" for b in TINY + list(extra)]
     try:
         return gin_launch.run(entry, argv)
@@ -47,12 +61,21 @@ def _train_and_evaluate(run_file, run_dir, eval_task, metric_keys, extra=()):
 @pytest.mark.slow
 def test_gsm8k_distillation_runs_train_and_evaluate(tmp_path):
     _train_and_evaluate("gsm8k_label_only.gin", tmp_path / "label", "gsm8k_label", ["label_loss"])
-    _train_and_evaluate("gsm8k_step_by_step.gin", tmp_path / "sbs", "gsm8k_label",
-                        ["label_loss", "rationale_loss", "label_token_fraction"])
+    _train_and_evaluate(
+        "gsm8k_step_by_step.gin",
+        tmp_path / "sbs",
+        "gsm8k_label",
+        ["label_loss", "rationale_loss", "label_token_fraction"],
+    )
     _train_and_evaluate("gsm8k_cot.gin", tmp_path / "cot", "gsm8k_cot", ["loss", "accuracy"])
     # The CoT run's checkpoint serves as the (tiny) teacher of the KD student.
-    _train_and_evaluate("gsm8k_kd.gin", tmp_path / "kd", "gsm8k_cot", ["kl", "teacher_accuracy"],
-                        extra=TINY_TEACHER + [f"TEACHER_CHECKPOINT = '{tmp_path / 'cot' / 'checkpoints'}'"])
+    _train_and_evaluate(
+        "gsm8k_kd.gin",
+        tmp_path / "kd",
+        "gsm8k_cot",
+        ["kl", "teacher_accuracy"],
+        extra=TINY_TEACHER + [f"TEACHER_CHECKPOINT = '{tmp_path / 'cot' / 'checkpoints'}'"],
+    )
 
 
 def test_unknown_task_kind_is_named(tmp_path):

@@ -11,8 +11,10 @@ from t5x_rationale import host_memory
 
 def test_tunable_is_appended_to_existing_ones():
     assert host_memory.tunables_with_huge_pages("") == "glibc.malloc.hugetlb=1"
-    assert host_memory.tunables_with_huge_pages("glibc.malloc.arena_max=2") == \
-        "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert (
+        host_memory.tunables_with_huge_pages("glibc.malloc.arena_max=2")
+        == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    )
 
 
 def test_switch_and_existing_tunable_stop_the_reexec():
@@ -32,11 +34,18 @@ print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], 
 """
 
 
-@pytest.mark.skipif(not host_memory.huge_pages_wanted({}), reason="needs Linux, glibc >= 2.35 and THP")
+@pytest.mark.skipif(
+    not host_memory.huge_pages_wanted({}), reason="needs Linux, glibc >= 2.35 and THP"
+)
 def test_reexec_keeps_pid_and_arguments_and_runs_once():
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", host_memory.SWITCH)}
-    out = subprocess.run([sys.executable, "-c", _CHILD, "--flag", "value"], env=env, capture_output=True,
-                         text=True, check=True).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, "--flag", "value"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     before = [line for line in out if line.startswith("before")]
     after = [line for line in out if line.startswith("after")]
     assert len(before) == 2 and len(after) == 1  # the script ran again once, then went on
@@ -47,6 +56,7 @@ def test_reexec_keeps_pid_and_arguments_and_runs_once():
 
 def test_reexec_is_off_with_the_switch():
     env = dict(os.environ, T5XR_HUGE_PAGES="0")
-    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
+    ).stdout
     assert out.count("before") == 1 and out.count("after") == 1

@@ -30,17 +30,42 @@ def _env():
 def test_two_processes_match_single_process(tmp_path, preset):
     common = ["--preset", preset, "--steps", "3", "--optimizer", "sgd"]
     port = _free_port()
-    procs = [subprocess.Popen(
-        [sys.executable, SCRIPT, *common, "--mesh", "2x2x2", "--local_devices", "4",
-         "--coordinator", f"127.0.0.1:{port}", "--num_processes", "2", "--process_id", str(i),
-         "--out", str(tmp_path / "multi.npz")],
-        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                SCRIPT,
+                *common,
+                "--mesh",
+                "2x2x2",
+                "--local_devices",
+                "4",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num_processes",
+                "2",
+                "--process_id",
+                str(i),
+                "--out",
+                str(tmp_path / "multi.npz"),
+            ],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
-    single = subprocess.run([sys.executable, SCRIPT, *common, "--mesh", "1x1x1",
-                             "--out", str(tmp_path / "single.npz")],
-                            env=_env(), capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [sys.executable, SCRIPT, *common, "--mesh", "1x1x1", "--out", str(tmp_path / "single.npz")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-3000:]
     multi, ref = np.load(tmp_path / "multi.npz"), np.load(tmp_path / "single.npz")
     assert sorted(multi.files) == sorted(ref.files)

@@ -11,10 +11,18 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The quickstart config, shortened: 3 steps of batch 8 on 32-token sequences, SGD.
-FLAGS = ["--gin_file=runs/quickstart.gin", "--gin.INPUT_LENGTH=32", "--gin.TARGET_LENGTH=32",
-         "--gin.train.batch_size=8", "--gin.train.num_steps=3", "--gin.train.log_every=1",
-         "--gin.train.measure_mfu=False", "--gin.train.console=False", "--gin.OptimizerConfig.name='sgd'",
-         "--gin.OptimizerConfig.learning_rate=0.5"]
+FLAGS = [
+    "--gin_file=runs/quickstart.gin",
+    "--gin.INPUT_LENGTH=32",
+    "--gin.TARGET_LENGTH=32",
+    "--gin.train.batch_size=8",
+    "--gin.train.num_steps=3",
+    "--gin.train.log_every=1",
+    "--gin.train.measure_mfu=False",
+    "--gin.train.console=False",
+    "--gin.OptimizerConfig.name='sgd'",
+    "--gin.OptimizerConfig.learning_rate=0.5",
+]
 
 
 def _free_port():
@@ -41,16 +49,35 @@ def test_train_entry_point_two_processes_match_one(tmp_path):
     train = [sys.executable, "-m", "t5x_rationale.train", *FLAGS]
     port = _free_port()
     multi_dir = tmp_path / "multi"
-    procs = [subprocess.Popen(
-        [*train, f"--gin.RUN_DIR='{multi_dir}'", f"--coordinator_address=127.0.0.1:{port}",
-         "--num_processes=2", f"--process_id={i}"],
-        cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [
+                *train,
+                f"--gin.RUN_DIR='{multi_dir}'",
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ],
+            cwd=ROOT,
+            env=_env(4),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=400)[0] for p in procs]
     for p, out in zip(procs, outputs):
         assert p.returncode == 0, out[-3000:]
     single_dir = tmp_path / "single"
-    single = subprocess.run([*train, f"--gin.RUN_DIR='{single_dir}'"], cwd=ROOT, env=_env(8),
-                            capture_output=True, text=True, timeout=400)
+    single = subprocess.run(
+        [*train, f"--gin.RUN_DIR='{single_dir}'"],
+        cwd=ROOT,
+        env=_env(8),
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-3000:]
     multi, ref = _losses(multi_dir), _losses(single_dir)
     assert len(ref) == 3 and np.all(np.isfinite(ref))

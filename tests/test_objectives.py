@@ -20,8 +20,8 @@ from t5x_rationale.architectures import build_model, get_preset, model_inputs
 from t5x_rationale.objectives import token_accuracy, token_cross_entropy, token_loss, weighted_mean
 from t5x_rationale.random_batches import RandomBatches
 
-
 # ================================================================== numpy references
+
 
 def np_smoothed_targets(target: int, vocab: int, label_smoothing: float) -> np.ndarray:
     """The full target distribution: 1 - ls on the target, ls / (V - 1) on every other id."""
@@ -45,7 +45,7 @@ def np_token_cross_entropy(logits, targets, *, z_loss, label_smoothing):
         q = np_smoothed_targets(int(targets[idx]), vocab, label_smoothing)
         cross = -float(np.sum(q * log_probs))
         entropy = -sum(float(p) * math.log(float(p)) for p in q if p > 0)
-        z = z_loss * log_z ** 2
+        z = z_loss * log_z**2
         loss[idx] = cross - entropy + z
         z_terms[idx] = z
     return loss, z_terms
@@ -59,7 +59,7 @@ def jnp_naive_cross_entropy(logits, targets, *, z_loss, label_smoothing):
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     entropy = -jnp.sum(jnp.where(q > 0, q * jnp.log(jnp.where(q > 0, q, 1.0)), 0.0), axis=-1)
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    return -jnp.sum(q * log_probs, axis=-1) - entropy + z_loss * log_z ** 2
+    return -jnp.sum(q * log_probs, axis=-1) - entropy + z_loss * log_z**2
 
 
 def np_weighted_mean(values, weights):
@@ -74,6 +74,7 @@ def np_weighted_mean(values, weights):
 
 # ============================================================ token_cross_entropy
 
+
 def _random_logits(seed, shape, scale=3.0):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32) * scale
 
@@ -84,9 +85,12 @@ def test_token_cross_entropy_matches_full_distribution_reference(label_smoothing
     vocab = 37
     logits = _random_logits(0, (3, 5, vocab))
     targets = np.random.default_rng(1).integers(0, vocab, (3, 5))
-    loss, z_term = token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), z_loss=z_loss,
-                                       label_smoothing=label_smoothing)
-    ref_loss, ref_z = np_token_cross_entropy(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+    loss, z_term = token_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(targets), z_loss=z_loss, label_smoothing=label_smoothing
+    )
+    ref_loss, ref_z = np_token_cross_entropy(
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
+    )
     assert loss.shape == targets.shape and loss.dtype == jnp.float32
     assert z_term.shape == targets.shape and z_term.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(loss), ref_loss, rtol=1e-5, atol=1e-5)
@@ -101,7 +105,9 @@ def test_token_cross_entropy_perfect_smoothed_prediction_scores_zero():
     """Logits equal to log q (the smoothed targets) give loss 0 (entropy is subtracted)."""
     vocab, ls = 11, 0.1
     targets = np.array([0, 3, 10])
-    logits = np.stack([np.log(np_smoothed_targets(t, vocab, ls)) for t in targets]).astype(np.float32)
+    logits = np.stack([np.log(np_smoothed_targets(t, vocab, ls)) for t in targets]).astype(
+        np.float32
+    )
     loss, _ = token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), label_smoothing=ls)
     np.testing.assert_allclose(np.asarray(loss), 0.0, atol=2e-6)
     # Without subtracting the entropy, the loss would be H(q) > 0.3 per token.
@@ -113,10 +119,13 @@ def test_token_cross_entropy_1d_targets_and_bfloat16_logits():
     vocab = 16
     logits = _random_logits(2, (7, vocab)).astype(jnp.bfloat16)
     targets = np.arange(7) * 2
-    loss, _ = token_cross_entropy(jnp.asarray(logits), jnp.asarray(targets), z_loss=1e-4, label_smoothing=0.1)
+    loss, _ = token_cross_entropy(
+        jnp.asarray(logits), jnp.asarray(targets), z_loss=1e-4, label_smoothing=0.1
+    )
     assert loss.dtype == jnp.float32 and loss.shape == (7,)
-    ref, _ = np_token_cross_entropy(np.asarray(logits.astype(np.float32)), targets, z_loss=1e-4,
-                                    label_smoothing=0.1)
+    ref, _ = np_token_cross_entropy(
+        np.asarray(logits.astype(np.float32)), targets, z_loss=1e-4, label_smoothing=0.1
+    )
     np.testing.assert_allclose(np.asarray(loss), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -129,12 +138,16 @@ def test_token_cross_entropy_gradient_matches_naive_reference(label_smoothing, z
     cotangent = jnp.asarray(np.random.default_rng(5).uniform(0.0, 1.0, (4, 6)).astype(np.float32))
 
     def lib(x):
-        return jnp.sum(token_cross_entropy(x, targets, z_loss=z_loss, label_smoothing=label_smoothing)[0]
-                       * cotangent)
+        return jnp.sum(
+            token_cross_entropy(x, targets, z_loss=z_loss, label_smoothing=label_smoothing)[0]
+            * cotangent
+        )
 
     def naive(x):
-        return jnp.sum(jnp_naive_cross_entropy(x, targets, z_loss=z_loss, label_smoothing=label_smoothing)
-                       * cotangent)
+        return jnp.sum(
+            jnp_naive_cross_entropy(x, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+            * cotangent
+        )
 
     lib_value, g_lib = jax.jit(jax.value_and_grad(lib))(logits)
     ref_value, g_ref = jax.jit(jax.value_and_grad(naive))(logits)
@@ -144,8 +157,12 @@ def test_token_cross_entropy_gradient_matches_naive_reference(label_smoothing, z
     x = np.asarray(logits, np.float64)
     log_z = np.log(np.sum(np.exp(x - x.max(-1, keepdims=True)), axis=-1)) + x.max(-1)
     p = np.exp(x - log_z[..., None])
-    q = np.stack([np.stack([np_smoothed_targets(int(t), vocab, label_smoothing) for t in row])
-                  for row in np.asarray(targets)])
+    q = np.stack(
+        [
+            np.stack([np_smoothed_targets(int(t), vocab, label_smoothing) for t in row])
+            for row in np.asarray(targets)
+        ]
+    )
     closed = np.asarray(cotangent)[..., None] * (p * (1.0 + 2.0 * z_loss * log_z[..., None]) - q)
     np.testing.assert_allclose(np.asarray(g_lib), closed, rtol=1e-5, atol=1e-6)
 
@@ -170,8 +187,12 @@ def test_token_accuracy_is_argmax_equals_target_with_first_index_ties():
     logits[1, 2, 8] = 2.0
     targets[1, :3] = [6, 2, 4]
     got = np.asarray(jax.jit(token_accuracy)(jnp.asarray(logits), jnp.asarray(targets)))
-    expected = np.array([[float(int(np.argmax(row)) == t) for row, t in zip(logits[b], targets[b])]
-                         for b in range(3)])
+    expected = np.array(
+        [
+            [float(int(np.argmax(row)) == t) for row, t in zip(logits[b], targets[b])]
+            for b in range(3)
+        ]
+    )
     np.testing.assert_array_equal(got, expected)
     assert got[0, :3].tolist() == [1.0, 1.0, 1.0] and got[1, :3].tolist() == [0.0, 1.0, 0.0]
 
@@ -199,7 +220,9 @@ def _random_params(model, batch):
     key = dataclasses.replace(model.config, dropout_rate=0.0)
     if key not in _PARAMS:
         inputs = {k: jnp.asarray(v) for k, v in model_inputs(batch).items()}
-        abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), **inputs)["params"]))
+        abstract = jax.eval_shape(
+            lambda: nn.unbox(model.init(jax.random.PRNGKey(0), **inputs)["params"])
+        )
         rng = np.random.default_rng(0)
 
         def fill(path, leaf):
@@ -231,7 +254,9 @@ def _setup(preset, **overrides):
         params = _random_params(model, _batch(config))
 
         def run(params, batch, rng, *, z_loss=1e-4, label_smoothing=0.0):
-            loss, metrics = token_loss(model, params, batch, rng, z_loss=z_loss, label_smoothing=label_smoothing)
+            loss, metrics = token_loss(
+                model, params, batch, rng, z_loss=z_loss, label_smoothing=label_smoothing
+            )
             logits = model.apply({"params": params}, **model_inputs(batch), deterministic=True)
             return loss, metrics, logits
 
@@ -241,8 +266,13 @@ def _setup(preset, **overrides):
 
 def _batch(config, seed=0, batch_size=3, target_length=8, input_length=6):
     is_t5 = config.architecture == "encoder_decoder"
-    data = RandomBatches(vocab_size=config.vocab_size, batch_size=batch_size, target_length=target_length,
-                         input_length=input_length if is_t5 else 0, seed=seed)
+    data = RandomBatches(
+        vocab_size=config.vocab_size,
+        batch_size=batch_size,
+        target_length=target_length,
+        input_length=input_length if is_t5 else 0,
+        seed=seed,
+    )
     return next(data)
 
 
@@ -260,8 +290,10 @@ def _make_accuracy_nontrivial(batch, logits):
 
 
 # The cross-entropy arithmetic is shared; T5 checks the encoder-decoder path of the same objective.
-@pytest.mark.parametrize("preset,z_loss,label_smoothing", [
-    ("decoder-tiny", 1e-4, 0.0), ("decoder-tiny", 0.0, 0.1), ("t5-tiny", 1e-4, 0.1)])
+@pytest.mark.parametrize(
+    "preset,z_loss,label_smoothing",
+    [("decoder-tiny", 1e-4, 0.0), ("decoder-tiny", 0.0, 0.1), ("t5-tiny", 1e-4, 0.1)],
+)
 def test_token_loss_matches_reference(preset, z_loss, label_smoothing):
     config, params, run = _setup(preset)
     batch = _batch(config, seed=1)
@@ -270,14 +302,18 @@ def test_token_loss_matches_reference(preset, z_loss, label_smoothing):
     batch = _make_accuracy_nontrivial(batch, logits)
     # Non-uniform weights (but zero on padding) so the weighting itself is exercised.
     weights = batch["decoder_loss_weights"] * np.random.default_rng(2).uniform(
-        0.5, 2.0, batch["decoder_loss_weights"].shape).astype(np.float32)
+        0.5, 2.0, batch["decoder_loss_weights"].shape
+    ).astype(np.float32)
     batch["decoder_loss_weights"] = weights
 
     loss, metrics, logits_again = run(params, batch, None, **kwargs)
-    np.testing.assert_array_equal(np.asarray(logits_again), logits.astype(np.float32))  # targets do not feed the model
+    np.testing.assert_array_equal(
+        np.asarray(logits_again), logits.astype(np.float32)
+    )  # targets do not feed the model
 
-    per_token, z_terms = np_token_cross_entropy(logits, batch["decoder_target_tokens"], z_loss=z_loss,
-                                                label_smoothing=label_smoothing)
+    per_token, z_terms = np_token_cross_entropy(
+        logits, batch["decoder_target_tokens"], z_loss=z_loss, label_smoothing=label_smoothing
+    )
     ref_loss, ref_total = np_weighted_mean(per_token, weights)
     correct = (logits.argmax(-1) == batch["decoder_target_tokens"]).astype(np.float64)
     ref_accuracy, _ = np_weighted_mean(correct, weights)
@@ -298,14 +334,18 @@ def test_token_loss_without_weights_uses_nonzero_targets():
     config, params, run = _setup("decoder-tiny")
     batch = _batch(config, seed=3)
     targets = batch["decoder_target_tokens"].copy()
-    targets[0, 1] = 0  # a zero target inside the real tokens gets no weight without explicit weights
+    targets[0, 1] = (
+        0  # a zero target inside the real tokens gets no weight without explicit weights
+    )
     batch["decoder_target_tokens"] = targets
     del batch["decoder_loss_weights"]
 
     loss, metrics, logits = run(params, batch, None)
 
     weights = (targets > 0).astype(np.float64)
-    per_token, _ = np_token_cross_entropy(np.asarray(logits), targets, z_loss=1e-4, label_smoothing=0.0)
+    per_token, _ = np_token_cross_entropy(
+        np.asarray(logits), targets, z_loss=1e-4, label_smoothing=0.0
+    )
     ref_loss, ref_total = np_weighted_mean(per_token, weights)
     np.testing.assert_allclose(float(loss), ref_loss, rtol=1e-5)
     assert float(metrics["denominator"]) == ref_total == float((targets > 0).sum())
@@ -320,8 +360,9 @@ def test_token_loss_dropout_is_controlled_by_rng():
 
     loss_a, _, logits = run(params, batch, None)
     loss_b, _, _ = run(params, batch, None)
-    per_token, _ = np_token_cross_entropy(np.asarray(logits), batch["decoder_target_tokens"], z_loss=1e-4,
-                                          label_smoothing=0.0)
+    per_token, _ = np_token_cross_entropy(
+        np.asarray(logits), batch["decoder_target_tokens"], z_loss=1e-4, label_smoothing=0.0
+    )
     ref_loss, _ = np_weighted_mean(per_token, batch["decoder_loss_weights"])
     assert float(loss_a) == float(loss_b)
     np.testing.assert_allclose(float(loss_a), ref_loss, rtol=1e-5)

@@ -15,8 +15,8 @@ import pytest
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset, model_inputs
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer, make_schedule
 
-
 # ========================================================================= schedules
+
 
 def closed_form_lr(step, *, schedule, peak, warmup, total=None, end=0.0):
     """The documented schedule, written out per step."""
@@ -47,29 +47,58 @@ SCHEDULE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", SCHEDULE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+@pytest.mark.parametrize(
+    "case", SCHEDULE_CASES, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items())
+)
 def test_schedule_matches_closed_form(case):
     peak = 3e-3
-    config = OptimizerConfig(learning_rate=peak, schedule=case["schedule"], warmup_steps=case["warmup"],
-                             total_steps=case.get("total"), end_lr_fraction=case.get("end", 0.0))
+    config = OptimizerConfig(
+        learning_rate=peak,
+        schedule=case["schedule"],
+        warmup_steps=case["warmup"],
+        total_steps=case.get("total"),
+        end_lr_fraction=case.get("end", 0.0),
+    )
     schedule = make_schedule(config)
     steps = list(range(0, 80)) + [100, 1000, 12345]
     got = np.asarray(schedule(jnp.asarray(steps, jnp.int32)))
-    want = np.array([closed_form_lr(s, peak=peak, warmup=case["warmup"], schedule=case["schedule"],
-                                    total=case.get("total"), end=case.get("end", 0.0)) for s in steps])
+    want = np.array(
+        [
+            closed_form_lr(
+                s,
+                peak=peak,
+                warmup=case["warmup"],
+                schedule=case["schedule"],
+                total=case.get("total"),
+                end=case.get("end", 0.0),
+            )
+            for s in steps
+        ]
+    )
     # atol: float32 cos(pi * t) has ~1e-7 absolute error, which near the end of a cosine decay
     # (1 + cos ~ 0) is a large relative error of a tiny value; it is tiny relative to the peak.
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7 * peak)
     # Scalar calls (as the trainer makes them) agree with the vectorised ones.
     for s in (0, case["warmup"], case["warmup"] + 1, 60):
-        np.testing.assert_allclose(float(schedule(jnp.asarray(s, jnp.int32))), want[steps.index(s)],
-                                   rtol=2e-6, atol=1e-7 * peak)
+        np.testing.assert_allclose(
+            float(schedule(jnp.asarray(s, jnp.int32))),
+            want[steps.index(s)],
+            rtol=2e-6,
+            atol=1e-7 * peak,
+        )
 
 
 def test_schedule_landmarks():
     """Hand-checked values: warmup starts at 0 and reaches the peak exactly at warmup_steps."""
-    cosine = make_schedule(OptimizerConfig(learning_rate=1.0, schedule="cosine", warmup_steps=10,
-                                           total_steps=110, end_lr_fraction=0.1))
+    cosine = make_schedule(
+        OptimizerConfig(
+            learning_rate=1.0,
+            schedule="cosine",
+            warmup_steps=10,
+            total_steps=110,
+            end_lr_fraction=0.1,
+        )
+    )
     assert float(cosine(0)) == 0.0
     np.testing.assert_allclose(float(cosine(5)), 0.5, rtol=1e-6)
     np.testing.assert_allclose(float(cosine(10)), 1.0, rtol=1e-6)
@@ -80,19 +109,23 @@ def test_schedule_landmarks():
     np.testing.assert_allclose(float(rsqrt(100)), 0.01, rtol=1e-6)
     np.testing.assert_allclose(float(rsqrt(400)), 0.005, rtol=1e-6)
     linear = make_schedule(OptimizerConfig(learning_rate=2.0, schedule="linear", total_steps=4))
-    np.testing.assert_allclose([float(linear(s)) for s in range(6)], [2.0, 1.5, 1.0, 0.5, 0.0, 0.0],
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        [float(linear(s)) for s in range(6)], [2.0, 1.5, 1.0, 0.5, 0.0, 0.0], atol=1e-7
+    )
 
 
 # ===================================================================== optimizers
 
+
 def _params(seed=0):
     """A kernel, an embedding-like table, a rank-3 kernel and a norm scale."""
     rng = np.random.default_rng(seed)
-    return {"dense": {"kernel": rng.normal(size=(4, 6)).astype(np.float32)},
-            "embed": {"embedding": rng.normal(size=(10, 4)).astype(np.float32)},
-            "attn": {"kernel": rng.normal(size=(4, 2, 3)).astype(np.float32)},
-            "norm": {"scale": rng.uniform(0.5, 1.5, size=(4,)).astype(np.float32)}}
+    return {
+        "dense": {"kernel": rng.normal(size=(4, 6)).astype(np.float32)},
+        "embed": {"embedding": rng.normal(size=(10, 4)).astype(np.float32)},
+        "attn": {"kernel": rng.normal(size=(4, 2, 3)).astype(np.float32)},
+        "norm": {"scale": rng.uniform(0.5, 1.5, size=(4,)).astype(np.float32)},
+    }
 
 
 def _grads_like(params, seed, scale=1.0):
@@ -119,7 +152,9 @@ def _run(tx, params, grads_seq):
 
 
 def _global_norm(tree):
-    return math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(tree)))
+    return math.sqrt(
+        sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(tree))
+    )
 
 
 def test_sgd_update_is_minus_lr_times_gradient_without_clipping():
@@ -129,7 +164,9 @@ def test_sgd_update_is_minus_lr_times_gradient_without_clipping():
     grads = _grads_like(params, 1)
     new = _run(tx, params, [grads])
     want = jax.tree.map(lambda p, g: p - 0.3 * g, _np(params), _np(grads))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _np(new), want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _np(new), want
+    )
 
 
 @pytest.mark.parametrize("grad_scale", [0.01, 10.0])
@@ -143,20 +180,32 @@ def test_sgd_with_global_norm_clipping(grad_scale):
     new = _run(tx, params, [grads])
     factor = min(1.0, clip / norm)
     want = jax.tree.map(lambda p, g: p - 0.5 * g * factor, _np(params), _np(grads))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _np(new), want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7), _np(new), want
+    )
     if grad_scale > 1:
         applied = _global_norm(jax.tree.map(lambda a, b: (a - b) / 0.5, _np(params), _np(new)))
         np.testing.assert_allclose(applied, clip, rtol=1e-5)
 
 
 def test_sgd_follows_schedule():
-    tx, schedule = make_optimizer(OptimizerConfig(name="sgd", learning_rate=1.0, schedule="linear",
-                                                  warmup_steps=2, total_steps=6, clip_grad_norm=None))
+    tx, schedule = make_optimizer(
+        OptimizerConfig(
+            name="sgd",
+            learning_rate=1.0,
+            schedule="linear",
+            warmup_steps=2,
+            total_steps=6,
+            clip_grad_norm=None,
+        )
+    )
     params = {"w": jnp.zeros((3,), jnp.float32)}
     grads = {"w": jnp.ones((3,), jnp.float32)}
     new = _run(tx, params, [grads] * 5)
     # lr at steps 0..4: 0, 0.5, 1, 0.75, 0.5 -> total 2.75
-    assert [float(schedule(s)) for s in range(5)] == pytest.approx([0.0, 0.5, 1.0, 0.75, 0.5], abs=1e-7)
+    assert [float(schedule(s)) for s in range(5)] == pytest.approx(
+        [0.0, 0.5, 1.0, 0.75, 0.5], abs=1e-7
+    )
     np.testing.assert_allclose(np.asarray(new["w"]), -2.75, rtol=1e-6)
 
 
@@ -170,8 +219,8 @@ def np_adamw(params, grads_seq, *, lrs, b1, b2, eps, wd, decay):
             g = np.asarray(grads[k], np.float64)
             m[k] = b1 * m[k] + (1 - b1) * g
             v[k] = b2 * v[k] + (1 - b2) * g * g
-            m_hat = m[k] / (1 - b1 ** t)
-            v_hat = v[k] / (1 - b2 ** t)
+            m_hat = m[k] / (1 - b1**t)
+            v_hat = v[k] / (1 - b2**t)
             step = m_hat / (np.sqrt(v_hat) + eps)
             if decay[k]:
                 step = step + wd * params[k]
@@ -180,19 +229,40 @@ def np_adamw(params, grads_seq, *, lrs, b1, b2, eps, wd, decay):
 
 
 def _flat(tree):
-    return {jax.tree_util.keystr(path): leaf for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def test_adamw_matches_reference_over_several_steps():
-    config = OptimizerConfig(name="adamw", learning_rate=0.01, schedule="linear", warmup_steps=1, total_steps=10,
-                             weight_decay=0.1, b1=0.8, b2=0.95, eps=1e-6, clip_grad_norm=None)
+    config = OptimizerConfig(
+        name="adamw",
+        learning_rate=0.01,
+        schedule="linear",
+        warmup_steps=1,
+        total_steps=10,
+        weight_decay=0.1,
+        b1=0.8,
+        b2=0.95,
+        eps=1e-6,
+        clip_grad_norm=None,
+    )
     tx, schedule = make_optimizer(config)
     params = _params(3)
     grads_seq = [_grads_like(params, 10 + i) for i in range(4)]
     new = _run(tx, params, grads_seq)
     flat_params = _flat(params)
-    want = np_adamw(flat_params, [_flat(g) for g in grads_seq], lrs=[float(schedule(s)) for s in range(4)],
-                    b1=0.8, b2=0.95, eps=1e-6, wd=0.1, decay={k: not k.endswith("['scale']") for k in flat_params})
+    want = np_adamw(
+        flat_params,
+        [_flat(g) for g in grads_seq],
+        lrs=[float(schedule(s)) for s in range(4)],
+        b1=0.8,
+        b2=0.95,
+        eps=1e-6,
+        wd=0.1,
+        decay={k: not k.endswith("['scale']") for k in flat_params},
+    )
     got = _flat(new)
     for k in want:
         np.testing.assert_allclose(np.asarray(got[k]), want[k], rtol=1e-5, atol=1e-7, err_msg=k)
@@ -205,12 +275,19 @@ def test_adamw_weight_decay_applies_to_kernels_and_embeddings_only():
     params = _params(4)
     zeros = jax.tree.map(np.zeros_like, params)
     new = _run(tx, params, [zeros])
-    np.testing.assert_array_equal(np.asarray(new["norm"]["scale"]), np.asarray(params["norm"]["scale"]))
+    np.testing.assert_array_equal(
+        np.asarray(new["norm"]["scale"]), np.asarray(params["norm"]["scale"])
+    )
     for path in (("dense", "kernel"), ("attn", "kernel")):
         old_leaf, new_leaf = params[path[0]][path[1]], new[path[0]][path[1]]
-        np.testing.assert_allclose(np.asarray(new_leaf), np.asarray(old_leaf) * (1 - lr * wd), rtol=1e-6)
-    np.testing.assert_allclose(np.asarray(new["embed"]["embedding"]),
-                               np.asarray(params["embed"]["embedding"]) * (1 - lr * wd), rtol=1e-6)
+        np.testing.assert_allclose(
+            np.asarray(new_leaf), np.asarray(old_leaf) * (1 - lr * wd), rtol=1e-6
+        )
+    np.testing.assert_allclose(
+        np.asarray(new["embed"]["embedding"]),
+        np.asarray(params["embed"]["embedding"]) * (1 - lr * wd),
+        rtol=1e-6,
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -218,7 +295,9 @@ def _model_params(preset, scan_layers=False):
     config = get_preset(preset, scan_layers=scan_layers, num_layers=1)
     model = build_model(config)
     batch = dummy_batch(config, 1, target_length=4, input_length=4)
-    abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.PRNGKey(0), **model_inputs(batch))["params"]))
+    abstract = jax.eval_shape(
+        lambda: nn.unbox(model.init(jax.random.PRNGKey(0), **model_inputs(batch))["params"])
+    )
     rng = np.random.default_rng(0)
     return jax.tree.map(lambda a: rng.uniform(0.5, 1.5, a.shape).astype(a.dtype), abstract)
 
@@ -229,9 +308,14 @@ def _norm_scales_unchanged_under_decay(params, name):
     scales = {k: v for k, v in _flat(params).items() if "norm" in k}
     assert scales
     new_flat = _flat(new)
-    changed = [k for k, v in scales.items() if not np.array_equal(np.asarray(new_flat[k]), np.asarray(v))]
-    kernels_changed = [k for k, v in _flat(params).items()
-                       if "kernel" in k and not np.array_equal(np.asarray(new_flat[k]), np.asarray(v))]
+    changed = [
+        k for k, v in scales.items() if not np.array_equal(np.asarray(new_flat[k]), np.asarray(v))
+    ]
+    kernels_changed = [
+        k
+        for k, v in _flat(params).items()
+        if "kernel" in k and not np.array_equal(np.asarray(new_flat[k]), np.asarray(v))
+    ]
     return changed, kernels_changed
 
 
@@ -251,15 +335,16 @@ def test_scanned_model_norm_scales_are_not_decayed(name):
     assert changed == []
 
 
-def np_adafactor(params, grads_seq, *, lrs, wd, decay, min_dim=128, decay_exponent=0.8, eps=1e-30,
-                 min_scale=1e-3):
+def np_adafactor(
+    params, grads_seq, *, lrs, wd, decay, min_dim=128, decay_exponent=0.8, eps=1e-30, min_scale=1e-3
+):
     """Adafactor (Shazeer & Stern 2018) as configured here: factored second moments for leaves whose
     two largest dims are >= 128, beta2_t = 1 - t^-0.8, no update clipping, no momentum, step scaled by
     lr * max(rms(param), 1e-3), plus (unscaled) weight decay wd * param on `decay` leaves."""
     params = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats = {}
     for t, grads in enumerate(grads_seq, start=1):
-        beta2 = 1.0 - t ** -decay_exponent
+        beta2 = 1.0 - t**-decay_exponent
         for k in params:
             p, g = params[k], np.asarray(grads[k], np.float64)
             g2 = g * g + eps
@@ -285,16 +370,25 @@ def np_adafactor(params, grads_seq, *, lrs, wd, decay, min_dim=128, decay_expone
 
 def test_adafactor_matches_reference():
     rng = np.random.default_rng(5)
-    nested = {"big": {"kernel": (rng.normal(size=(128, 160)) * 0.05).astype(np.float32)},  # factored
-              "small": {"kernel": rng.normal(size=(8, 16)).astype(np.float32)},  # not factored
-              "norm": {"scale": rng.uniform(0.5, 1.5, (16,)).astype(np.float32)}}
+    nested = {
+        "big": {"kernel": (rng.normal(size=(128, 160)) * 0.05).astype(np.float32)},  # factored
+        "small": {"kernel": rng.normal(size=(8, 16)).astype(np.float32)},  # not factored
+        "norm": {"scale": rng.uniform(0.5, 1.5, (16,)).astype(np.float32)},
+    }
     grads_seq = [_grads_like(nested, 20 + i) for i in range(3)]
-    config = OptimizerConfig(name="adafactor", learning_rate=0.01, weight_decay=1e-3, clip_grad_norm=None)
+    config = OptimizerConfig(
+        name="adafactor", learning_rate=0.01, weight_decay=1e-3, clip_grad_norm=None
+    )
     tx, schedule = make_optimizer(config)
     new = _flat(_run(tx, nested, grads_seq))
     params = _flat(nested)
-    want = np_adafactor(params, [_flat(g) for g in grads_seq], lrs=[float(schedule(s)) for s in range(3)],
-                        wd=1e-3, decay={k: not k.endswith("['scale']") for k in params})
+    want = np_adafactor(
+        params,
+        [_flat(g) for g in grads_seq],
+        lrs=[float(schedule(s)) for s in range(3)],
+        wd=1e-3,
+        decay={k: not k.endswith("['scale']") for k in params},
+    )
     for k in want:
         np.testing.assert_allclose(np.asarray(new[k]), want[k], rtol=2e-5, atol=1e-7, err_msg=k)
     # The factored leaf really keeps row/column statistics only.
@@ -308,33 +402,43 @@ def test_adafactor_matches_reference():
 def test_adamw_clipping_happens_before_the_update_rule():
     """Adam's update is nearly invariant to the gradient scale, so check clipping on its first moment:
     after one step mu = (1 - b1) * g * clip / ||g||."""
-    tx, _ = make_optimizer(OptimizerConfig(name="adamw", learning_rate=0.1, b1=0.9, clip_grad_norm=0.5))
+    tx, _ = make_optimizer(
+        OptimizerConfig(name="adamw", learning_rate=0.1, b1=0.9, clip_grad_norm=0.5)
+    )
     params = _params(6)
     grads = _grads_like(params, 7, scale=3.0)
     state = jax.jit(tx.init)(params)
     _, state = jax.jit(tx.update)(grads, state, params)
-    mus = [s.mu for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")]
+    mus = [
+        s.mu for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, "mu")) if hasattr(s, "mu")
+    ]
     assert len(mus) == 1
     factor = 0.5 / _global_norm(grads)
     want = jax.tree.map(lambda g: 0.1 * g * factor, _np(grads))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), _np(mus[0]), want)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-8), _np(mus[0]), want
+    )
 
 
 # ===================================================================== validation
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(name="lamb"), "unknown optimizer"),
-    (dict(schedule="exponential"), "unknown schedule"),
-    (dict(learning_rate=0.0), "learning_rate must be positive"),
-    (dict(learning_rate=-1e-3), "learning_rate must be positive"),
-    (dict(warmup_steps=-1), "warmup_steps"),
-    (dict(schedule="cosine"), "needs total_steps"),
-    (dict(schedule="linear", total_steps=0), "needs total_steps"),
-    (dict(schedule="cosine", warmup_steps=10, total_steps=10), "must exceed warmup_steps"),
-    (dict(schedule="constant", warmup_steps=10, total_steps=5), "must exceed warmup_steps"),
-    (dict(clip_grad_norm=0.0), "clip_grad_norm"),
-    (dict(clip_grad_norm=-1.0), "clip_grad_norm"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(name="lamb"), "unknown optimizer"),
+        (dict(schedule="exponential"), "unknown schedule"),
+        (dict(learning_rate=0.0), "learning_rate must be positive"),
+        (dict(learning_rate=-1e-3), "learning_rate must be positive"),
+        (dict(warmup_steps=-1), "warmup_steps"),
+        (dict(schedule="cosine"), "needs total_steps"),
+        (dict(schedule="linear", total_steps=0), "needs total_steps"),
+        (dict(schedule="cosine", warmup_steps=10, total_steps=10), "must exceed warmup_steps"),
+        (dict(schedule="constant", warmup_steps=10, total_steps=5), "must exceed warmup_steps"),
+        (dict(clip_grad_norm=0.0), "clip_grad_norm"),
+        (dict(clip_grad_norm=-1.0), "clip_grad_norm"),
+    ],
+)
 def test_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         OptimizerConfig(**kwargs)

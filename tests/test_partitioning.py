@@ -13,14 +13,20 @@ import re
 import jax
 import numpy as np
 import pytest
-from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset
 from t5x_rationale.architectures.axes import resolve_spec
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import (MESH_AXES, MeshConfig, Partitioner, create_mesh,
-                                        standard_logical_axis_rules)
+from t5x_rationale.partitioning import (
+    MESH_AXES,
+    MeshConfig,
+    Partitioner,
+    create_mesh,
+    standard_logical_axis_rules,
+)
 from t5x_rationale.trainer import Trainer
 
 RULES = standard_logical_axis_rules()
@@ -34,15 +40,18 @@ def test_eight_devices():
 # ===================================================================== MeshConfig
 
 
-@pytest.mark.parametrize("config, devices, expected", [
-    (MeshConfig(), 8, (8, 1, 1)),
-    (MeshConfig(2, 2, 2), 8, (2, 2, 2)),
-    (MeshConfig(2, -1, 2), 8, (2, 2, 2)),
-    (MeshConfig(1, 1, -1), 8, (1, 1, 8)),
-    (MeshConfig(-1, 2, 1), 4, (2, 2, 1)),
-    (MeshConfig(-1, 1, 1), 1, (1, 1, 1)),
-    (MeshConfig(1, 2, 4), 8, (1, 2, 4)),
-])
+@pytest.mark.parametrize(
+    "config, devices, expected",
+    [
+        (MeshConfig(), 8, (8, 1, 1)),
+        (MeshConfig(2, 2, 2), 8, (2, 2, 2)),
+        (MeshConfig(2, -1, 2), 8, (2, 2, 2)),
+        (MeshConfig(1, 1, -1), 8, (1, 1, 8)),
+        (MeshConfig(-1, 2, 1), 4, (2, 2, 1)),
+        (MeshConfig(-1, 1, 1), 1, (1, 1, 1)),
+        (MeshConfig(1, 2, 4), 8, (1, 2, 4)),
+    ],
+)
 def test_mesh_config_shape(config, devices, expected):
     assert config.shape(devices) == expected
 
@@ -56,18 +65,23 @@ def test_mesh_config_shape_wrong_product_names_given_and_expected():
         MeshConfig(1, 2, 2).shape(8)
 
 
-@pytest.mark.parametrize("config, devices", [
-    (MeshConfig(3, -1, 1), 8),
-    (MeshConfig(-1, 1, 16), 8),
-    (MeshConfig(2, 2, -1), 6),
-])
+@pytest.mark.parametrize(
+    "config, devices",
+    [
+        (MeshConfig(3, -1, 1), 8),
+        (MeshConfig(-1, 1, 16), 8),
+        (MeshConfig(2, 2, -1), 6),
+    ],
+)
 def test_mesh_config_fill_axis_must_divide(config, devices):
     known = math.prod(s for s in (config.data, config.fsdp, config.tensor) if s != -1)
     with pytest.raises(ValueError, match=rf"{known} does not divide {devices}"):
         config.shape(devices)
 
 
-@pytest.mark.parametrize("sizes", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (-2, 1, 1), (1, -3, 1), (2, 2, -5)])
+@pytest.mark.parametrize(
+    "sizes", [(0, 1, 1), (1, 0, 1), (1, 1, 0), (-2, 1, 1), (1, -3, 1), (2, 2, -5)]
+)
 def test_mesh_config_rejects_zero_and_negative(sizes):
     with pytest.raises(ValueError, match="positive or -1"):
         MeshConfig(*sizes)
@@ -78,26 +92,32 @@ def test_mesh_config_rejects_two_fill_axes():
         MeshConfig(-1, -1, 2)
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("2x2x2", MeshConfig(2, 2, 2)),
-    ("-1x1x1", MeshConfig(-1, 1, 1)),
-    ("8X1X1", MeshConfig(8, 1, 1)),
-    ("1,2,4", MeshConfig(1, 2, 4)),
-    ("1x-1x2", MeshConfig(1, -1, 2)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("2x2x2", MeshConfig(2, 2, 2)),
+        ("-1x1x1", MeshConfig(-1, 1, 1)),
+        ("8X1X1", MeshConfig(8, 1, 1)),
+        ("1,2,4", MeshConfig(1, 2, 4)),
+        ("1x-1x2", MeshConfig(1, -1, 2)),
+    ],
+)
 def test_mesh_config_parse(text, expected):
     assert MeshConfig.parse(text) == expected
 
 
-@pytest.mark.parametrize("text, pattern", [
-    ("2x2", "DATAxFSDPxTENSOR"),
-    ("2x2x2x1", "DATAxFSDPxTENSOR"),
-    ("", "DATAxFSDPxTENSOR"),
-    ("axbxc", "three integers"),
-    ("2.0x2x2", "three integers"),
-    ("2x2x0", "positive or -1"),
-    ("-1x-1x8", "at most one"),
-])
+@pytest.mark.parametrize(
+    "text, pattern",
+    [
+        ("2x2", "DATAxFSDPxTENSOR"),
+        ("2x2x2x1", "DATAxFSDPxTENSOR"),
+        ("", "DATAxFSDPxTENSOR"),
+        ("axbxc", "three integers"),
+        ("2.0x2x2", "three integers"),
+        ("2x2x0", "positive or -1"),
+        ("-1x-1x8", "at most one"),
+    ],
+)
 def test_mesh_config_parse_rejects(text, pattern):
     with pytest.raises(ValueError, match=pattern):
         MeshConfig.parse(text)
@@ -114,22 +134,28 @@ def _assert_mesh(mesh, shape, devices):
     assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
 
 
-@pytest.mark.parametrize("config, shape", [
-    (MeshConfig(2, 2, 2), (2, 2, 2)),
-    (MeshConfig(), (8, 1, 1)),
-    (MeshConfig(1, 1, -1), (1, 1, 8)),
-])
+@pytest.mark.parametrize(
+    "config, shape",
+    [
+        (MeshConfig(2, 2, 2), (2, 2, 2)),
+        (MeshConfig(), (8, 1, 1)),
+        (MeshConfig(1, 1, -1), (1, 1, 8)),
+    ],
+)
 def test_create_mesh_all_devices(config, shape):
     _assert_mesh(create_mesh(config), shape, jax.devices())
 
 
-@pytest.mark.parametrize("n, config, shape", [
-    (1, MeshConfig(1, 1, 1), (1, 1, 1)),
-    (1, MeshConfig(), (1, 1, 1)),
-    (4, MeshConfig(), (4, 1, 1)),
-    (4, MeshConfig(1, 2, 2), (1, 2, 2)),
-    (4, MeshConfig(-1, 1, 2), (2, 1, 2)),
-])
+@pytest.mark.parametrize(
+    "n, config, shape",
+    [
+        (1, MeshConfig(1, 1, 1), (1, 1, 1)),
+        (1, MeshConfig(), (1, 1, 1)),
+        (4, MeshConfig(), (4, 1, 1)),
+        (4, MeshConfig(1, 2, 2), (1, 2, 2)),
+        (4, MeshConfig(-1, 1, 2), (2, 1, 2)),
+    ],
+)
 def test_create_mesh_device_subset(n, config, shape):
     devices = jax.devices()[:n]
     mesh = create_mesh(config, devices)
@@ -146,30 +172,37 @@ def test_create_mesh_subset_wrong_size_raises():
 # ==================================================================== resolve_spec
 
 
-@pytest.mark.parametrize("logical, shape, expected", [
-    # batch takes data+fsdp first, so embed in the same array cannot use fsdp.
-    (("batch", "length", "embed"), (8, 16, 64), P(("data", "fsdp"), None, None)),
-    (("embed", "mlp"), (64, 128), P("fsdp", "tensor")),
-    (("mlp", "embed"), (128, 64), P("tensor", "fsdp")),
-    (("vocab", "embed"), (256, 64), P("tensor", "fsdp")),
-    (("embed", "vocab"), (64, 256), P("fsdp", "tensor")),
-    (("embed", "heads", "kv"), (64, 8, 8), P("fsdp", "tensor", None)),
-    (("heads", "kv", "embed"), (8, 8, 64), P("tensor", None, "fsdp")),
-    (("embed", "kv_heads", "kv"), (64, 4, 8), P("fsdp", "tensor", None)),
-    (("batch", "length", "heads", "kv"), (8, 16, 8, 8), P(("data", "fsdp"), None, "tensor", None)),
-    (("batch", "length", "vocab"), (8, 16, 256), P(("data", "fsdp"), None, "tensor")),
-    (("heads", "relpos_buckets"), (8, 16), P("tensor", None)),
-    (("embed",), (64,), P("fsdp")),
-    ((None, "embed"), (3, 64), P(None, "fsdp")),
-    ((None, None), (3, 5), P(None, None)),
-    (("layers", "embed", "mlp"), (2, 64, 128), P(None, "fsdp", "tensor")),
-    # Rule order decides, not dimension order: batch (rule 1) beats embed (rule 6) for fsdp.
-    (("embed", "batch"), (64, 8), P(None, ("data", "fsdp"))),
-    # vocab (rule 2) beats mlp (rule 3) for tensor.
-    (("mlp", "vocab"), (128, 256), P(None, "tensor")),
-    # The same name twice: the first dimension takes the axis, the second is replicated.
-    (("mlp", "mlp"), (128, 128), P("tensor", None)),
-])
+@pytest.mark.parametrize(
+    "logical, shape, expected",
+    [
+        # batch takes data+fsdp first, so embed in the same array cannot use fsdp.
+        (("batch", "length", "embed"), (8, 16, 64), P(("data", "fsdp"), None, None)),
+        (("embed", "mlp"), (64, 128), P("fsdp", "tensor")),
+        (("mlp", "embed"), (128, 64), P("tensor", "fsdp")),
+        (("vocab", "embed"), (256, 64), P("tensor", "fsdp")),
+        (("embed", "vocab"), (64, 256), P("fsdp", "tensor")),
+        (("embed", "heads", "kv"), (64, 8, 8), P("fsdp", "tensor", None)),
+        (("heads", "kv", "embed"), (8, 8, 64), P("tensor", None, "fsdp")),
+        (("embed", "kv_heads", "kv"), (64, 4, 8), P("fsdp", "tensor", None)),
+        (
+            ("batch", "length", "heads", "kv"),
+            (8, 16, 8, 8),
+            P(("data", "fsdp"), None, "tensor", None),
+        ),
+        (("batch", "length", "vocab"), (8, 16, 256), P(("data", "fsdp"), None, "tensor")),
+        (("heads", "relpos_buckets"), (8, 16), P("tensor", None)),
+        (("embed",), (64,), P("fsdp")),
+        ((None, "embed"), (3, 64), P(None, "fsdp")),
+        ((None, None), (3, 5), P(None, None)),
+        (("layers", "embed", "mlp"), (2, 64, 128), P(None, "fsdp", "tensor")),
+        # Rule order decides, not dimension order: batch (rule 1) beats embed (rule 6) for fsdp.
+        (("embed", "batch"), (64, 8), P(None, ("data", "fsdp"))),
+        # vocab (rule 2) beats mlp (rule 3) for tensor.
+        (("mlp", "vocab"), (128, 256), P(None, "tensor")),
+        # The same name twice: the first dimension takes the axis, the second is replicated.
+        (("mlp", "mlp"), (128, 128), P("tensor", None)),
+    ],
+)
 def test_resolve_spec_standard_rules(logical, shape, expected):
     spec, notes = resolve_spec(logical, shape, RULES, MESH_222)
     assert spec == expected
@@ -200,12 +233,17 @@ def test_resolve_spec_drops_axes_from_end_when_not_divisible():
     assert len(notes) == 1 and "size 3" in notes[0] and "nothing" in notes[0], notes
 
     # Only the indivisible dimension is affected.
-    spec, notes = resolve_spec(("embed", "kv_heads", "kv"), (64, 4, 8), RULES,
-                               {"data": 1, "fsdp": 2, "tensor": 8})
+    spec, notes = resolve_spec(
+        ("embed", "kv_heads", "kv"), (64, 4, 8), RULES, {"data": 1, "fsdp": 2, "tensor": 8}
+    )
     assert spec == P("fsdp", None, None)
-    assert len(notes) == 1 and "dim 1" in notes[0] and "kv_heads" in notes[0] and "size 4" in notes[0]
+    assert (
+        len(notes) == 1 and "dim 1" in notes[0] and "kv_heads" in notes[0] and "size 4" in notes[0]
+    )
 
-    spec, notes = resolve_spec(("embed", "mlp"), (6, 128), RULES, {"data": 1, "fsdp": 4, "tensor": 2})
+    spec, notes = resolve_spec(
+        ("embed", "mlp"), (6, 128), RULES, {"data": 1, "fsdp": 4, "tensor": 2}
+    )
     assert spec == P(None, "tensor")
     assert len(notes) == 1 and "dim 0" in notes[0] and "embed" in notes[0]
 
@@ -240,8 +278,12 @@ def _trainer(preset: str, mesh_config: MeshConfig, optimizer: str = "adamw"):
     config = get_preset(preset)
     tx, _ = make_optimizer(OptimizerConfig(name=optimizer))
     partitioner = Partitioner(create_mesh(mesh_config))
-    example = dummy_batch(config, 8, target_length=8,
-                          input_length=8 if config.architecture == "encoder_decoder" else 0)
+    example = dummy_batch(
+        config,
+        8,
+        target_length=8,
+        input_length=8 if config.architecture == "encoder_decoder" else 0,
+    )
     return Trainer(build_model(config), token_loss, tx, partitioner), example
 
 
@@ -267,16 +309,21 @@ def _expected_param_spec(path: str, mesh_shape: dict, kv_heads: int) -> P:
 
 
 @pytest.mark.parametrize("preset", ["decoder-tiny", "t5-tiny"])
-@pytest.mark.parametrize("mesh_config", [MeshConfig(1, 1, 8), MeshConfig(2, 2, 2)], ids=["1x1x8", "2x2x2"])
+@pytest.mark.parametrize(
+    "mesh_config", [MeshConfig(1, 1, 8), MeshConfig(2, 2, 2)], ids=["1x1x8", "2x2x2"]
+)
 def test_shardings_for_tiny_models(preset, mesh_config):
     trainer, example = _trainer(preset, mesh_config)
     abstract, specs, shardings, notes = trainer.layout(example)
     mesh = trainer.partitioner.mesh
-    kv_heads = get_preset(preset).num_heads if preset.startswith("t5") else get_preset(preset).kv_heads
+    kv_heads = (
+        get_preset(preset).num_heads if preset.startswith("t5") else get_preset(preset).kv_heads
+    )
 
     params = jax.tree_util.tree_flatten_with_path(abstract.params)[0]
     param_shardings = jax.tree_util.tree_flatten_with_path(
-        shardings.params, is_leaf=lambda x: isinstance(x, NamedSharding))[0]
+        shardings.params, is_leaf=lambda x: isinstance(x, NamedSharding)
+    )[0]
     assert len(params) == len(param_shardings) > 10
     assert [p for p, _ in params] == [p for p, _ in param_shardings]
     for (path, leaf), (_, sharding) in zip(params, param_shardings):
@@ -293,8 +340,11 @@ def test_shardings_for_tiny_models(preset, mesh_config):
 
     param_notes = [n for n in notes if n.startswith(".params")]
     if preset == "decoder-tiny" and mesh_config == MeshConfig(1, 1, 8):
-        expected = {f".params['decoder']['layers_{i}']['self_attention']['{kv}']['kernel']"
-                    for i in range(2) for kv in ("key", "value")}
+        expected = {
+            f".params['decoder']['layers_{i}']['self_attention']['{kv}']['kernel']"
+            for i in range(2)
+            for kv in ("key", "value")
+        }
         assert {n.split(":")[0] for n in param_notes} == expected
         for n in notes:  # optimizer moments follow their params
             assert "dim 1 (kv_heads, size 4)" in n and "('tensor',)" in n, n
@@ -304,7 +354,10 @@ def test_shardings_for_tiny_models(preset, mesh_config):
 
 def test_shardings_for_unannotated_and_unknown_leaves():
     partitioner = Partitioner(create_mesh(MeshConfig(2, 2, 2)))
-    tree = {"a": jax.ShapeDtypeStruct((8, 4), np.float32), "b": jax.ShapeDtypeStruct((6,), np.float32)}
+    tree = {
+        "a": jax.ShapeDtypeStruct((8, 4), np.float32),
+        "b": jax.ShapeDtypeStruct((6,), np.float32),
+    }
     shardings, notes = partitioner.shardings_for(tree, {"a": P("embed", "mlp"), "b": None})
     assert shardings["a"] == NamedSharding(partitioner.mesh, P("fsdp", "tensor"))
     assert shardings["b"].spec == P(None)
@@ -344,14 +397,19 @@ def test_check_global_batch_size():
     Partitioner(create_mesh(MeshConfig(1, 1, 8))).check_global_batch_size(3)
 
 
-@pytest.mark.parametrize("mesh_config", [MeshConfig(2, 2, 2), MeshConfig(8, 1, 1), MeshConfig(1, 2, 4)],
-                         ids=["2x2x2", "8x1x1", "1x2x4"])
+@pytest.mark.parametrize(
+    "mesh_config",
+    [MeshConfig(2, 2, 2), MeshConfig(8, 1, 1), MeshConfig(1, 2, 4)],
+    ids=["2x2x2", "8x1x1", "1x2x4"],
+)
 def test_host_batch_to_global(mesh_config):
     partitioner = Partitioner(create_mesh(mesh_config))
     rng = np.random.default_rng(0)
-    batch = {"tokens": rng.integers(0, 100, (8, 5), dtype=np.int32),
-             "weights": rng.random((8, 5)).astype(np.float32),
-             "ids": np.arange(8, dtype=np.int32)}
+    batch = {
+        "tokens": rng.integers(0, 100, (8, 5), dtype=np.int32),
+        "weights": rng.random((8, 5)).astype(np.float32),
+        "ids": np.arange(8, dtype=np.int32),
+    }
     out = partitioner.host_batch_to_global(batch)
     assert set(out) == set(batch)
     for name, host in batch.items():
@@ -367,7 +425,9 @@ def test_host_batch_to_global(mesh_config):
             np.testing.assert_array_equal(np.asarray(shard.data), host[shard.index])
 
     with pytest.raises(ValueError, match="not divisible"):
-        partitioner.host_batch_to_global({"tokens": np.zeros((partitioner.batch_shards + 1, 4), np.int32)})
+        partitioner.host_batch_to_global(
+            {"tokens": np.zeros((partitioner.batch_shards + 1, 4), np.int32)}
+        )
 
 
 # ======================================================================= describe

@@ -11,8 +11,16 @@ from t5x_rationale.prediction import load_examples
 LENGTHS = {"inputs": 64, "targets": 96}
 
 
-def _stream(task="synthetic_arith_step_by_step", *, converter=None, rows=slice(0, 4), seed=3, shuffle=True,
-            lengths=LENGTHS, batch_size=4):
+def _stream(
+    task="synthetic_arith_step_by_step",
+    *,
+    converter=None,
+    rows=slice(0, 4),
+    seed=3,
+    shuffle=True,
+    lengths=LENGTHS,
+    batch_size=4,
+):
     spec = StreamSpec(task, "train", lengths, batch_size, shuffle=shuffle, seed=seed)
     return TaskStream(spec, converter or MultiTaskEncDecConverter(pack=True), host_rows=rows)
 
@@ -59,8 +67,13 @@ def test_seed_changes_the_stream_and_state_from_another_stream_is_refused():
 
 def test_truncated_examples_are_counted():
     lengths = {"inputs": 24, "targets": 16}
-    stream = _stream("synthetic_arith_cot", converter=EncDecConverter(pack=False), shuffle=False,
-                     lengths=lengths, batch_size=8)
+    stream = _stream(
+        "synthetic_arith_cot",
+        converter=EncDecConverter(pack=False),
+        shuffle=False,
+        lengths=lengths,
+        batch_size=8,
+    )
     next(stream)
     # Reference: the first 8 unshuffled examples, measured one by one.
     examples = load_examples("synthetic_arith_cot", "train", max_examples=8, unique_ids=False)

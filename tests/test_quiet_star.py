@@ -7,11 +7,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
+
 from t5x_rationale.architectures import DecoderOnly, build_model
 from t5x_rationale.architectures.append_scan import append_scan, replayed
-from t5x_rationale.architectures.token_parallel import RECORDABLE, Context, ThinkingSpec, sample_token, think
+from t5x_rationale.architectures.token_parallel import (
+    RECORDABLE,
+    Context,
+    ThinkingSpec,
+    sample_token,
+    think,
+)
 from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
 from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
@@ -32,8 +38,9 @@ def _context(tokens, thoughts=None, segment_ids=None):
 def _close(got, want, err_msg=""):
     """float32 agreement: 1e-5 of the largest magnitude (different summation orders)."""
     want = np.asarray(want)
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max()), 1.0),
-                               err_msg=err_msg)
+    np.testing.assert_allclose(
+        got, want, rtol=1e-5, atol=1e-5 * max(float(np.abs(want).max()), 1.0), err_msg=err_msg
+    )
 
 
 def _think(config, params, tokens, ctx, implementation):
@@ -42,6 +49,7 @@ def _think(config, params, tokens, ctx, implementation):
 
 
 # ------------------------------------------------------------------- exactness
+
 
 def _naive_step_logits(config, params, tokens, targets, thoughts):
     """For each position separately: context, start, thoughts, end, true tokens through DecoderOnly.
@@ -55,7 +63,12 @@ def _naive_step_logits(config, params, tokens, targets, thoughts):
     p = {k: dict(params[k]) for k in ("token_embedder", "decoder")}
     scale = config.thought_scale
     p["token_embedder"]["embedding"] = jnp.concatenate(
-        [params["token_embedder"]["embedding"], scale * params["start_thought"][None], scale * params["end_thought"][None]])
+        [
+            params["token_embedder"]["embedding"],
+            scale * params["start_thought"][None],
+            scale * params["end_thought"][None],
+        ]
+    )
     kernel = params["decoder"]["logits_dense"]["kernel"]
     p["decoder"] = dict(p["decoder"], logits_dense={"kernel": jnp.pad(kernel, ((0, 0), (0, 2)))})
     model = DecoderOnly(wide)
@@ -64,15 +77,21 @@ def _naive_step_logits(config, params, tokens, targets, thoughts):
     padded_targets = np.concatenate([np.asarray(targets), np.zeros((n, N_T), np.int32)], axis=1)
     out = np.zeros((N_A + N_T - 2, n, t, vocab), np.float32)
     for i in range(t):
-        stream = np.concatenate([
-            np.full((n, 1), vocab), np.asarray(thoughts[:, i]), np.full((n, 1), vocab + 1),
-            padded_targets[:, i:i + N_T - 1]], axis=1)
-        seq = jnp.asarray(np.concatenate([np.asarray(tokens[:, :i + 1]), stream], axis=1), jnp.int32)
-        logits = np.asarray(apply(seq))[:, i + 1:, :vocab]  # predictions after each stream token
+        stream = np.concatenate(
+            [
+                np.full((n, 1), vocab),
+                np.asarray(thoughts[:, i]),
+                np.full((n, 1), vocab + 1),
+                padded_targets[:, i : i + N_T - 1],
+            ],
+            axis=1,
+        )
+        seq = jnp.asarray(
+            np.concatenate([np.asarray(tokens[:, : i + 1]), stream], axis=1), jnp.int32
+        )
+        logits = np.asarray(apply(seq))[:, i + 1 :, :vocab]  # predictions after each stream token
         out[:, :, i] = np.moveaxis(logits, 1, 0)
     return out
-
-
 
 
 @pytest.mark.parametrize("kv_heads", [4, 8])
@@ -87,7 +106,9 @@ def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
     dense = _think(config, params, tokens, ctx, "dense_mask")
     for key in ("logits", "true_logp", "policy_logp", "mixing_weight"):
         _close(streams[key], dense[key], err_msg=key)
-    np.testing.assert_array_equal(streams["next_token"][:N_A - 3], np.moveaxis(np.asarray(thoughts), 2, 0))
+    np.testing.assert_array_equal(
+        streams["next_token"][: N_A - 3], np.moveaxis(np.asarray(thoughts), 2, 0)
+    )
     # Unmixed step logits: with the mixing weight zero the scored steps carry the base
     # logits, so compare the naive loop with a head that mixes in only the thought (w = 1).
     mixed_out = dict(params, mixing_head=jax.tree.map(jnp.zeros_like, params["mixing_head"]))
@@ -115,7 +136,9 @@ def test_copied_rows_share_the_context_and_start_step_exactly(implementation):
         out = think(config, spec, p, tokens, ctx, copies=c)
         base = jnp.repeat(out["base_logits"], c, axis=0)
         scalar = sum(jnp.sum(w * out[k]) for w, k in zip(weights[:2], ("true_logp", "policy_logp")))
-        return scalar + jnp.sum(weights[2] * jax.nn.log_softmax(base)[..., 0]), dict(out, base_logits=base)
+        return scalar + jnp.sum(weights[2] * jax.nn.log_softmax(base)[..., 0]), dict(
+            out, base_logits=base
+        )
 
     (v_1, one), g_1 = jax.jit(jax.value_and_grad(lambda p: run(p, 1), has_aux=True))(params)
     (v_p, shared), g_p = jax.jit(jax.value_and_grad(lambda p: run(p, copies), has_aux=True))(params)
@@ -147,13 +170,16 @@ def test_mixed_logits_equal_base_logits_at_initialisation():
     params = tiny_params(config)
     tokens = _tokens(2, 10, seed=4)
     out = _think(config, params, tokens, _context(tokens), "streams")
-    base = np.asarray(DecoderOnly(config.decoder).apply(
-        {"params": {k: params[k] for k in ("token_embedder", "decoder")}}, tokens))
+    base = np.asarray(
+        DecoderOnly(config.decoder).apply(
+            {"params": {k: params[k] for k in ("token_embedder", "decoder")}}, tokens
+        )
+    )
     np.testing.assert_allclose(out["base_logits"], base, atol=1e-5)
     assert np.all(np.asarray(out["mixing_weight"]) == 0.0)
     for s in range(N_T):  # scored step s at position i carries the base logits of position i + s
         step = N_A - 2 + s
-        np.testing.assert_allclose(out["logits"][step][:, :10 - s], base[:, s:], atol=1e-5)
+        np.testing.assert_allclose(out["logits"][step][:, : 10 - s], base[:, s:], atol=1e-5)
 
 
 def test_sampled_thoughts_never_contain_thought_ids():
@@ -161,9 +187,11 @@ def test_sampled_thoughts_never_contain_thought_ids():
     params = thought_ids_likeliest(config, tiny_params(config))
     tokens = _tokens(4, 16, seed=6)
     out = _think(config, params, tokens, _context(tokens), "streams")
-    sampled = np.asarray(out["next_token"][:N_A - 3])
-    logits = np.asarray(out["logits"][:N_A - 3])
-    assert np.isin(np.argmax(logits, -1), config.thought_token_ids).mean() > 0.9, "the ids must be the likeliest"
+    sampled = np.asarray(out["next_token"][: N_A - 3])
+    logits = np.asarray(out["logits"][: N_A - 3])
+    assert np.isin(np.argmax(logits, -1), config.thought_token_ids).mean() > 0.9, (
+        "the ids must be the likeliest"
+    )
     assert not np.isin(sampled, config.thought_token_ids).any()
     assert len(np.unique(sampled)) > 10  # still a sample, not a constant
 
@@ -187,6 +215,7 @@ def test_sampler_draws_from_the_tempered_softmax_without_banned_ids():
 
 # ----------------------------------------------------------------- the objective
 
+
 def test_advantages_match_a_hand_computation():
     rewards = jnp.asarray([[1.0, -2.0, 0.5], [3.0, 0.0, 0.5], [0.2, 0.4, 0.6], [0.0, 0.0, 1.2]])
     want = np.array([[-1.0, -1.0, 0.0], [1.0, 1.0, 0.0], [0.1, 0.2, -0.3], [-0.1, -0.2, 0.3]])
@@ -199,8 +228,11 @@ def _batch(n=2, t=12, seed=7):
     weights = np.ones((n, t), np.float32)
     weights[1, -3:] = 0  # padding at the end of the second row
     targets = tokens[:, 1:] * (weights > 0)
-    return {"decoder_input_tokens": jnp.asarray(tokens[:, :-1]), "decoder_target_tokens": jnp.asarray(targets),
-            "decoder_loss_weights": jnp.asarray(weights)}
+    return {
+        "decoder_input_tokens": jnp.asarray(tokens[:, :-1]),
+        "decoder_target_tokens": jnp.asarray(targets),
+        "decoder_loss_weights": jnp.asarray(weights),
+    }
 
 
 def test_objective_terms_match_a_hand_computation():
@@ -209,8 +241,11 @@ def test_objective_terms_match_a_hand_computation():
     params = tiny_params(config, mixing_random=True)
     batch = _batch()
     spec = ThinkingSpec(N_A, N_T)
-    terms = jax.jit(lambda p: quiet_star_terms(config, spec, p, batch, jax.random.PRNGKey(2), num_thoughts=2,
-                                               clip_advantage=True))(params)
+    terms = jax.jit(
+        lambda p: quiet_star_terms(
+            config, spec, p, batch, jax.random.PRNGKey(2), num_thoughts=2, clip_advantage=True
+        )
+    )(params)
     valid = np.asarray(terms["valid"])
     base_lp = np.asarray(terms["base_logp"])
     talk_lp = np.asarray(terms["true_logp"])[-N_T:]
@@ -225,11 +260,20 @@ def test_objective_terms_match_a_hand_computation():
     pairs = rewards.reshape(n // 2, 2, t)
     adv = np.maximum(pairs - pairs.mean(1, keepdims=True), 0).reshape(n, t)
     np.testing.assert_allclose(terms["advantages"], adv, atol=1e-5)
-    policy_lp = np.asarray(terms["policy_logp"])[:N_A - 3].sum(0)
-    loss, metrics = quiet_star_loss(build_model(config), params, batch, jax.random.PRNGKey(2), num_ahead=N_A,
-                                    num_talk=N_T, beta=10.0)
+    policy_lp = np.asarray(terms["policy_logp"])[: N_A - 3].sum(0)
+    loss, metrics = quiet_star_loss(
+        build_model(config),
+        params,
+        batch,
+        jax.random.PRNGKey(2),
+        num_ahead=N_A,
+        num_talk=N_T,
+        beta=10.0,
+    )
     base_ce = -(base_lp * valid).sum() / valid.sum()
-    talk_ce = np.mean([-(talk_lp[s][:, :t - s] * valid[:, s:]).sum() / valid[:, s:].sum() for s in range(N_T)])
+    talk_ce = np.mean(
+        [-(talk_lp[s][:, : t - s] * valid[:, s:]).sum() / valid[:, s:].sum() for s in range(N_T)]
+    )
     policy = -(adv * policy_lp * valid).sum() / valid.sum()
     np.testing.assert_allclose(metrics["base_ce"], base_ce, rtol=1e-5)
     np.testing.assert_allclose(metrics["talk_ce"], talk_ce, rtol=1e-5)
@@ -247,8 +291,17 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
     batch = _batch(seed=8)
     results = {}
     for impl in ("streams", "dense_mask"):
-        fn = lambda p, impl=impl: quiet_star_loss(model, p, batch, jax.random.PRNGKey(3), num_ahead=N_A,  # noqa: E731
-                                                   num_talk=N_T, beta=1.0, implementation=impl, record=record)
+        fn = lambda p, impl=impl: quiet_star_loss(
+            model,
+            p,
+            batch,
+            jax.random.PRNGKey(3),
+            num_ahead=N_A,  # noqa: E731
+            num_talk=N_T,
+            beta=1.0,
+            implementation=impl,
+            record=record,
+        )
         results[impl] = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
     (loss_s, m_s), g_s = results["streams"]
     (loss_d, m_d), g_d = results["dense_mask"]
@@ -257,9 +310,16 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
     flat_s, flat_d = jax.tree.leaves_with_path(g_s), jax.tree.leaves(g_d)
     for (path, a), b in zip(flat_s, flat_d):
         scale = float(np.abs(b).max()) + 1e-12
-        np.testing.assert_allclose(np.asarray(a) / scale, np.asarray(b) / scale, atol=2e-5,
-                                   err_msg=jax.tree_util.keystr(path))
-    assert float(np.abs(g_s["start_thought"]).max()) > 0 and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
+        np.testing.assert_allclose(
+            np.asarray(a) / scale,
+            np.asarray(b) / scale,
+            atol=2e-5,
+            err_msg=jax.tree_util.keystr(path),
+        )
+    assert (
+        float(np.abs(g_s["start_thought"]).max()) > 0
+        and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
+    )
 
 
 @pytest.mark.parametrize("implementation", ["dense_mask", "streams"])
@@ -272,9 +332,16 @@ def test_remat_policy_keeps_loss_and_gradients(implementation, remat_policy):
     for policy in ("none", remat_policy):
         config = tiny_config(remat_policy=policy)
         params = tiny_params(config, mixing_random=True)
-        fn = lambda p, c=config: quiet_star_loss(build_model(c), p, batch, jax.random.PRNGKey(4),  # noqa: E731
-                                                  num_ahead=N_A, num_talk=N_T, beta=1.0,
-                                                  implementation=implementation)
+        fn = lambda p, c=config: quiet_star_loss(
+            build_model(c),
+            p,
+            batch,
+            jax.random.PRNGKey(4),  # noqa: E731
+            num_ahead=N_A,
+            num_talk=N_T,
+            beta=1.0,
+            implementation=implementation,
+        )
         results.append(jax.jit(jax.value_and_grad(fn, has_aux=True))(params))
     (loss, _), grads = results[0]
     (loss_remat, _), grads_remat = results[1]
@@ -302,7 +369,7 @@ def test_append_scan_gradients_match_lax_scan(use_replay, prefilled):
         summary = jnp.sum(jnp.where(earlier, projected, 0.0), axis=0)
         new_slot = lambda summary, b: jnp.sin(summary + b * (k + 1) + statics) + 0.1 * carry  # noqa: E731
         new = replayed(new_slot, (summary, b), replay.slot) if known else new_slot(summary, b)
-        return carry + 1.0 * 0, new, jnp.sum(new ** 2), projected if use_replay else ()
+        return carry + 1.0 * 0, new, jnp.sum(new**2), projected if use_replay else ()
 
     def initial(consts):
         buf = jnp.zeros((steps, width))
@@ -313,21 +380,34 @@ def test_append_scan_gradients_match_lax_scan(use_replay, prefilled):
             carry, buf = state
             carry, new, y, _ = step(consts, 0.5, carry, buf, k, None)
             return (carry, buf.at[k].set(new)), y
+
         _, ys = jax.lax.scan(body, (jnp.zeros(width), initial(consts)), jnp.arange(first, steps))
         return jnp.sum(ys * jnp.arange(1, steps + 1 - first))
 
     def ours(consts):
-        _, _, ys = append_scan(step, consts, 0.5, jnp.zeros(width), initial(consts), jnp.arange(first, steps),
-                               index_fn=lambda k: k, axis=0)
+        _, _, ys = append_scan(
+            step,
+            consts,
+            0.5,
+            jnp.zeros(width),
+            initial(consts),
+            jnp.arange(first, steps),
+            index_fn=lambda k: k,
+            axis=0,
+        )
         return jnp.sum(ys * jnp.arange(1, steps + 1 - first))
 
-    consts = (jax.random.normal(jax.random.PRNGKey(0), (width, width)), jnp.asarray([0.1, -0.2, 0.3]))
+    consts = (
+        jax.random.normal(jax.random.PRNGKey(0), (width, width)),
+        jnp.asarray([0.1, -0.2, 0.3]),
+    )
     np.testing.assert_allclose(ours(consts), plain(consts), rtol=1e-6)
     for a, b in zip(jax.grad(ours)(consts), jax.grad(plain)(consts)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ------------------------------------------------------------------- sharding
+
 
 def _train_steps(mesh, devices, steps=2):
     config = tiny_config()

@@ -15,9 +15,25 @@ STEPS = 8
 
 
 def _cmd(out, checkpoint_dir, *extra):
-    return [sys.executable, SCRIPT, "--preset", "decoder-tiny", "--mesh", "2x2x2", "--local_devices", "8",
-            "--steps", str(STEPS), "--optimizer", "adamw", "--out", str(out),
-            "--checkpoint_dir", str(checkpoint_dir), *extra]
+    return [
+        sys.executable,
+        SCRIPT,
+        "--preset",
+        "decoder-tiny",
+        "--mesh",
+        "2x2x2",
+        "--local_devices",
+        "8",
+        "--steps",
+        str(STEPS),
+        "--optimizer",
+        "adamw",
+        "--out",
+        str(out),
+        "--checkpoint_dir",
+        str(checkpoint_dir),
+        *extra,
+    ]
 
 
 def _env():
@@ -29,7 +45,9 @@ def _env():
 
 def _kill_after_step(cmd, step, timeout=300):
     """Starts `cmd`, waits until it prints 'step {step} ', then SIGKILLs it."""
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.time() + timeout
     seen = []
     for line in proc.stdout:
@@ -45,15 +63,27 @@ def _kill_after_step(cmd, step, timeout=300):
 
 @pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
-    straight = subprocess.run(_cmd(tmp_path / "straight.npz", tmp_path / "ckpt_straight"), env=_env(),
-                              capture_output=True, text=True, timeout=300)
+    straight = subprocess.run(
+        _cmd(tmp_path / "straight.npz", tmp_path / "ckpt_straight"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-3000:]
 
     # The run sleeps after each step so the kill lands mid-run, possibly mid-save.
-    _kill_after_step(_cmd(tmp_path / "killed.npz", tmp_path / "ckpt", "--sleep_after_step", "0.5"), step=5)
+    _kill_after_step(
+        _cmd(tmp_path / "killed.npz", tmp_path / "ckpt", "--sleep_after_step", "0.5"), step=5
+    )
     assert not (tmp_path / "killed.npz").exists()
-    resumed = subprocess.run(_cmd(tmp_path / "resumed.npz", tmp_path / "ckpt"), env=_env(),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        _cmd(tmp_path / "resumed.npz", tmp_path / "ckpt"),
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     start = [l for l in resumed.stdout.splitlines() if l.startswith("start:")][0]
     resumed_from = int(start.rsplit(" ", 1)[1])

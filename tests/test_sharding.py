@@ -18,10 +18,20 @@ def _run(preset, mesh, devices, optimizer, steps=3, num_microbatches=1):
     config = get_preset(preset)
     tx, schedule = make_optimizer(OptimizerConfig(name=optimizer, learning_rate=0.05))
     partitioner = Partitioner(create_mesh(MeshConfig.parse(mesh), devices))
-    trainer = Trainer(build_model(config), token_loss, tx, partitioner, learning_rate_fn=schedule,
-                      num_microbatches=num_microbatches)
-    shapes = dict(vocab_size=config.vocab_size, batch_size=16, target_length=16,
-                  input_length=24 if config.architecture == "encoder_decoder" else 0)
+    trainer = Trainer(
+        build_model(config),
+        token_loss,
+        tx,
+        partitioner,
+        learning_rate_fn=schedule,
+        num_microbatches=num_microbatches,
+    )
+    shapes = dict(
+        vocab_size=config.vocab_size,
+        batch_size=16,
+        target_length=16,
+        input_length=24 if config.architecture == "encoder_decoder" else 0,
+    )
     data = RandomBatches(**shapes, seed=3)
     state = trainer.init_state(0, next(RandomBatches(**shapes, seed=99)))
     losses = []

@@ -123,7 +123,9 @@ BAD_ROWS = {
     "empty_input": (with_fields(input="  "), "input", "must not be empty"),
     "rationales_string": (with_fields(rationales="a"), "rationales", "expected a list"),
     "rationale_not_string": (
-        with_fields(rationales=["ok", 7]), "rationales[1]", "expected a string, got int (7)"
+        with_fields(rationales=["ok", 7]),
+        "rationales[1]",
+        "expected a string, got int (7)",
     ),
     "no_rationales": (with_fields(rationales=[]), "rationales", "at least one rationale"),
     "bool_id": (with_fields(id=True), "id", "got bool (True)"),
@@ -259,9 +261,19 @@ def test_gsm8k_skip_invalid(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "text, expected",
     [
-        ("1,000", "1000"), ("5.0", "5"), ("$18", "18"), (" -0.50 ", "-0.5"), ("-$1,234", "-1234"),
-        (".5", "0.5"), ("18.", "18"), ("-0", "0"), ("1,2", None), ("abc", None), ("", None),
-        ("$", None), ("1e3", None),
+        ("1,000", "1000"),
+        ("5.0", "5"),
+        ("$18", "18"),
+        (" -0.50 ", "-0.5"),
+        ("-$1,234", "-1234"),
+        (".5", "0.5"),
+        ("18.", "18"),
+        ("-0", "0"),
+        ("1,2", None),
+        ("abc", None),
+        ("", None),
+        ("$", None),
+        ("1e3", None),
     ],
 )
 def test_parse_number(text: str, expected: str | None) -> None:
@@ -372,7 +384,9 @@ def test_text_line_source(tmp_path: Path) -> None:
     source = sources.text_line_source({"train": str(tmp_path / "*.txt")})
     dataset = source.get_dataset("train", shuffle=False)
     assert sorted(ex["text"].decode() for ex in dataset.as_numpy_iterator()) == [
-        "first doc", "second doc", "third doc"
+        "first doc",
+        "second doc",
+        "third doc",
     ]
     empty = sources.text_line_source({"train": str(tmp_path / "none-*.txt")})
     with pytest.raises(FileNotFoundError, match="none-"):

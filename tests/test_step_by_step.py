@@ -3,8 +3,8 @@
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from random_params import random_params
+
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 
@@ -16,11 +16,13 @@ def _batch(rng):
     targets = rng.integers(3, 256, (b, t)).astype(np.int32)
     mask = np.arange(t)[None] < lengths[:, None]
     targets = targets * mask
-    return {"encoder_input_tokens": rng.integers(3, 256, (b, s)).astype(np.int32),
-            "decoder_target_tokens": targets,
-            "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
-            "decoder_loss_weights": mask.astype(np.float32),
-            "decoder_task_ids": (task[:, None] * mask).astype(np.int32)}
+    return {
+        "encoder_input_tokens": rng.integers(3, 256, (b, s)).astype(np.int32),
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": np.pad(targets[:, :-1], ((0, 0), (1, 0))),
+        "decoder_loss_weights": mask.astype(np.float32),
+        "decoder_task_ids": (task[:, None] * mask).astype(np.int32),
+    }
 
 
 def _reference(logits, batch, alpha, z_loss):
@@ -33,7 +35,7 @@ def _reference(logits, batch, alpha, z_loss):
                 continue
             row = logits[r, i]
             log_z = np.log(np.sum(np.exp(row - row.max()))) + row.max()
-            ce = log_z - row[batch["decoder_target_tokens"][r, i]] + z_loss * log_z ** 2
+            ce = log_z - row[batch["decoder_target_tokens"][r, i]] + z_loss * log_z**2
             task = int(batch["decoder_task_ids"][r, i])
             sums[task] += ce
             counts[task] += 1
@@ -44,10 +46,15 @@ def _reference(logits, batch, alpha, z_loss):
 def test_per_task_normalisation_matches_reference(alpha):
     batch = _batch(np.random.default_rng(0))
     model = build_model(get_preset("t5-tiny"))
-    params = random_params(model, encoder_input_tokens=batch["encoder_input_tokens"],
-                           decoder_input_tokens=batch["decoder_input_tokens"])
+    params = random_params(
+        model,
+        encoder_input_tokens=batch["encoder_input_tokens"],
+        decoder_input_tokens=batch["decoder_input_tokens"],
+    )
     loss, metrics = step_by_step_loss(model, params, batch, None, alpha=alpha, z_loss=1e-4)
-    logits = model.apply({"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"])
+    logits = model.apply(
+        {"params": params}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
+    )
     expected, sums, counts = _reference(logits, batch, alpha, 1e-4)
     np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["label_loss"]), sums[1] / counts[1], rtol=1e-5)
@@ -57,8 +64,9 @@ def test_per_task_normalisation_matches_reference(alpha):
     pooled = (sums[1] + sums[2]) / (counts[1] + counts[2])
     if alpha == 0.5:
         assert abs(expected - pooled) > 1e-3
-        np.testing.assert_allclose(float(token_loss(model, params, batch, None, z_loss=1e-4)[0]), pooled,
-                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            float(token_loss(model, params, batch, None, z_loss=1e-4)[0]), pooled, rtol=1e-5
+        )
 
 
 def test_missing_task_ids_is_a_clear_error():
@@ -71,10 +79,15 @@ def test_missing_task_ids_is_a_clear_error():
 
 def test_a_task_absent_from_the_batch_contributes_zero():
     batch = _batch(np.random.default_rng(2))
-    batch["decoder_task_ids"] = jnp.where(batch["decoder_task_ids"] == 2, 1, batch["decoder_task_ids"])
+    batch["decoder_task_ids"] = jnp.where(
+        batch["decoder_task_ids"] == 2, 1, batch["decoder_task_ids"]
+    )
     model = build_model(get_preset("t5-tiny"))
-    params = random_params(model, encoder_input_tokens=batch["encoder_input_tokens"],
-                           decoder_input_tokens=batch["decoder_input_tokens"])
+    params = random_params(
+        model,
+        encoder_input_tokens=batch["encoder_input_tokens"],
+        decoder_input_tokens=batch["decoder_input_tokens"],
+    )
     loss, metrics = step_by_step_loss(model, params, batch, None, alpha=0.5)
     assert float(metrics["rationale_loss"]) == 0.0
     np.testing.assert_allclose(float(loss), 0.5 * float(metrics["label_loss"]), rtol=1e-6)

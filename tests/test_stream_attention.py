@@ -36,10 +36,15 @@ def _reference(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
 
     keys = jnp.repeat(all_keys(ctx_k, slot_k, new_k), group, axis=3)
     values = jnp.repeat(all_keys(ctx_v, slot_v, new_v), group, axis=3)
-    allowed = jnp.concatenate([jnp.broadcast_to(ctx_mask[:, 0, :, None, :], (N, T, 1, C)),
-                               jnp.broadcast_to(jnp.arange(S) < slot, (N, T, 1, S)),
-                               jnp.ones((N, T, 1, 1), bool)], axis=-1)
-    scores = jnp.where(allowed, jnp.einsum("nihd,nijhd->nihj", q, keys) * D ** -0.5, -jnp.inf)
+    allowed = jnp.concatenate(
+        [
+            jnp.broadcast_to(ctx_mask[:, 0, :, None, :], (N, T, 1, C)),
+            jnp.broadcast_to(jnp.arange(S) < slot, (N, T, 1, S)),
+            jnp.ones((N, T, 1, 1), bool),
+        ],
+        axis=-1,
+    )
+    scores = jnp.where(allowed, jnp.einsum("nihd,nijhd->nihj", q, keys) * D**-0.5, -jnp.inf)
     lse = jax.nn.logsumexp(scores, axis=-1)
     out = jnp.einsum("nihj,nijhd->nihd", jnp.exp(scores - lse[..., None]), values)
     return out, lse.reshape(N, T, ctx_k.shape[2], group)
@@ -57,7 +62,9 @@ def test_stream_attention_and_gradients_match_a_plain_softmax(heads, kv_heads, s
 
     rng = np.random.default_rng(1)
     d_out = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-    d_lse = jnp.asarray(rng.normal(size=lse.shape), jnp.float32)  # lse's own gradient is exercised too
+    d_lse = jnp.asarray(
+        rng.normal(size=lse.shape), jnp.float32
+    )  # lse's own gradient is exercised too
 
     def pulled_back(fn):
         _, vjp = jax.vjp(lambda *x: fn(*x, slot, mask), *inputs)
@@ -98,11 +105,16 @@ def test_stream_attention_without_slots_equals_all_slots_masked():
         out, lse = fn(*x)
         return jnp.sum(out * d_out) + jnp.sum(jnp.sin(lse))
 
-    without = lambda q, ck, cv, nk, nv: stream_attention(q, ck, cv, none(slot_k), none(slot_v), nk, nv, 0, mask)  # noqa: E731
+    without = lambda q, ck, cv, nk, nv: stream_attention(
+        q, ck, cv, none(slot_k), none(slot_v), nk, nv, 0, mask
+    )  # noqa: E731
     masked = lambda q, ck, cv, nk, nv: stream_attention(q, ck, cv, slot_k, slot_v, nk, nv, 0, mask)  # noqa: E731
     args = (q, ctx_k, ctx_v, new_k, new_v)
     for a, b in zip(jax.jit(without)(*args), jax.jit(masked)(*args)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
-    grads = [jax.jit(jax.grad(lambda *x, f=f: loss(f, *x), argnums=tuple(range(5))))(*args) for f in (without, masked)]
+    grads = [
+        jax.jit(jax.grad(lambda *x, f=f: loss(f, *x), argnums=tuple(range(5))))(*args)
+        for f in (without, masked)
+    ]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

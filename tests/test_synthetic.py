@@ -25,8 +25,12 @@ SIZES = {"train": 1500, "validation": 300, "test": 300}
 
 
 @functools.lru_cache(maxsize=None)
-def rows_of(split: str, num_examples: int, seed: int = 0, difficulty=synthetic.DEFAULT_DIFFICULTY) -> tuple:
-    return tuple(synthetic.generate_split(split, num_examples=num_examples, seed=seed, difficulty=difficulty))
+def rows_of(
+    split: str, num_examples: int, seed: int = 0, difficulty=synthetic.DEFAULT_DIFFICULTY
+) -> tuple:
+    return tuple(
+        synthetic.generate_split(split, num_examples=num_examples, seed=seed, difficulty=difficulty)
+    )
 
 
 def all_rows() -> list[dict]:
@@ -70,8 +74,12 @@ def test_rows_follow_the_teacher_schema():
         assert isinstance(row["input"], str) and row["input"].endswith("?")
         assert row["label"].isdigit()
         assert len(row["rationales"]) == synthetic.DEFAULT_NUM_RATIONALES
-        assert len(row["negatives"]) == len(row["negative_labels"]) == synthetic.DEFAULT_NUM_NEGATIVES
-        assert all(isinstance(t, str) and t and "\n" not in t for t in row["rationales"] + row["negatives"])
+        assert (
+            len(row["negatives"]) == len(row["negative_labels"]) == synthetic.DEFAULT_NUM_NEGATIVES
+        )
+        assert all(
+            isinstance(t, str) and t and "\n" not in t for t in row["rationales"] + row["negatives"]
+        )
 
 
 def test_correct_rationales_compute_right_and_reach_the_label():
@@ -125,7 +133,9 @@ def test_negatives_cover_every_mistake_kind():
 
 
 def test_splits_are_disjoint_and_free_of_duplicates():
-    questions = {split: [row["input"] for row in rows_of(split, size)] for split, size in SIZES.items()}
+    questions = {
+        split: [row["input"] for row in rows_of(split, size)] for split, size in SIZES.items()
+    }
     for split, texts in questions.items():
         assert len(set(texts)) == len(texts), split
         assert all(synthetic.split_of(q) == split for q in texts)
@@ -147,17 +157,23 @@ def test_same_seed_same_rows_other_seed_other_rows():
 
 def test_rows_are_identical_in_another_process_without_tensorflow():
     """Another process (other hash salt) writes the same bytes, and never imports TF or seqio."""
-    code = ("import json, sys; from t5x_rationale.data import synthetic; "
-            "rows = synthetic.generate_split('test', num_examples=50, seed=7); "
-            "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules, 'imports TF'; "
-            "sys.stdout.write(json.dumps(rows, sort_keys=True))")
+    code = (
+        "import json, sys; from t5x_rationale.data import synthetic; "
+        "rows = synthetic.generate_split('test', num_examples=50, seed=7); "
+        "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules, 'imports TF'; "
+        "sys.stdout.write(json.dumps(rows, sort_keys=True))"
+    )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     here = synthetic.generate_split("test", num_examples=50, seed=7)
     assert out.stdout == json.dumps(here, sort_keys=True)
 
 
-@pytest.mark.parametrize("difficulty", [1, 3, synthetic.Difficulty(min_ops=3, max_ops=3, max_value=20)])
+@pytest.mark.parametrize(
+    "difficulty", [1, 3, synthetic.Difficulty(min_ops=3, max_ops=3, max_value=20)]
+)
 def test_operation_counts_respect_the_difficulty(difficulty):
     level = synthetic.as_difficulty(difficulty)
     rows = rows_of("train", 300, difficulty=difficulty)
@@ -170,15 +186,26 @@ def test_operation_counts_respect_the_difficulty(difficulty):
 
 
 def test_difficulty_sets_the_size_of_numbers():
-    easy = [int(n) for row in rows_of("train", 300, difficulty=1) for n in NUMBER.findall(row["input"])]
-    hard = [int(n) for row in rows_of("train", 300, difficulty=3) for n in NUMBER.findall(row["input"])]
+    easy = [
+        int(n) for row in rows_of("train", 300, difficulty=1) for n in NUMBER.findall(row["input"])
+    ]
+    hard = [
+        int(n) for row in rows_of("train", 300, difficulty=3) for n in NUMBER.findall(row["input"])
+    ]
     assert sorted(easy)[len(easy) // 2] < sorted(hard)[len(hard) // 2]
 
 
 def test_every_story_type_occurs():
     assert len(synthetic.TEMPLATES) >= 6
-    markers = {"shopping": r"for \d+ dollars each", "sharing": "equally among", "savings": "saves",
-               "travel": " km", "baking": "batch", "classroom": "students|desks", "garden": "plants"}
+    markers = {
+        "shopping": r"for \d+ dollars each",
+        "sharing": "equally among",
+        "savings": "saves",
+        "travel": " km",
+        "baking": "batch",
+        "classroom": "students|desks",
+        "garden": "plants",
+    }
     questions = [row["input"] for row in all_rows()]
     for story, marker in markers.items():
         assert sum(bool(re.search(marker, q)) for q in questions) > 0.05 * len(questions), story

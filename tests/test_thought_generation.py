@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
+
 from t5x_rationale.architectures import DecoderOnly
 from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
 from t5x_rationale.thought_generation import ThoughtDecodeConfig, generate_with_thoughts
@@ -20,8 +20,15 @@ def _uncached(config, params, prompt_row, steps):
     token; thought ids are banned by hand; thoughts are argmaxes (temperature 0).
     """
     spec = ThinkingSpec(N_A, 1, sample_temperature=0.0, collect_logits=True)
-    run = jax.jit(lambda p, seq: think(config, spec, p, seq, Context(
-        jnp.zeros_like(seq), jnp.ones(seq.shape, bool), None, jax.random.PRNGKey(0))))
+    run = jax.jit(
+        lambda p, seq: think(
+            config,
+            spec,
+            p,
+            seq,
+            Context(jnp.zeros_like(seq), jnp.ones(seq.shape, bool), None, jax.random.PRNGKey(0)),
+        )
+    )
     seq = list(prompt_row)
     tokens, thoughts, weights = [], [], []
     for _ in range(steps):
@@ -30,13 +37,15 @@ def _uncached(config, params, prompt_row, steps):
         logits[list(config.thought_token_ids)] = -np.inf
         token = int(np.argmax(logits))
         tokens.append(token)
-        thoughts.append(np.asarray(out["next_token"][:N_A - 3, 0, -1]))
+        thoughts.append(np.asarray(out["next_token"][: N_A - 3, 0, -1]))
         weights.append(float(out["mixing_weight"][N_A - 2, 0, -1]))
         seq.append(token)
     return np.array(tokens), np.stack(thoughts), np.array(weights)
 
 
-@pytest.mark.parametrize("overrides", [dict(num_kv_heads=4), dict(num_kv_heads=8, sliding_window=6)])
+@pytest.mark.parametrize(
+    "overrides", [dict(num_kv_heads=4), dict(num_kv_heads=8, sliding_window=6)]
+)
 def test_cached_generation_equals_uncached_token_for_token(overrides):
     config = tiny_config(**overrides)
     params = tiny_params(config, mixing_random=True)
@@ -44,16 +53,21 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
     steps = 7
     padded = np.zeros((2, 5), np.int32)
     for r, p in enumerate(prompts):
-        padded[r, :len(p)] = p
-    got = generate_with_thoughts(config, params, padded,
-                                 ThoughtDecodeConfig(max_decode_length=steps, num_ahead=N_A, eos_id=None))
+        padded[r, : len(p)] = p
+    got = generate_with_thoughts(
+        config,
+        params,
+        padded,
+        ThoughtDecodeConfig(max_decode_length=steps, num_ahead=N_A, eos_id=None),
+    )
     for r, p in enumerate(prompts):
         tokens, thoughts, weights = _uncached(config, params, p, steps)
         np.testing.assert_array_equal(got.tokens[r], tokens)
         np.testing.assert_array_equal(got.thoughts[r], thoughts)
         # float32 agreement: 1e-5 of the largest weight (the two run different summation orders)
-        np.testing.assert_allclose(got.mixing_weight[r], weights, rtol=1e-5,
-                                   atol=1e-5 * max(np.abs(weights).max(), 1.0))
+        np.testing.assert_allclose(
+            got.mixing_weight[r], weights, rtol=1e-5, atol=1e-5 * max(np.abs(weights).max(), 1.0)
+        )
     assert np.all(np.asarray(got.lengths) == steps)
     assert np.any(np.asarray(got.mixing_weight) != 0)  # the thought took part in every prediction
 
@@ -62,22 +76,35 @@ def test_thought_ids_are_never_emitted_and_eos_stops_a_row():
     config = tiny_config()
     params = thought_ids_likeliest(config, tiny_params(config))
     prompt = np.asarray([[9, 17, 33], [12, 200, 41]], np.int32)
-    out = generate_with_thoughts(config, params, prompt, ThoughtDecodeConfig(
-        max_decode_length=6, num_ahead=N_A, thought_temperature=1.0, temperature=1.0, eos_id=None),
-        rng=jax.random.PRNGKey(3))
+    out = generate_with_thoughts(
+        config,
+        params,
+        prompt,
+        ThoughtDecodeConfig(
+            max_decode_length=6,
+            num_ahead=N_A,
+            thought_temperature=1.0,
+            temperature=1.0,
+            eos_id=None,
+        ),
+        rng=jax.random.PRNGKey(3),
+    )
     banned = np.asarray(config.thought_token_ids)
-    base = DecoderOnly(config.decoder).apply({"params": {k: params[k] for k in ("token_embedder", "decoder")}},
-                                             jnp.asarray(prompt))
+    base = DecoderOnly(config.decoder).apply(
+        {"params": {k: params[k] for k in ("token_embedder", "decoder")}}, jnp.asarray(prompt)
+    )
     assert np.isin(np.argmax(np.asarray(base), -1), banned).all(), "the ids must be the likeliest"
     assert not np.isin(np.asarray(out.tokens), banned).any()
     assert not np.isin(np.asarray(out.thoughts), banned).any()
 
-    greedy = generate_with_thoughts(config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A,
-                                                                                eos_id=None))
+    greedy = generate_with_thoughts(
+        config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A, eos_id=None)
+    )
     eos = int(greedy.tokens[0, 2])  # row 0 emits this third: stop there
-    stopped = generate_with_thoughts(config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A,
-                                                                                 eos_id=eos))
+    stopped = generate_with_thoughts(
+        config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A, eos_id=eos)
+    )
     first = int(np.argmax(np.asarray(greedy.tokens[0]) == eos))
     assert int(stopped.lengths[0]) == first + 1
-    np.testing.assert_array_equal(stopped.tokens[0, :first + 1], greedy.tokens[0, :first + 1])
-    assert np.all(np.asarray(stopped.tokens[0, first + 1:]) == 0)
+    np.testing.assert_array_equal(stopped.tokens[0, : first + 1], greedy.tokens[0, : first + 1])
+    assert np.all(np.asarray(stopped.tokens[0, first + 1 :]) == 0)

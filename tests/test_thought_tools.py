@@ -18,11 +18,21 @@ TINY = ["--gin_file=models/quiet_star_tiny.gin"]
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("quiet_star")
-    run("train", ["--gin_file=runs/quiet_star.gin", f"--gin.RUN_DIR='{run_dir}'", "--gin.TRAIN_STEPS=2",
-                  "--gin.LENGTH=32", "--gin.train.save_every=2",
-                  "--gin.train.log_every=1", "--gin.OptimizerConfig.warmup_steps=1",
-                  f"--gin.quiet_star_loss.num_ahead={N_A}",
-                  "--gin.quiet_star_loss.num_talk=2", "--gin.train.console=False"])
+    run(
+        "train",
+        [
+            "--gin_file=runs/quiet_star.gin",
+            f"--gin.RUN_DIR='{run_dir}'",
+            "--gin.TRAIN_STEPS=2",
+            "--gin.LENGTH=32",
+            "--gin.train.save_every=2",
+            "--gin.train.log_every=1",
+            "--gin.OptimizerConfig.warmup_steps=1",
+            f"--gin.quiet_star_loss.num_ahead={N_A}",
+            "--gin.quiet_star_loss.num_talk=2",
+            "--gin.train.console=False",
+        ],
+    )
     return run_dir
 
 
@@ -36,10 +46,18 @@ def test_quiet_star_run_logs_thinking_flops(checkpoint):
 
 def test_inspect_writes_html_png_and_consistent_numbers(checkpoint, tmp_path):
     text = "Tom has 3 boxes of 4 pens. The answer is 12."
-    rows = run("inspect_thoughts", TINY + [
-        "--gin_file=runs/inspect_thoughts.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
-        f"--gin.OUTPUT_DIR='{tmp_path}'", f"--gin.inspect_thoughts.text='{text}'",
-        f"--gin.inspect_thoughts.num_ahead={N_A}", "--gin.inspect_thoughts.num_talk=2"])
+    rows = run(
+        "inspect_thoughts",
+        TINY
+        + [
+            "--gin_file=runs/inspect_thoughts.gin",
+            f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
+            f"--gin.OUTPUT_DIR='{tmp_path}'",
+            f"--gin.inspect_thoughts.text='{text}'",
+            f"--gin.inspect_thoughts.num_ahead={N_A}",
+            "--gin.inspect_thoughts.num_talk=2",
+        ],
+    )
     vocab = get_vocabulary()
     assert [r["token_id"] for r in rows] == vocab.encode(text)
     assert "".join(r["token"] for r in rows).strip() == text
@@ -52,12 +70,23 @@ def test_inspect_writes_html_png_and_consistent_numbers(checkpoint, tmp_path):
     assert (tmp_path / "thoughts.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "thoughts.json").read_text()) == rows
 
-    report = run("evaluate_thoughts", TINY + [
-        "--gin_file=runs/evaluate_thoughts.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
-        f"--gin.OUTPUT_DIR='{tmp_path}'", f"--gin.evaluate_thoughts.num_ahead={N_A}",
-        "--gin.evaluate_thoughts.max_examples=4", "--gin.evaluate_thoughts.num_questions=4",
-        "--gin.evaluate_thoughts.length=64", "--gin.evaluate_thoughts.batch_size=4"])
-    assert report["step"] == 2 and report["examples"] == 4 and report["answer_mass"]["questions"] == 4
+    report = run(
+        "evaluate_thoughts",
+        TINY
+        + [
+            "--gin_file=runs/evaluate_thoughts.gin",
+            f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
+            f"--gin.OUTPUT_DIR='{tmp_path}'",
+            f"--gin.evaluate_thoughts.num_ahead={N_A}",
+            "--gin.evaluate_thoughts.max_examples=4",
+            "--gin.evaluate_thoughts.num_questions=4",
+            "--gin.evaluate_thoughts.length=64",
+            "--gin.evaluate_thoughts.batch_size=4",
+        ],
+    )
+    assert (
+        report["step"] == 2 and report["examples"] == 4 and report["answer_mass"]["questions"] == 4
+    )
     overall = report["perplexity"]["overall"]
     assert sum(b["tokens"] for b in report["perplexity"]["by_difficulty"]) == overall["tokens"]
     assert json.loads((tmp_path / "thought_eval.json").read_text()) == report
@@ -85,25 +114,44 @@ def test_answer_mass_sums_the_answer_tokens_only():
     rng = np.random.default_rng(0)
     base, mixed = -rng.random((2, width)), -rng.random((2, width))
     for r, tokens in enumerate(rows):
-        targets[r, :len(tokens)] = tokens
-    scores = ThoughtScores(targets, targets > 0, base, mixed, np.zeros((2, width)), np.zeros((2, width, 2), int),
-                           np.zeros((2, width)))
+        targets[r, : len(tokens)] = tokens
+    scores = ThoughtScores(
+        targets,
+        targets > 0,
+        base,
+        mixed,
+        np.zeros((2, width)),
+        np.zeros((2, width, 2), int),
+        np.zeros((2, width)),
+    )
     out = answer_mass([scores], rows, lengths, length=width)
-    want_base = [base[r, len(t) - n:len(t)].sum() for r, (t, n) in enumerate(zip(rows, lengths))]
+    want_base = [base[r, len(t) - n : len(t)].sum() for r, (t, n) in enumerate(zip(rows, lengths))]
     assert out["base_mass"] == pytest.approx(np.mean(np.exp(want_base)))
     assert out["base_logp"] == pytest.approx(np.mean(want_base))
 
 
 def test_infer_generates_with_thoughts(checkpoint, tmp_path):
     questions = tmp_path / "questions.jsonl"
-    questions.write_text('{"id": "q1", "input": "Tom has 3 apples and buys 4 more."}\n{"input": "What is 2 + 2?"}\n')
+    questions.write_text(
+        '{"id": "q1", "input": "Tom has 3 apples and buys 4 more."}\n{"input": "What is 2 + 2?"}\n'
+    )
     out = tmp_path / "predictions.jsonl"
-    rows = run("infer", TINY + [
-        "--gin_file=runs/infer.gin", f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
-        "--gin.infer.model_config=@quiet_star_config()", "--gin.infer.thoughts=@ThoughtDecodeConfig()",
-        f"--gin.ThoughtDecodeConfig.num_ahead={N_A}", f"--gin.infer.input_file='{questions}'",
-        f"--gin.infer.output_file='{out}'", "--gin.INPUT_LENGTH=32", "--gin.TARGET_LENGTH=6",
-        "--gin.infer.batch_size=8"])
+    rows = run(
+        "infer",
+        TINY
+        + [
+            "--gin_file=runs/infer.gin",
+            f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
+            "--gin.infer.model_config=@quiet_star_config()",
+            "--gin.infer.thoughts=@ThoughtDecodeConfig()",
+            f"--gin.ThoughtDecodeConfig.num_ahead={N_A}",
+            f"--gin.infer.input_file='{questions}'",
+            f"--gin.infer.output_file='{out}'",
+            "--gin.INPUT_LENGTH=32",
+            "--gin.TARGET_LENGTH=6",
+            "--gin.infer.batch_size=8",
+        ],
+    )
     assert [r["id"] for r in rows] == ["q1", "2"]
     assert all(isinstance(r["prediction"], str) for r in rows)
     assert len(out.read_text().splitlines()) == 2

@@ -16,9 +16,15 @@ def test_gradients_match_autodiff(k, f, out_type):
     x = jnp.asarray(rng.standard_normal((10, k)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, f)), jnp.float32)
     cotangent = jnp.asarray(rng.standard_normal((10, f)), jnp.float32)
-    np.testing.assert_allclose(np.asarray(token_matmul(x, w, out_type)), np.asarray(x) @ np.asarray(w),
-                               rtol=1e-5, atol=1e-5)
-    got = jax.grad(lambda a, b: jnp.sum(token_matmul(a, b, out_type) * cotangent), argnums=(0, 1))(x, w)
+    np.testing.assert_allclose(
+        np.asarray(token_matmul(x, w, out_type)),
+        np.asarray(x) @ np.asarray(w),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    got = jax.grad(lambda a, b: jnp.sum(token_matmul(a, b, out_type) * cotangent), argnums=(0, 1))(
+        x, w
+    )
     # The written-out gradients of sum(c * (x @ w)): dx = c w^T, dw = x^T c (float64).
     c, x64, w64 = (np.asarray(a, np.float64) for a in (cotangent, x, w))
     for g, want in zip(got, (c @ w64.T, x64.T @ c)):
@@ -36,20 +42,24 @@ def test_bfloat16_gradients_keep_input_dtypes():
 @pytest.mark.parametrize("axis,features", [(-1, 6), (-1, (2, 3)), ((-2, -1), 5), (0, 4)])
 def test_dense_general_matches_einsum_and_its_gradient(axis, features):
     x = jnp.asarray(np.random.default_rng(0).standard_normal((3, 4, 2, 3)), jnp.float32)
-    layer = DenseGeneral(features, ("a",) * (len(np.atleast_1d(axis)) + len(np.atleast_1d(features))), axis=axis)
+    layer = DenseGeneral(
+        features, ("a",) * (len(np.atleast_1d(axis)) + len(np.atleast_1d(features))), axis=axis
+    )
     params = flax.core.meta.unbox(layer.init(jax.random.PRNGKey(0), x))
     kernel = params["params"]["kernel"]
     axes = tuple(a % x.ndim for a in np.atleast_1d(axis))
 
     def reference(p, inputs):
-        return jax.lax.dot_general(inputs, p["params"]["kernel"],
-                                   ((axes, tuple(range(len(axes)))), ((), ())))
+        return jax.lax.dot_general(
+            inputs, p["params"]["kernel"], ((axes, tuple(range(len(axes)))), ((), ()))
+        )
 
-    np.testing.assert_allclose(np.asarray(layer.apply(params, x)), np.asarray(reference(params, x)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(layer.apply(params, x)), np.asarray(reference(params, x)), rtol=1e-5, atol=1e-5
+    )
     loss = lambda fn: lambda p, i: jnp.sum(jnp.sin(fn(p, i)))  # noqa: E731
     got = jax.grad(loss(layer.apply), argnums=(0, 1))(params, x)
     want = jax.grad(loss(reference), argnums=(0, 1))(params, x)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-5)
-    assert kernel.shape[:len(axes)] == tuple(x.shape[a] for a in axes)
+    assert kernel.shape[: len(axes)] == tuple(x.shape[a] for a in axes)

@@ -28,8 +28,14 @@ def tiny_model(tmp_path, name: str, **options) -> str:
     """Trains a small SentencePiece model (no special pieces) and returns its path."""
     sentences = [row["input"] for row in synthetic.generate_split("train", num_examples=200)]
     model = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, vocab_size=200,
-                                   num_threads=1, minloglevel=2, **options)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=model,
+        vocab_size=200,
+        num_threads=1,
+        minloglevel=2,
+        **options,
+    )
     path = os.path.join(tmp_path, name)
     with open(path, "wb") as f:
         f.write(model.getvalue())
@@ -42,7 +48,12 @@ def test_default_path_is_the_shipped_model():
 
 
 def test_special_ids(processor):
-    assert (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) == (0, 1, 2, -1)
+    assert (processor.pad_id(), processor.eos_id(), processor.unk_id(), processor.bos_id()) == (
+        0,
+        1,
+        2,
+        -1,
+    )
     assert [processor.id_to_piece(i) for i in range(3)] == ["<pad>", "</s>", "<unk>"]
     seqio_vocab = vocab.get_vocabulary()
     assert (seqio_vocab.pad_id, seqio_vocab.eos_id, seqio_vocab.unk_id) == (0, 1, 2)
@@ -71,14 +82,18 @@ def test_digits_are_single_pieces(processor):
 
 def test_corpus_text_round_trips_with_no_unk(processor):
     rows = synthetic.generate_split("validation", num_examples=50)
-    texts = [synthetic.plain_text(r) for r in rows] + [t for r in rows for t in r["rationales"] + r["negatives"]]
+    texts = [synthetic.plain_text(r) for r in rows] + [
+        t for r in rows for t in r["rationales"] + r["negatives"]
+    ]
     total_pieces = total_chars = 0
     for text in texts:
         ids = processor.encode(text)
         assert processor.unk_id() not in ids
         assert processor.decode(ids) == text
         total_pieces, total_chars = total_pieces + len(ids), total_chars + len(text)
-    assert total_pieces < 0.5 * total_chars  # mostly whole words (each digit and its space are pieces)
+    assert (
+        total_pieces < 0.5 * total_chars
+    )  # mostly whole words (each digit and its space are pieces)
     for word in ("answer", "dollars", "friend", "savings", "cookies"):
         assert len(processor.encode(f"The {word}")) == 2, word
     seqio_vocab = vocab.get_vocabulary()
@@ -86,11 +101,19 @@ def test_corpus_text_round_trips_with_no_unk(processor):
 
 
 def test_any_unicode_round_trips_through_byte_fallback(processor):
-    samples = ["naïve café, 東京 ☕ 🚀", "tab\tnew\nline", "  two  spaces ", "\x00\x7f", "Ünïcödé –— “quotes”"]
+    samples = [
+        "naïve café, 東京 ☕ 🚀",
+        "tab\tnew\nline",
+        "  two  spaces ",
+        "\x00\x7f",
+        "Ünïcödé –— “quotes”",
+    ]
     rng = np.random.default_rng(0)
     for _ in range(200):
         codes = rng.integers(1, 0x110000, size=16)
-        samples.append("".join(chr(c) for c in codes if not 0xD800 <= c < 0xE000 and chr(c) != WHITESPACE_MARK))
+        samples.append(
+            "".join(chr(c) for c in codes if not 0xD800 <= c < 0xE000 and chr(c) != WHITESPACE_MARK)
+        )
     for text in samples:
         ids = processor.encode(text)
         assert processor.unk_id() not in ids, text
@@ -120,8 +143,16 @@ def test_user_model_with_other_ids_is_rejected(tmp_path):
 
 
 def test_training_script_reproduces_the_shipped_model(tmp_path):
-    subprocess.run([sys.executable, SCRIPT, "--out_dir", str(tmp_path)], check=True, capture_output=True)
-    with open(tmp_path / "rationale_sp.model", "rb") as new, open(vocab.DEFAULT_SPM_PATH, "rb") as shipped:
+    subprocess.run(
+        [sys.executable, SCRIPT, "--out_dir", str(tmp_path)], check=True, capture_output=True
+    )
+    with (
+        open(tmp_path / "rationale_sp.model", "rb") as new,
+        open(vocab.DEFAULT_SPM_PATH, "rb") as shipped,
+    ):
         assert new.read() == shipped.read()
-    with open(tmp_path / "rationale_sp.vocab", encoding="utf-8") as new, open(SHIPPED_VOCAB, encoding="utf-8") as old:
+    with (
+        open(tmp_path / "rationale_sp.vocab", encoding="utf-8") as new,
+        open(SHIPPED_VOCAB, encoding="utf-8") as old,
+    ):
         assert new.read() == old.read()

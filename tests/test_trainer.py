@@ -29,6 +29,7 @@ LR, CLIP = 0.5, 2.0
 
 # ==================================================================== shared setup
 
+
 def _partitioner(data, fsdp, tensor):
     n = data * fsdp * tensor
     return Partitioner(create_mesh(MeshConfig(data, fsdp, tensor), jax.devices()[:n]))
@@ -40,8 +41,11 @@ class _Setup:
     def __init__(self):
         self.config = get_preset("decoder-tiny", num_layers=1)
         self.model = build_model(self.config)
-        self.batch = next(RandomBatches(vocab_size=self.config.vocab_size, batch_size=BATCH,
-                                        target_length=LENGTH, seed=0))
+        self.batch = next(
+            RandomBatches(
+                vocab_size=self.config.vocab_size, batch_size=BATCH, target_length=LENGTH, seed=0
+            )
+        )
         self.opt_config = OptimizerConfig(name="sgd", learning_rate=LR, clip_grad_norm=CLIP)
         self._trainers = {}
         self._host_state = None
@@ -50,8 +54,14 @@ class _Setup:
         key = (mesh, num_microbatches)
         if key not in self._trainers:
             tx, schedule = make_optimizer(self.opt_config)
-            self._trainers[key] = Trainer(self.model, token_loss, tx, _partitioner(*mesh),
-                                          learning_rate_fn=schedule, num_microbatches=num_microbatches)
+            self._trainers[key] = Trainer(
+                self.model,
+                token_loss,
+                tx,
+                _partitioner(*mesh),
+                learning_rate_fn=schedule,
+                num_microbatches=num_microbatches,
+            )
         return self._trainers[key]
 
     @property
@@ -68,7 +78,9 @@ class _Setup:
     def step(self, trainer, batch=None):
         batch = self.batch if batch is None else batch
         state = self.fresh_state(trainer)
-        new_state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(batch))
+        new_state, metrics = trainer.train_step(
+            state, trainer.partitioner.host_batch_to_global(batch)
+        )
         return jax.device_get(new_state), host_metrics(metrics)
 
 
@@ -78,7 +90,10 @@ def setup():
 
 
 def _leaves(tree):
-    return {jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x)
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def _assert_trees_close(a, b, rtol, atol):
@@ -96,10 +111,13 @@ def _assert_trees_equal(a, b):
 
 
 def _global_norm(tree):
-    return math.sqrt(sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(tree)))
+    return math.sqrt(
+        sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(tree))
+    )
 
 
 # =========================================================== (a) one step vs reference
+
 
 @pytest.fixture(scope="module")
 def reference_step(setup):
@@ -110,20 +128,34 @@ def reference_step(setup):
 
     @jax.jit
     def reference(p):
-        (loss, metrics), grads = jax.value_and_grad(lambda q: token_loss(setup.model, q, batch, rng), has_aux=True)(p)
+        (loss, metrics), grads = jax.value_and_grad(
+            lambda q: token_loss(setup.model, q, batch, rng), has_aux=True
+        )(p)
         logits = setup.model.apply({"params": p}, batch["decoder_input_tokens"], deterministic=True)
-        per_token = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
-            logits, batch["decoder_target_tokens"][..., None], -1)[..., 0]
-        per_token = per_token + 1e-4 * jax.nn.logsumexp(logits, -1) ** 2  # token_loss's default z_loss
+        per_token = (
+            jax.nn.logsumexp(logits, -1)
+            - jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], -1)[..., 0]
+        )
+        per_token = (
+            per_token + 1e-4 * jax.nn.logsumexp(logits, -1) ** 2
+        )  # token_loss's default z_loss
         return loss, metrics, grads, per_token
 
     loss, metrics, grads, per_token = jax.device_get(reference(params))
     norm = _global_norm(grads)
     factor = min(1.0, CLIP / norm)
-    new_params = jax.tree.map(lambda p, g: np.asarray(p, np.float64) - LR * factor * np.asarray(g, np.float64),
-                              params, grads)
-    return dict(params=new_params, grad_norm=norm, loss=float(loss), per_token=np.asarray(per_token, np.float64),
-                metrics={k: float(v) for k, v in metrics.items()})
+    new_params = jax.tree.map(
+        lambda p, g: np.asarray(p, np.float64) - LR * factor * np.asarray(g, np.float64),
+        params,
+        grads,
+    )
+    return dict(
+        params=new_params,
+        grad_norm=norm,
+        loss=float(loss),
+        per_token=np.asarray(per_token, np.float64),
+        metrics={k: float(v) for k, v in metrics.items()},
+    )
 
 
 def test_train_step_matches_reference(setup, reference_step):
@@ -131,8 +163,11 @@ def test_train_step_matches_reference(setup, reference_step):
     new_state, metrics = setup.step(setup.trainer())
     _assert_trees_close(new_state.params, reference_step["params"], rtol=1e-5, atol=1e-6)
     # The update is far larger than the tolerance (the comparison is not vacuous).
-    moved = _global_norm(jax.tree.map(lambda a, b: np.asarray(a, np.float64) - b, new_state.params,
-                                      setup.host_state.params))
+    moved = _global_norm(
+        jax.tree.map(
+            lambda a, b: np.asarray(a, np.float64) - b, new_state.params, setup.host_state.params
+        )
+    )
     np.testing.assert_allclose(moved, LR * CLIP, rtol=1e-5)
     assert int(new_state.step) == 1
     assert int(new_state.skipped_steps) == 0 and int(new_state.bad_streak) == 0
@@ -143,12 +178,23 @@ def test_train_step_matches_reference(setup, reference_step):
 
 def test_train_step_metrics(setup, reference_step):
     _, metrics = setup.step(setup.trainer())
-    for key in ("loss", "accuracy", "z_loss", "denominator", "grad_norm", "learning_rate", "skipped",
-                "skipped_steps", "bad_streak"):
+    for key in (
+        "loss",
+        "accuracy",
+        "z_loss",
+        "denominator",
+        "grad_norm",
+        "learning_rate",
+        "skipped",
+        "skipped_steps",
+        "bad_streak",
+    ):
         assert key in metrics, key
         assert math.isfinite(metrics[key])
     for key in ("accuracy", "z_loss"):
-        np.testing.assert_allclose(metrics[key], reference_step["metrics"][key], rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(
+            metrics[key], reference_step["metrics"][key], rtol=1e-5, atol=1e-9
+        )
     assert metrics["denominator"] == float(setup.batch["decoder_loss_weights"].sum())
     assert metrics["learning_rate"] == pytest.approx(LR, rel=1e-7)
     assert metrics["skipped"] == 0.0
@@ -156,12 +202,15 @@ def test_train_step_metrics(setup, reference_step):
 
 # ================================================== (b) gradient accumulation (microbatches)
 
+
 def test_random_batches_are_ragged_across_microbatches(setup, reference_step):
     """Guards the premise of the accumulation tests: microbatches carry different token counts,
     so averaging microbatch means without weights would give a different loss."""
     weights = setup.batch["decoder_loss_weights"].astype(np.float64)
     per_token = reference_step["per_token"]
-    np.testing.assert_allclose((per_token * weights).sum() / weights.sum(), reference_step["loss"], rtol=1e-6)
+    np.testing.assert_allclose(
+        (per_token * weights).sum() / weights.sum(), reference_step["loss"], rtol=1e-6
+    )
     for n in (2, 4):
         counts = [weights[i::n].sum() for i in range(n)]
         assert len(set(counts)) > 1, counts
@@ -171,32 +220,46 @@ def test_random_batches_are_ragged_across_microbatches(setup, reference_step):
         assert abs(np.mean(means) - weighted) > 1e-4
 
 
-@pytest.mark.parametrize("mesh,num_microbatches", [((1, 1, 1), 2), ((1, 1, 1), 4), ((2, 2, 2), 2)],
-                         ids=["1dev-2mb", "1dev-4mb", "2x2x2-2mb"])
+@pytest.mark.parametrize(
+    "mesh,num_microbatches",
+    [((1, 1, 1), 2), ((1, 1, 1), 4), ((2, 2, 2), 2)],
+    ids=["1dev-2mb", "1dev-4mb", "2x2x2-2mb"],
+)
 def test_microbatches_match_single_batch(setup, mesh, num_microbatches):
     base_state, base_metrics = setup.step(setup.trainer())
     state, metrics = setup.step(setup.trainer(mesh, num_microbatches))
     _assert_trees_close(state.params, base_state.params, rtol=1e-5, atol=2e-7)
     for key in ("loss", "accuracy", "z_loss", "grad_norm"):
-        np.testing.assert_allclose(metrics[key], base_metrics[key], rtol=2e-6, atol=1e-9, err_msg=key)
+        np.testing.assert_allclose(
+            metrics[key], base_metrics[key], rtol=2e-6, atol=1e-9, err_msg=key
+        )
     assert metrics["denominator"] == base_metrics["denominator"]
     assert int(state.step) == 1
 
 
 def test_microbatches_must_divide_batch(setup):
     with pytest.raises(ValueError, match="num_microbatches"):
-        Trainer(setup.model, token_loss, make_optimizer(setup.opt_config)[0], _partitioner(1, 1, 1),
-                num_microbatches=0)
+        Trainer(
+            setup.model,
+            token_loss,
+            make_optimizer(setup.opt_config)[0],
+            _partitioner(1, 1, 1),
+            num_microbatches=0,
+        )
     tx, _ = make_optimizer(setup.opt_config)
     trainer = Trainer(setup.model, token_loss, tx, _partitioner(1, 1, 1), num_microbatches=3)
     with pytest.raises(ValueError, match="divisible by num_microbatches"):
-        trainer.train_step(setup.fresh_state(trainer), trainer.partitioner.host_batch_to_global(setup.batch))
+        trainer.train_step(
+            setup.fresh_state(trainer), trainer.partitioner.host_batch_to_global(setup.batch)
+        )
     # 12 rows: divisible by 2 microbatches and by the 4 batch shards, but not by 2 x 4.
     tx, _ = make_optimizer(setup.opt_config)
     trainer = Trainer(setup.model, token_loss, tx, _partitioner(2, 2, 2), num_microbatches=2)
     batch = {k: v[:12] for k, v in setup.batch.items()}
     with pytest.raises(ValueError, match="divisible by num_microbatches"):
-        trainer.train_step(setup.fresh_state(trainer), trainer.partitioner.host_batch_to_global(batch))
+        trainer.train_step(
+            setup.fresh_state(trainer), trainer.partitioner.host_batch_to_global(batch)
+        )
 
 
 # ================================================================== (c) NaN guard
@@ -222,11 +285,22 @@ def _flagged_objective(model, params, batch, rng):
 
 @pytest.fixture(scope="module")
 def nan_trainer(setup):
-    config = OptimizerConfig(name="sgd", learning_rate=NAN_LR, schedule="linear", total_steps=NAN_TOTAL,
-                             clip_grad_norm=NAN_CLIP)
+    config = OptimizerConfig(
+        name="sgd",
+        learning_rate=NAN_LR,
+        schedule="linear",
+        total_steps=NAN_TOTAL,
+        clip_grad_norm=NAN_CLIP,
+    )
     tx, schedule = make_optimizer(config)
-    return Trainer(setup.model, _flagged_objective, tx, _partitioner(1, 1, 1), learning_rate_fn=schedule,
-                   max_bad_steps=3)
+    return Trainer(
+        setup.model,
+        _flagged_objective,
+        tx,
+        _partitioner(1, 1, 1),
+        learning_rate_fn=schedule,
+        max_bad_steps=3,
+    )
 
 
 def _flagged(setup, flag):
@@ -234,8 +308,13 @@ def _flagged(setup, flag):
 
 
 def _update_norm(before, after):
-    return _global_norm(jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
-                                     after.params, before.params))
+    return _global_norm(
+        jax.tree.map(
+            lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
+            after.params,
+            before.params,
+        )
+    )
 
 
 def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
@@ -248,7 +327,9 @@ def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
     good_updates = 0
     for i, flag in enumerate(flags):
         before = jax.device_get(state)
-        state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(_flagged(setup, flag)))
+        state, metrics = trainer.train_step(
+            state, trainer.partitioner.host_batch_to_global(_flagged(setup, flag))
+        )
         after = jax.device_get(state)
         values = host_metrics(metrics)
         assert int(after.step) == i + 1
@@ -269,8 +350,10 @@ def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
             lr = NAN_LR * (1 - good_updates / NAN_TOTAL)
             np.testing.assert_allclose(_update_norm(before, after), lr * NAN_CLIP, rtol=1e-4)
             good_updates += 1
-            assert not np.array_equal(np.asarray(after.params["decoder"]["logits_dense"]["kernel"]),
-                                      np.asarray(before.params["decoder"]["logits_dense"]["kernel"]))
+            assert not np.array_equal(
+                np.asarray(after.params["decoder"]["logits_dense"]["kernel"]),
+                np.asarray(before.params["decoder"]["logits_dense"]["kernel"]),
+            )
         np.testing.assert_array_equal(after.rng, before.rng)
         if want_streak[i] < 3:
             trainer.check_finite(values)
@@ -282,15 +365,20 @@ def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
 def test_reported_learning_rate_is_the_applied_one_after_a_skipped_step(setup, nan_trainer):
     trainer = nan_trainer
     state = setup.fresh_state(trainer)
-    state, _ = trainer.train_step(state, trainer.partitioner.host_batch_to_global(_flagged(setup, NAN_LOSS)))
+    state, _ = trainer.train_step(
+        state, trainer.partitioner.host_batch_to_global(_flagged(setup, NAN_LOSS))
+    )
     before = jax.device_get(state)
-    state, metrics = trainer.train_step(state, trainer.partitioner.host_batch_to_global(_flagged(setup, 0)))
+    state, metrics = trainer.train_step(
+        state, trainer.partitioner.host_batch_to_global(_flagged(setup, 0))
+    )
     values = host_metrics(metrics)
     applied = _update_norm(before, jax.device_get(state)) / NAN_CLIP
     np.testing.assert_allclose(values["learning_rate"], applied, rtol=1e-4)
 
 
 # ================================================================== (d) throughput
+
 
 class _FakeClock:
     def __init__(self):
@@ -324,6 +412,7 @@ def test_throughput(monkeypatch):
 
 
 # ================================================================== (e) init_state
+
 
 def test_init_state_identical_across_meshes(setup):
     single = setup.host_state

@@ -34,10 +34,12 @@ def main():
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.local_devices}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     import jax
+
     if args.coordinator:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     import numpy as np
+
     from t5x_rationale.architectures import build_model, get_preset
     from t5x_rationale.checkpoints import Checkpointer
     from t5x_rationale.objectives import token_loss
@@ -54,16 +56,29 @@ def main():
     # Each process reads its own rows of the global batch (host-local data).
     local_batch = args.batch // jax.process_count()
     input_length = 12 if config.architecture == "encoder_decoder" else 0
-    global_data = RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=16,
-                                input_length=input_length, seed=1)
+    global_data = RandomBatches(
+        vocab_size=config.vocab_size,
+        batch_size=args.batch,
+        target_length=16,
+        input_length=input_length,
+        seed=1,
+    )
     data = _HostSlice(global_data, jax.process_index() * local_batch, local_batch)
-    example = next(RandomBatches(vocab_size=config.vocab_size, batch_size=args.batch, target_length=16,
-                                 input_length=input_length))
+    example = next(
+        RandomBatches(
+            vocab_size=config.vocab_size,
+            batch_size=args.batch,
+            target_length=16,
+            input_length=input_length,
+        )
+    )
     init = lambda: trainer.init_state(0, example)  # noqa: E731
     losses = {}
     if args.checkpoint_dir:
         checkpointer = Checkpointer(args.checkpoint_dir, save_every=1, keep=2)
-        state, data_state, source = checkpointer.restore_or_init(trainer.abstract_state(example), init)
+        state, data_state, source = checkpointer.restore_or_init(
+            trainer.abstract_state(example), init
+        )
         if data_state:
             data.set_state(data_state)
         print(f"start: {source} step {int(state.step)}", flush=True)
@@ -75,14 +90,24 @@ def main():
         print(f"step {step} loss {metrics['loss']:.6f}", flush=True)
         time.sleep(args.sleep_after_step)
 
-    state = train_loop(trainer, state, data, num_steps=args.steps, checkpointer=checkpointer,
-                       on_metrics=on_metrics)
-    params = jax.tree.map(lambda x: np.asarray(jax.device_get(
-        jax.jit(lambda y: y, out_shardings=partitioner.replicated)(x))), state.params)
+    state = train_loop(
+        trainer, state, data, num_steps=args.steps, checkpointer=checkpointer, on_metrics=on_metrics
+    )
+    params = jax.tree.map(
+        lambda x: np.asarray(
+            jax.device_get(jax.jit(lambda y: y, out_shardings=partitioner.replicated)(x))
+        ),
+        state.params,
+    )
     if jax.process_index() == 0:
-        flat = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-        np.savez(args.out, **{f"param:{k}": v for k, v in flat.items()},
-                 **{f"loss:{k}": v for k, v in losses.items()})
+        flat = {
+            jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]
+        }
+        np.savez(
+            args.out,
+            **{f"param:{k}": v for k, v in flat.items()},
+            **{f"loss:{k}": v for k, v in losses.items()},
+        )
     print("done", flush=True)
 
 
@@ -93,7 +118,7 @@ class _HostSlice:
         self.data, self.start, self.size = data, start, size
 
     def __next__(self):
-        return {k: v[self.start:self.start + self.size] for k, v in next(self.data).items()}
+        return {k: v[self.start : self.start + self.size] for k, v in next(self.data).items()}
 
     def get_state(self):
         return self.data.get_state()

@@ -114,23 +114,104 @@ safe dangerous famous popular modern ancient ready able free open closed correct
 possible important useful careful helpful colorful beautiful pretty ugly noisy crowded lonely lucky
 """
 ADVERBS = (
-    "quickly", "slowly", "carefully", "usually", "often", "always", "sometimes", "never", "together",
-    "again", "early", "later", "today", "tomorrow", "yesterday", "every day", "each week", "at once",
-    "in total", "in the end", "exactly", "nearly", "almost", "only", "already", "still", "finally", "quietly",
-    "happily", "easily", "loudly", "gently", "evenly", "equally", "fairly", "barely", "twice", "once",
+    "quickly",
+    "slowly",
+    "carefully",
+    "usually",
+    "often",
+    "always",
+    "sometimes",
+    "never",
+    "together",
+    "again",
+    "early",
+    "later",
+    "today",
+    "tomorrow",
+    "yesterday",
+    "every day",
+    "each week",
+    "at once",
+    "in total",
+    "in the end",
+    "exactly",
+    "nearly",
+    "almost",
+    "only",
+    "already",
+    "still",
+    "finally",
+    "quietly",
+    "happily",
+    "easily",
+    "loudly",
+    "gently",
+    "evenly",
+    "equally",
+    "fairly",
+    "barely",
+    "twice",
+    "once",
 )
 PLACES = (
-    "at the market", "in the garden", "at school", "near the river", "in the city", "at home", "on the farm",
-    "in the kitchen", "at the library", "in the park", "at the store", "on the way to work", "at the beach",
-    "in the village", "at the museum", "in the office", "at the factory", "by the lake", "at the station",
-    "in the classroom", "behind the house", "across the street", "under the bridge", "inside the box",
+    "at the market",
+    "in the garden",
+    "at school",
+    "near the river",
+    "in the city",
+    "at home",
+    "on the farm",
+    "in the kitchen",
+    "at the library",
+    "in the park",
+    "at the store",
+    "on the way to work",
+    "at the beach",
+    "in the village",
+    "at the museum",
+    "in the office",
+    "at the factory",
+    "by the lake",
+    "at the station",
+    "in the classroom",
+    "behind the house",
+    "across the street",
+    "under the bridge",
+    "inside the box",
 )
 TIMES = (
-    "On Monday", "On Tuesday", "On Wednesday", "On Thursday", "On Friday", "On Saturday", "On Sunday",
-    "In January", "In February", "In March", "In April", "In May", "In June", "In July", "In August",
-    "In September", "In October", "In November", "In December", "Last week", "This morning", "After lunch",
-    "Before dinner", "Every weekend", "During the holidays", "At night", "Next year", "Last summer",
-    "In the spring", "In the winter", "Every afternoon", "Twice a week",
+    "On Monday",
+    "On Tuesday",
+    "On Wednesday",
+    "On Thursday",
+    "On Friday",
+    "On Saturday",
+    "On Sunday",
+    "In January",
+    "In February",
+    "In March",
+    "In April",
+    "In May",
+    "In June",
+    "In July",
+    "In August",
+    "In September",
+    "In October",
+    "In November",
+    "In December",
+    "Last week",
+    "This morning",
+    "After lunch",
+    "Before dinner",
+    "Every weekend",
+    "During the holidays",
+    "At night",
+    "Next year",
+    "Last summer",
+    "In the spring",
+    "In the winter",
+    "Every afternoon",
+    "Twice a week",
 )
 FIRST_NAMES = """
 Anna David Lena Marco Julia Peter Nina Carlos Sophie James Eva Daniel Alice Bruno Chloe Dmitri Esther Felix
@@ -139,10 +220,41 @@ Xavier Yasmin Zoe Abdul Bianca Cyrus Dalia Emil Farah George Helen Isaac Jasmine
 Oliver Patricia Rafael Selma Thomas Ursula Vera William Amir Beatrice Caleb Diana Ethan Fiona Gabriel
 Hannah Ibrahim Joanna Kamal Laura Mohammed Nora Owen Pedro Rita Stefan Tanya Uma Vincent Yara
 """
-SUBJECT_PHRASES = ("The teacher", "The farmer", "Her brother", "His sister", "Our neighbor", "The baker",
-                   "My friend", "The class", "The company", "Their team", "The shop owner", "Each student")
-CONNECTIVES = ("because", "so", "but", "and", "while", "after", "before", "although", "when", "until", "since")
-QUESTION_WORDS = ("How many", "How much", "What fraction of the", "How long", "How far", "What percent of the")
+SUBJECT_PHRASES = (
+    "The teacher",
+    "The farmer",
+    "Her brother",
+    "His sister",
+    "Our neighbor",
+    "The baker",
+    "My friend",
+    "The class",
+    "The company",
+    "Their team",
+    "The shop owner",
+    "Each student",
+)
+CONNECTIVES = (
+    "because",
+    "so",
+    "but",
+    "and",
+    "while",
+    "after",
+    "before",
+    "although",
+    "when",
+    "until",
+    "since",
+)
+QUESTION_WORDS = (
+    "How many",
+    "How much",
+    "What fraction of the",
+    "How long",
+    "How far",
+    "What percent of the",
+)
 MODALS = ("will", "can", "should", "must", "might", "could", "would")
 
 
@@ -206,14 +318,22 @@ class _Picker:
         """A number the way word problems write it: 7, 1,250, 3.5, $12, 40%, 3/4."""
         kind = int(self.rng.integers(6))
         value = int(self.rng.integers(1, 2000))
-        return (str(value), f"{value:,}", f"{value // 10}.{value % 10}", f"${value}", f"{value % 100}%",
-                f"{value % 9 + 1}/{value % 7 + 2}")[kind]
+        return (
+            str(value),
+            f"{value:,}",
+            f"{value // 10}.{value % 10}",
+            f"${value}",
+            f"{value % 100}%",
+            f"{value % 9 + 1}/{value % 7 + 2}",
+        )[kind]
 
 
 def _subject(p: _Picker, *, mid_sentence: bool = False) -> str:
     """A name or a noun phrase such as "the teacher" (lower-cased inside a sentence)."""
     subject = p.pick(SUBJECTS)
-    return subject[0].lower() + subject[1:] if mid_sentence and subject in SUBJECT_PHRASES else subject
+    return (
+        subject[0].lower() + subject[1:] if mid_sentence and subject in SUBJECT_PHRASES else subject
+    )
 
 
 def _generic_sentence(p: _Picker) -> str:
@@ -225,25 +345,39 @@ def _generic_sentence(p: _Picker) -> str:
     adj, adj2 = p.pick(ADJECTIVES), p.pick(ADJECTIVES)
     kind = int(p.rng.integers(8))
     if kind == 0:
-        return f"{_subject(p)} {third} {p.number()} {adj} {nouns} {p.pick(PLACES)} {p.pick(ADVERBS)}."
+        return (
+            f"{_subject(p)} {third} {p.number()} {adj} {nouns} {p.pick(PLACES)} {p.pick(ADVERBS)}."
+        )
     if kind == 1:
-        return (f"{p.pick(TIMES)}, {_subject(p, mid_sentence=True)} {past} the {adj} {noun} "
-                f"{p.pick(CONNECTIVES)} {_subject(p, mid_sentence=True)} {past2} {p.number()} {adj2} {others}.")
+        return (
+            f"{p.pick(TIMES)}, {_subject(p, mid_sentence=True)} {past} the {adj} {noun} "
+            f"{p.pick(CONNECTIVES)} {_subject(p, mid_sentence=True)} {past2} {p.number()} {adj2} {others}."
+        )
     if kind == 2:
-        return (f"{p.pick(QUESTION_WORDS)} {nouns} does {_subject(p, mid_sentence=True)} {base} "
-                f"if each {p.pick(NOUNS)[0]} holds {p.number()} {others}?")
+        return (
+            f"{p.pick(QUESTION_WORDS)} {nouns} does {_subject(p, mid_sentence=True)} {base} "
+            f"if each {p.pick(NOUNS)[0]} holds {p.number()} {others}?"
+        )
     if kind == 3:
-        return (f"The {adj} {noun} is {p.number()} {p.pick(NOUNS)[1]} long, and the {adj2} one is "
-                f"{p.number()} shorter.")
+        return (
+            f"The {adj} {noun} is {p.number()} {p.pick(NOUNS)[1]} long, and the {adj2} one is "
+            f"{p.number()} shorter."
+        )
     if kind == 4:
-        return (f"There are {p.number()} {nouns} {p.pick(PLACES)}; {_subject(p, mid_sentence=True)} {past} "
-                f"{p.number()} of them {p.pick(ADVERBS)}.")
+        return (
+            f"There are {p.number()} {nouns} {p.pick(PLACES)}; {_subject(p, mid_sentence=True)} {past} "
+            f"{p.number()} of them {p.pick(ADVERBS)}."
+        )
     if kind == 5:
-        return (f"{_subject(p)} is {ing} the {adj} {nouns} while {_subject(p, mid_sentence=True)} is "
-                f"{ing2} {p.pick(PLACES)}.")
+        return (
+            f"{_subject(p)} is {ing} the {adj} {nouns} while {_subject(p, mid_sentence=True)} is "
+            f"{ing2} {p.pick(PLACES)}."
+        )
     if kind == 6:
-        return (f"{_subject(p)} {p.pick(MODALS)} {base} {p.number()} {nouns} {p.pick(ADVERBS)}, "
-                f"{p.pick(CONNECTIVES)} the {others} are {adj2}.")
+        return (
+            f"{_subject(p)} {p.pick(MODALS)} {base} {p.number()} {nouns} {p.pick(ADVERBS)}, "
+            f"{p.pick(CONNECTIVES)} the {others} are {adj2}."
+        )
     return f"Why did {_subject(p, mid_sentence=True)} {base2} the {adj} {noun} {p.pick(PLACES)}?"
 
 
@@ -263,8 +397,9 @@ def _corpus_lines(rows: list[dict]) -> Iterator[str]:
         yield f"{question} <thought> {first}. </thought> {rest} --- {label}"
 
 
-def training_sentences(corpus_rows: int = CORPUS_ROWS, generic_sentences: int = GENERIC_SENTENCES,
-                       seed: int = SEED) -> list[str]:
+def training_sentences(
+    corpus_rows: int = CORPUS_ROWS, generic_sentences: int = GENERIC_SENTENCES, seed: int = SEED
+) -> list[str]:
     """All training sentences, in a fixed order."""
     rows = synthetic.generate_split("train", num_examples=corpus_rows, seed=seed)
     picker = _Picker(seed)
@@ -274,8 +409,13 @@ def training_sentences(corpus_rows: int = CORPUS_ROWS, generic_sentences: int = 
 # ---------------------------------------------------------------------------- training
 
 
-def train_model(vocab_size: int = VOCAB_SIZE, *, corpus_rows: int = CORPUS_ROWS,
-                generic_sentences: int = GENERIC_SENTENCES, seed: int = SEED) -> bytes:
+def train_model(
+    vocab_size: int = VOCAB_SIZE,
+    *,
+    corpus_rows: int = CORPUS_ROWS,
+    generic_sentences: int = GENERIC_SENTENCES,
+    seed: int = SEED,
+) -> bytes:
     """The serialized model. It holds no file paths, so the bytes depend only on the arguments."""
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
@@ -283,8 +423,13 @@ def train_model(vocab_size: int = VOCAB_SIZE, *, corpus_rows: int = CORPUS_ROWS,
         model_writer=model,
         model_type="unigram",
         vocab_size=vocab_size,
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        pad_piece="<pad>",
+        eos_piece="</s>",
+        unk_piece="<unk>",
         user_defined_symbols=list(SPECIAL_PIECES),
         byte_fallback=True,
         split_digits=True,

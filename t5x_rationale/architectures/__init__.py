@@ -4,15 +4,30 @@ from __future__ import annotations
 
 import numpy as np
 
-from t5x_rationale.architectures.configs import (DecoderConfig, PRESETS, T5Config, get_preset,
-                                                 resolve_dtype)
+from t5x_rationale.architectures.configs import (
+    PRESETS,
+    DecoderConfig,
+    T5Config,
+    get_preset,
+    resolve_dtype,
+)
 from t5x_rationale.architectures.decoder import DecoderOnly
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig, QuietStarLM
 from t5x_rationale.architectures.t5 import EncoderDecoder
 
-__all__ = ["DecoderConfig", "DecoderOnly", "EncoderDecoder", "PRESETS", "QuietStarConfig", "QuietStarLM",
-           "T5Config", "build_model",
-           "dummy_batch", "get_preset", "resolve_dtype"]
+__all__ = [
+    "DecoderConfig",
+    "DecoderOnly",
+    "EncoderDecoder",
+    "PRESETS",
+    "QuietStarConfig",
+    "QuietStarLM",
+    "T5Config",
+    "build_model",
+    "dummy_batch",
+    "get_preset",
+    "resolve_dtype",
+]
 
 
 def build_model(config: T5Config | DecoderConfig):
@@ -23,22 +38,35 @@ def build_model(config: T5Config | DecoderConfig):
         return QuietStarLM(config)
     if isinstance(config, DecoderConfig):
         return DecoderOnly(config)
-    raise TypeError(f"expected a T5Config, DecoderConfig or QuietStarConfig, got {type(config).__name__}")
+    raise TypeError(
+        f"expected a T5Config, DecoderConfig or QuietStarConfig, got {type(config).__name__}"
+    )
 
 
 def model_inputs(batch: dict) -> dict:
     """The subset of a batch that the model's `__call__` takes (targets/weights dropped)."""
-    names = ("encoder_input_tokens", "decoder_input_tokens", "encoder_segment_ids",
-             "decoder_segment_ids", "encoder_positions", "decoder_positions", "decoder_causal_attention")
+    names = (
+        "encoder_input_tokens",
+        "decoder_input_tokens",
+        "encoder_segment_ids",
+        "decoder_segment_ids",
+        "encoder_positions",
+        "decoder_positions",
+        "decoder_causal_attention",
+    )
     return {k: batch[k] for k in names if k in batch}
 
 
-def dummy_batch(config: T5Config | DecoderConfig, batch_size: int, *, target_length: int,
-                input_length: int = 0) -> dict[str, np.ndarray]:
+def dummy_batch(
+    config: T5Config | DecoderConfig, batch_size: int, *, target_length: int, input_length: int = 0
+) -> dict[str, np.ndarray]:
     """An all-ones batch with the feature names and shapes a train step sees (for init/shapes)."""
     ones = lambda n: np.ones((batch_size, n), np.int32)  # noqa: E731
-    batch = {"decoder_input_tokens": ones(target_length), "decoder_target_tokens": ones(target_length),
-             "decoder_loss_weights": ones(target_length).astype(np.float32)}
+    batch = {
+        "decoder_input_tokens": ones(target_length),
+        "decoder_target_tokens": ones(target_length),
+        "decoder_loss_weights": ones(target_length).astype(np.float32),
+    }
     if isinstance(config, T5Config):
         if input_length <= 0:
             raise ValueError("an encoder-decoder batch needs input_length > 0")

@@ -60,15 +60,29 @@ replayed.defvjp(_replayed_fwd, _replayed_bwd)
 def write_slot(buffer: Any, slot: Any, index: jax.Array, axis: int) -> Any:
     """`buffer` with `slot` written at `index` along `axis` (each leaf)."""
     return jax.tree.map(
-        lambda b, s: jax.lax.dynamic_update_index_in_dim(b, s.astype(b.dtype), index, axis), buffer, slot)
+        lambda b, s: jax.lax.dynamic_update_index_in_dim(b, s.astype(b.dtype), index, axis),
+        buffer,
+        slot,
+    )
 
 
 def read_slot(buffer: Any, index: jax.Array, axis: int) -> Any:
-    return jax.tree.map(lambda b: jax.lax.dynamic_index_in_dim(b, index, axis, keepdims=False), buffer)
+    return jax.tree.map(
+        lambda b: jax.lax.dynamic_index_in_dim(b, index, axis, keepdims=False), buffer
+    )
 
 
-def append_scan(step_fn: StepFn, consts: Any, statics: Any, carry: Any, buffer: Any, xs: Any, *,
-                index_fn: Callable[[Any], jax.Array], axis: int):
+def append_scan(
+    step_fn: StepFn,
+    consts: Any,
+    statics: Any,
+    carry: Any,
+    buffer: Any,
+    xs: Any,
+    *,
+    index_fn: Callable[[Any], jax.Array],
+    axis: int,
+):
     """Runs `step_fn` over the leading axis of `xs`, appending one buffer slot per step.
 
     Args:
@@ -133,13 +147,16 @@ def _bwd(step_fn, index_fn, axis, residuals, cotangents):
         return (d_consts, d_buffer), None
 
     zeros = jax.tree.map(jnp.zeros_like, consts)
-    (d_consts, d_buffer), _ = jax.lax.scan(body, (zeros, d_buffer_out), (carries, records, xs, d_ys), reverse=True)
+    (d_consts, d_buffer), _ = jax.lax.scan(
+        body, (zeros, d_buffer_out), (carries, records, xs, d_ys), reverse=True
+    )
     return d_consts, None, None, _unwritten(d_buffer, jax.vmap(index_fn)(xs), axis), None
 
 
 def _unwritten(d_buffer: Any, written: jax.Array, axis: int) -> Any:
     """The initial buffer's cotangent: `d_buffer` with the slots in `written` zeroed (the
     steps overwrite those before anything reads them)."""
+
     def mask(d):
         keep = jnp.ones(d.shape[axis], bool).at[written].set(False)
         return jnp.where(keep.reshape([-1 if a == axis else 1 for a in range(d.ndim)]), d, 0)

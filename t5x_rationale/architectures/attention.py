@@ -17,17 +17,23 @@ from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.layers import DenseGeneral, Dtype
 from t5x_rationale.architectures.position import apply_rope
 from t5x_rationale.architectures.softmax_attention import (
-    heads_major, probabilities, softmax_attention, tokens_major)
-
+    heads_major,
+    probabilities,
+    softmax_attention,
+    tokens_major,
+)
 
 # ----------------------------------------------------------------------------- masks
 
+
 def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """[b, 1, q, k]: key position <= query position."""
-    return (key_positions[:, None, None, :] <= query_positions[:, None, :, None])
+    return key_positions[:, None, None, :] <= query_positions[:, None, :, None]
 
 
-def sliding_window_mask(query_positions: jax.Array, key_positions: jax.Array, window: int) -> jax.Array:
+def sliding_window_mask(
+    query_positions: jax.Array, key_positions: jax.Array, window: int
+) -> jax.Array:
     """[b, 1, q, k]: the key is fewer than `window` positions behind the query."""
     return (query_positions[:, None, :, None] - key_positions[:, None, None, :]) < window
 
@@ -35,7 +41,9 @@ def sliding_window_mask(query_positions: jax.Array, key_positions: jax.Array, wi
 def segment_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array) -> jax.Array:
     """[b, 1, q, k]: same packed segment and neither is padding (segment id 0)."""
     same = query_segment_ids[:, None, :, None] == key_segment_ids[:, None, None, :]
-    return same & (key_segment_ids[:, None, None, :] > 0) & (query_segment_ids[:, None, :, None] > 0)
+    return (
+        same & (key_segment_ids[:, None, None, :] > 0) & (query_segment_ids[:, None, :, None] > 0)
+    )
 
 
 def padding_mask(query_valid: jax.Array, key_valid: jax.Array) -> jax.Array:
@@ -56,6 +64,7 @@ def combine_masks(*masks: Optional[jax.Array]) -> Optional[jax.Array]:
 
 # ------------------------------------------------------------------------ attention op
 
+
 def _dropout_attention(query, key, value, bias, mask, scale, dropout_rng, dropout_rate):
     """Attention with dropout on the probabilities, differentiated by autodiff."""
     kv_heads, q_len = key.shape[2], query.shape[1]
@@ -67,15 +76,26 @@ def _dropout_attention(query, key, value, bias, mask, scale, dropout_rng, dropou
 
 
 def _cudnn_usable(query, dropout_active: bool) -> bool:
-    return (jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16)
-            and not dropout_active and query.shape[-1] <= 128)
+    return (
+        jax.default_backend() == "gpu"
+        and query.dtype in (jnp.bfloat16, jnp.float16)
+        and not dropout_active
+        and query.shape[-1] <= 128
+    )
 
 
-def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
-                          bias: Optional[jax.Array] = None, mask: Optional[jax.Array] = None,
-                          scale: Optional[float] = None, implementation: str = "xla",
-                          dropout_rng: Optional[jax.Array] = None,
-                          dropout_rate: float = 0.0) -> jax.Array:
+def dot_product_attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    *,
+    bias: Optional[jax.Array] = None,
+    mask: Optional[jax.Array] = None,
+    scale: Optional[float] = None,
+    implementation: str = "xla",
+    dropout_rng: Optional[jax.Array] = None,
+    dropout_rate: float = 0.0,
+) -> jax.Array:
     """Softmax attention with grouped-query support.
 
     Args:
@@ -98,10 +118,13 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
         implementation = "cudnn" if _cudnn_usable(query, dropout_active) else "xla"
     if implementation == "cudnn":
         if not _cudnn_usable(query, dropout_active):
-            raise ValueError("cudnn attention needs a GPU, bf16/fp16 inputs, head_dim <= 128 and no "
-                             f"dropout; got backend {jax.default_backend()}, dtype {query.dtype}")
-        return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
-                                            implementation="cudnn")
+            raise ValueError(
+                "cudnn attention needs a GPU, bf16/fp16 inputs, head_dim <= 128 and no "
+                f"dropout; got backend {jax.default_backend()}, dtype {query.dtype}"
+            )
+        return jax.nn.dot_product_attention(
+            query, key, value, bias=bias, mask=mask, scale=scale, implementation="cudnn"
+        )
     if implementation != "xla":
         raise ValueError(f"unknown attention implementation {implementation!r}")
     if dropout_active:
@@ -110,6 +133,7 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array, *,
 
 
 # --------------------------------------------------------------------------- the layer
+
 
 class MultiHeadAttention(nn.Module):
     """Multi-head / grouped-query attention with optional RoPE and a KV cache for decoding.
@@ -133,18 +157,34 @@ class MultiHeadAttention(nn.Module):
     query_init_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, *,
-                 mask: Optional[jax.Array] = None, bias: Optional[jax.Array] = None,
-                 query_positions: Optional[jax.Array] = None, key_positions: Optional[jax.Array] = None,
-                 decode: bool = False, cache_index: Optional[jax.Array] = None,
-                 deterministic: bool = True) -> jax.Array:
+    def __call__(
+        self,
+        inputs_q: jax.Array,
+        inputs_kv: jax.Array,
+        *,
+        mask: Optional[jax.Array] = None,
+        bias: Optional[jax.Array] = None,
+        query_positions: Optional[jax.Array] = None,
+        key_positions: Optional[jax.Array] = None,
+        decode: bool = False,
+        cache_index: Optional[jax.Array] = None,
+        deterministic: bool = True,
+    ) -> jax.Array:
         dense = lambda features, axes, name, **kw: DenseGeneral(  # noqa: E731
-            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
-        q_init = nn.initializers.variance_scaling(self.query_init_scale, "fan_in", "truncated_normal")
-        query = dense((self.num_heads, self.head_dim), ("embed", "heads", "kv"), "query",
-                      kernel_init=q_init)(inputs_q)
-        key = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "key")(inputs_kv)
-        value = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "value")(inputs_kv)
+            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
+        )
+        q_init = nn.initializers.variance_scaling(
+            self.query_init_scale, "fan_in", "truncated_normal"
+        )
+        query = dense(
+            (self.num_heads, self.head_dim), ("embed", "heads", "kv"), "query", kernel_init=q_init
+        )(inputs_q)
+        key = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "key")(
+            inputs_kv
+        )
+        value = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "value")(
+            inputs_kv
+        )
         if self.rope_theta is not None:
             query = apply_rope(query, query_positions, self.rope_theta)
             key = apply_rope(key, key_positions, self.rope_theta)
@@ -156,9 +196,17 @@ class MultiHeadAttention(nn.Module):
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
-        out = dot_product_attention(query, key, value, bias=bias, mask=mask, scale=self.scale,
-                                    implementation=self.implementation, dropout_rng=dropout_rng,
-                                    dropout_rate=self.dropout_rate)
+        out = dot_product_attention(
+            query,
+            key,
+            value,
+            bias=bias,
+            mask=mask,
+            scale=self.scale,
+            implementation=self.implementation,
+            dropout_rng=dropout_rng,
+            dropout_rate=self.dropout_rate,
+        )
         out = constrain(out, ("batch", "length", "heads", "kv"))
         return dense(inputs_q.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
 
@@ -172,6 +220,10 @@ class MultiHeadAttention(nn.Module):
         if cache_index is None:
             raise ValueError("decode=True needs cache_index")
         start = (0, cache_index, 0, 0)
-        cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(cached_key.value.dtype), start)
-        cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(cached_value.value.dtype), start)
+        cached_key.value = jax.lax.dynamic_update_slice(
+            cached_key.value, key.astype(cached_key.value.dtype), start
+        )
+        cached_value.value = jax.lax.dynamic_update_slice(
+            cached_value.value, value.astype(cached_value.value.dtype), start
+        )
         return cached_key.value, cached_value.value

@@ -53,7 +53,8 @@ def resolve_spec(
         if missing:
             raise ValueError(
                 f"logical axis name(s) {missing} (of {tuple(logical_axes)}) have no partitioning "
-                f"rule; rules cover {sorted(known)}")
+                f"rule; rules cover {sorted(known)}"
+            )
     assigned: list[tuple[str, ...]] = [() for _ in logical_axes]
     done = [a is None for a in logical_axes]
     used: set[str] = set()
@@ -66,8 +67,10 @@ def resolve_spec(
                 continue
             unknown = [ax for ax in mesh_axes if ax not in mesh_shape]
             if unknown:
-                raise ValueError(f"rule {rule_name!r} -> {rule_mesh} names mesh axes {unknown} "
-                                 f"not in mesh {dict(mesh_shape)}")
+                raise ValueError(
+                    f"rule {rule_name!r} -> {rule_mesh} names mesh axes {unknown} "
+                    f"not in mesh {dict(mesh_shape)}"
+                )
             assigned[dim], done[dim] = mesh_axes, True
             used.update(mesh_axes)
     notes = []
@@ -76,8 +79,10 @@ def resolve_spec(
         while kept and shape[dim] % math.prod(mesh_shape[a] for a in kept):
             kept.pop()
         if len(kept) != len(mesh_axes):
-            notes.append(f"dim {dim} ({logical_axes[dim]}, size {shape[dim]}) not divisible by "
-                         f"mesh axes {mesh_axes}: sharded over {tuple(kept) or 'nothing'}")
+            notes.append(
+                f"dim {dim} ({logical_axes[dim]}, size {shape[dim]}) not divisible by "
+                f"mesh axes {mesh_axes}: sharded over {tuple(kept) or 'nothing'}"
+            )
         assigned[dim] = tuple(kept)
     entries = [None if not a else (a[0] if len(a) == 1 else a) for a in assigned]
     return PartitionSpec(*entries), notes

@@ -42,7 +42,9 @@ class _CommonConfig:
     def _validate_common(self):
         for name in ("vocab_size", "emb_dim", "num_heads", "head_dim", "mlp_dim"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}")
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must be positive, got {getattr(self, name)}"
+                )
         if not 0.0 <= self.dropout_rate < 1.0:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         resolve_dtype(self.dtype)
@@ -50,7 +52,9 @@ class _CommonConfig:
         if self.remat_policy not in REMAT_POLICIES:
             raise ValueError(f"remat_policy {self.remat_policy!r} not in {REMAT_POLICIES}")
         if self.attention_impl not in ATTENTION_IMPLEMENTATIONS:
-            raise ValueError(f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLEMENTATIONS}")
+            raise ValueError(
+                f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLEMENTATIONS}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,8 @@ class DecoderConfig(_CommonConfig):
             raise ValueError(f"DecoderConfig.num_layers must be positive, got {self.num_layers}")
         if self.num_heads % self.kv_heads:
             raise ValueError(
-                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})")
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads ({self.kv_heads})"
+            )
         if self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.sliding_window is not None and self.sliding_window <= 0:
@@ -115,29 +120,95 @@ LLAMA_VOCAB = 32000
 PRESETS = {
     # Tiny sizes for tests: every sharded dimension divides 8 except kv heads (4), which
     # exercises the replicate-when-indivisible path of the partitioner.
-    "t5-tiny": T5Config(vocab_size=256, emb_dim=64, num_heads=8, head_dim=8, mlp_dim=128,
-                        num_encoder_layers=2, num_decoder_layers=2,
-                        relative_attention_num_buckets=16, relative_attention_max_distance=32),
-    "t5-small": T5Config(vocab_size=T5_VOCAB, emb_dim=512, num_heads=6, head_dim=64, mlp_dim=1024,
-                         num_encoder_layers=8, num_decoder_layers=8),
-    "t5-base": T5Config(vocab_size=T5_VOCAB, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048,
-                        num_encoder_layers=12, num_decoder_layers=12),
-    "t5-large": T5Config(vocab_size=T5_VOCAB, emb_dim=1024, num_heads=16, head_dim=64, mlp_dim=2816,
-                         num_encoder_layers=24, num_decoder_layers=24),
-    "t5-xl": T5Config(vocab_size=T5_VOCAB, emb_dim=2048, num_heads=32, head_dim=64, mlp_dim=5120,
-                      num_encoder_layers=24, num_decoder_layers=24),
-    "t5-xxl": T5Config(vocab_size=T5_VOCAB, emb_dim=4096, num_heads=64, head_dim=64, mlp_dim=10240,
-                       num_encoder_layers=24, num_decoder_layers=24),
-    "decoder-tiny": DecoderConfig(vocab_size=256, emb_dim=64, num_heads=8, num_kv_heads=4,
-                                  head_dim=8, mlp_dim=128, num_layers=2),
-    "decoder-125m": DecoderConfig(vocab_size=LLAMA_VOCAB, emb_dim=768, num_heads=12, head_dim=64,
-                                  mlp_dim=2048, num_layers=12),
-    "decoder-1b": DecoderConfig(vocab_size=LLAMA_VOCAB, emb_dim=2048, num_heads=32, num_kv_heads=4,
-                                head_dim=64, mlp_dim=5632, num_layers=22),
+    "t5-tiny": T5Config(
+        vocab_size=256,
+        emb_dim=64,
+        num_heads=8,
+        head_dim=8,
+        mlp_dim=128,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        relative_attention_num_buckets=16,
+        relative_attention_max_distance=32,
+    ),
+    "t5-small": T5Config(
+        vocab_size=T5_VOCAB,
+        emb_dim=512,
+        num_heads=6,
+        head_dim=64,
+        mlp_dim=1024,
+        num_encoder_layers=8,
+        num_decoder_layers=8,
+    ),
+    "t5-base": T5Config(
+        vocab_size=T5_VOCAB,
+        emb_dim=768,
+        num_heads=12,
+        head_dim=64,
+        mlp_dim=2048,
+        num_encoder_layers=12,
+        num_decoder_layers=12,
+    ),
+    "t5-large": T5Config(
+        vocab_size=T5_VOCAB,
+        emb_dim=1024,
+        num_heads=16,
+        head_dim=64,
+        mlp_dim=2816,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+    ),
+    "t5-xl": T5Config(
+        vocab_size=T5_VOCAB,
+        emb_dim=2048,
+        num_heads=32,
+        head_dim=64,
+        mlp_dim=5120,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+    ),
+    "t5-xxl": T5Config(
+        vocab_size=T5_VOCAB,
+        emb_dim=4096,
+        num_heads=64,
+        head_dim=64,
+        mlp_dim=10240,
+        num_encoder_layers=24,
+        num_decoder_layers=24,
+    ),
+    "decoder-tiny": DecoderConfig(
+        vocab_size=256,
+        emb_dim=64,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=8,
+        mlp_dim=128,
+        num_layers=2,
+    ),
+    "decoder-125m": DecoderConfig(
+        vocab_size=LLAMA_VOCAB, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_layers=12
+    ),
+    "decoder-1b": DecoderConfig(
+        vocab_size=LLAMA_VOCAB,
+        emb_dim=2048,
+        num_heads=32,
+        num_kv_heads=4,
+        head_dim=64,
+        mlp_dim=5632,
+        num_layers=22,
+    ),
     # Mistral-7B v0.1 shape.
-    "decoder-7b": DecoderConfig(vocab_size=LLAMA_VOCAB, emb_dim=4096, num_heads=32, num_kv_heads=8,
-                                head_dim=128, mlp_dim=14336, num_layers=32, sliding_window=4096,
-                                rope_theta=10000.0),
+    "decoder-7b": DecoderConfig(
+        vocab_size=LLAMA_VOCAB,
+        emb_dim=4096,
+        num_heads=32,
+        num_kv_heads=8,
+        head_dim=128,
+        mlp_dim=14336,
+        num_layers=32,
+        sliding_window=4096,
+        rope_theta=10000.0,
+    ),
 }
 
 

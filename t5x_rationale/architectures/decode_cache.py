@@ -18,8 +18,9 @@ def advance_decode_positions(module: nn.Module, tokens: jax.Array):
       query positions [1, L], key positions [1, max_len], and the write index.
     """
     initialized = module.has_variable("cache", "cache_index")
-    key_positions = module.variable("cache", "key_positions",
-                                    lambda: jnp.arange(tokens.shape[1], dtype=jnp.int32))
+    key_positions = module.variable(
+        "cache", "key_positions", lambda: jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    )
     index = module.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
     cache_index = index.value
     q_pos = cache_index + jnp.arange(tokens.shape[1], dtype=jnp.int32)

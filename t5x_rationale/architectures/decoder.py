@@ -31,17 +31,34 @@ class DecoderLayer(nn.Module):
         c = self.config
         dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
         dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
-        h = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype, name="pre_self_attention_layer_norm")(x)
+        h = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype, name="pre_self_attention_layer_norm")(
+            x
+        )
         h = attn.MultiHeadAttention(
-            num_heads=c.num_heads, num_kv_heads=c.kv_heads, head_dim=c.head_dim, dtype=dtype,
-            param_dtype=param_dtype, dropout_rate=c.dropout_rate, rope_theta=c.rope_theta,
-            implementation=c.attention_impl, name="self_attention",
-        )(h, h, mask=mask, query_positions=positions, key_positions=positions, decode=self.decode,
-          cache_index=cache_index, deterministic=self.deterministic)
+            num_heads=c.num_heads,
+            num_kv_heads=c.kv_heads,
+            head_dim=c.head_dim,
+            dtype=dtype,
+            param_dtype=param_dtype,
+            dropout_rate=c.dropout_rate,
+            rope_theta=c.rope_theta,
+            implementation=c.attention_impl,
+            name="self_attention",
+        )(
+            h,
+            h,
+            mask=mask,
+            query_positions=positions,
+            key_positions=positions,
+            decode=self.decode,
+            cache_index=cache_index,
+            deterministic=self.deterministic,
+        )
         x = constrain(x + dropout(h, deterministic=self.deterministic), _ACT)
         h = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype, name="pre_mlp_layer_norm")(x)
         h = GatedMlp(c.mlp_dim, ("silu", "linear"), c.dropout_rate, dtype, param_dtype, name="mlp")(
-            h, deterministic=self.deterministic)
+            h, deterministic=self.deterministic
+        )
         x = constrain(x + dropout(h, deterministic=self.deterministic), _ACT)
         return x, None
 
@@ -64,15 +81,31 @@ class DecoderStack(nn.Module):
     embedder: Embed
 
     @nn.compact
-    def __call__(self, tokens, segment_ids=None, positions=None, causal_attention=None,
-                 deterministic=True, decode=False):
+    def __call__(
+        self,
+        tokens,
+        segment_ids=None,
+        positions=None,
+        causal_attention=None,
+        deterministic=True,
+        decode=False,
+    ):
         c = self.config
         if decode:
-            given = [n for n, v in (("segment_ids", segment_ids), ("positions", positions),
-                                    ("causal_attention", causal_attention)) if v is not None]
+            given = [
+                n
+                for n, v in (
+                    ("segment_ids", segment_ids),
+                    ("positions", positions),
+                    ("causal_attention", causal_attention),
+                )
+                if v is not None
+            ]
             if given:  # the cache holds one unpacked, causal sequence per row
-                raise ValueError(f"decode=True does not support {given}; prefill packed or prefix-LM "
-                                 "prompts without the cache")
+                raise ValueError(
+                    f"decode=True does not support {given}; prefill packed or prefix-LM "
+                    "prompts without the cache"
+                )
             q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
             mask = attn.causal_mask(q_pos, k_pos)
             if c.sliding_window is not None:
@@ -80,23 +113,40 @@ class DecoderStack(nn.Module):
             positions = jnp.broadcast_to(q_pos, tokens.shape)
         else:
             if positions is None:
-                positions = jnp.broadcast_to(jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape)
+                positions = jnp.broadcast_to(
+                    jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape
+                )
             cache_index = None
             mask = _training_mask(c, positions, segment_ids, causal_attention)
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)
-        x = repeat_layer(DecoderLayer, c.num_layers, scan=c.scan_layers, remat_policy=c.remat_policy,
-                         layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
-                         x=x, args=(mask, positions, cache_index))
-        x = RMSNorm(c.layer_norm_epsilon, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype),
-                    name="decoder_norm")(x)
+        x = repeat_layer(
+            DecoderLayer,
+            c.num_layers,
+            scan=c.scan_layers,
+            remat_policy=c.remat_policy,
+            layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
+            x=x,
+            args=(mask, positions, cache_index),
+        )
+        x = RMSNorm(
+            c.layer_norm_epsilon,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            name="decoder_norm",
+        )(x)
         if c.tie_embeddings:
             logits = self.embedder.attend(x)
         else:
-            logits = DenseGeneral(c.vocab_size, ("embed", "vocab"), dtype=resolve_dtype(c.dtype),
-                                  param_dtype=resolve_dtype(c.param_dtype), out_float32=True,
-                                  name="logits_dense")(x)
+            logits = DenseGeneral(
+                c.vocab_size,
+                ("embed", "vocab"),
+                dtype=resolve_dtype(c.dtype),
+                param_dtype=resolve_dtype(c.param_dtype),
+                out_float32=True,
+                name="logits_dense",
+            )(x)
         return constrain(logits, ("batch", "length", "vocab"))
 
 
@@ -107,11 +157,31 @@ class DecoderOnly(nn.Module):
 
     def setup(self):
         c = self.config
-        self.token_embedder = Embed(c.vocab_size, c.emb_dim, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype),
-                                    embedding_init=nn.initializers.normal(stddev=0.02), name="token_embedder")
+        self.token_embedder = Embed(
+            c.vocab_size,
+            c.emb_dim,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            embedding_init=nn.initializers.normal(stddev=0.02),
+            name="token_embedder",
+        )
         self.decoder = DecoderStack(c, self.token_embedder)
 
-    def __call__(self, decoder_input_tokens: jax.Array, *, decoder_segment_ids=None, decoder_positions=None,
-                 decoder_causal_attention=None, deterministic: bool = True, decode: bool = False) -> jax.Array:
-        return self.decoder(decoder_input_tokens, decoder_segment_ids, decoder_positions,
-                            decoder_causal_attention, deterministic, decode)
+    def __call__(
+        self,
+        decoder_input_tokens: jax.Array,
+        *,
+        decoder_segment_ids=None,
+        decoder_positions=None,
+        decoder_causal_attention=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        return self.decoder(
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            decoder_causal_attention,
+            deterministic,
+            decode,
+        )

@@ -33,8 +33,12 @@ class RMSNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
-                           (x.shape[-1],), self.param_dtype)
+        scale = self.param(
+            "scale",
+            nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+            (x.shape[-1],),
+            self.param_dtype,
+        )
         x32 = x.astype(jnp.float32)
         y = x32 * lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.epsilon)
         return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -51,8 +55,11 @@ class Embed(nn.Module):
 
     def setup(self):
         self.embedding = self.param(
-            "embedding", nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
-            (self.num_embeddings, self.features), self.param_dtype)
+            "embedding",
+            nn.with_logical_partitioning(self.embedding_init, ("vocab", "embed")),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+        )
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
         if not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -64,8 +71,12 @@ class Embed(nn.Module):
 
     def attend(self, x: jax.Array) -> jax.Array:
         """Logits against the embedding table, accumulated in float32."""
-        return jnp.einsum("...d,vd->...v", x.astype(self.dtype), self.embedding.astype(self.dtype),
-                          preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "...d,vd->...v",
+            x.astype(self.dtype),
+            self.embedding.astype(self.dtype),
+            preferred_element_type=jnp.float32,
+        )
 
 
 class DenseGeneral(nn.Module):
@@ -92,17 +103,25 @@ class DenseGeneral(nn.Module):
         axis = _normalize_axes(self.axis, x.ndim)
         kernel_shape = tuple(x.shape[a] for a in axis) + features
         if len(self.kernel_axes) != len(kernel_shape):
-            raise ValueError(f"{self.name}: kernel_axes {self.kernel_axes} do not match kernel "
-                             f"shape {kernel_shape}")
-        kernel = self.param("kernel", nn.with_logical_partitioning(
-            _fan_in_init(self.kernel_init, len(axis)), tuple(self.kernel_axes)),
-            kernel_shape, self.param_dtype)
+            raise ValueError(
+                f"{self.name}: kernel_axes {self.kernel_axes} do not match kernel "
+                f"shape {kernel_shape}"
+            )
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(
+                _fan_in_init(self.kernel_init, len(axis)), tuple(self.kernel_axes)
+            ),
+            kernel_shape,
+            self.param_dtype,
+        )
         out_type = jnp.float32 if self.out_float32 else None
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if axis == tuple(range(x.ndim - len(axis), x.ndim)):  # trailing axes: a 2-D matmul
-            k, f = math.prod(kernel_shape[:len(axis)]), math.prod(features)
+            k, f = math.prod(kernel_shape[: len(axis)]), math.prod(features)
             y = token_matmul(x.reshape(-1, k), kernel.reshape(k, f), out_type).reshape(
-                x.shape[:x.ndim - len(axis)] + features)
+                x.shape[: x.ndim - len(axis)] + features
+            )
         else:
             contract = (axis, tuple(range(len(axis))))
             y = lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_type)
@@ -176,11 +195,19 @@ class GatedMlp(nn.Module):
             raise ValueError(f"unknown MLP activation(s) {unknown}; known {sorted(_ACTIVATIONS)}")
         hidden = None
         for i, act in enumerate(self.activations):
-            h = DenseGeneral(self.mlp_dim, ("embed", "mlp"), dtype=self.dtype,
-                             param_dtype=self.param_dtype, name=f"wi_{i}")(x)
+            h = DenseGeneral(
+                self.mlp_dim,
+                ("embed", "mlp"),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"wi_{i}",
+            )(x)
             h = _ACTIVATIONS[act](h)
             hidden = h if hidden is None else hidden * h
         hidden = constrain(hidden, ("batch", "length", "mlp"))
-        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(hidden, deterministic=deterministic)
-        return DenseGeneral(x.shape[-1], ("mlp", "embed"), dtype=self.dtype,
-                            param_dtype=self.param_dtype, name="wo")(hidden)
+        hidden = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+            hidden, deterministic=deterministic
+        )
+        return DenseGeneral(
+            x.shape[-1], ("mlp", "embed"), dtype=self.dtype, param_dtype=self.param_dtype, name="wo"
+        )(hidden)

@@ -28,8 +28,9 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> ja
     return out.astype(x.dtype)
 
 
-def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
-                             num_buckets: int, max_distance: int) -> jax.Array:
+def relative_position_bucket(
+    relative_position: jax.Array, *, bidirectional: bool, num_buckets: int, max_distance: int
+) -> jax.Array:
     """T5 bucketing of (key - query) distances: exact for small, log-spaced for large."""
     ret = jnp.zeros_like(relative_position)
     n = -relative_position
@@ -58,10 +59,14 @@ def toeplitz(diagonals: jax.Array, length: int) -> jax.Array:
     """
     width = 2 * length - 1
     if diagonals.shape[-1] != width:
-        raise ValueError(f"toeplitz of length {length} needs {width} diagonals, got {diagonals.shape[-1]}")
+        raise ValueError(
+            f"toeplitz of length {length} needs {width} diagonals, got {diagonals.shape[-1]}"
+        )
     lead = diagonals.shape[:-1]
     tiled = jnp.broadcast_to(diagonals[..., None, :], lead + (length, width)).reshape(lead + (-1,))
-    rows = tiled[..., length - 1:length - 1 + length * (width - 1)].reshape(lead + (length, width - 1))
+    rows = tiled[..., length - 1 : length - 1 + length * (width - 1)].reshape(
+        lead + (length, width - 1)
+    )
     return rows[..., :length]
 
 
@@ -78,12 +83,20 @@ class RelativePositionBias(nn.Module):
     def setup(self):
         self.rel_embedding = self.param(
             "rel_embedding",
-            nn.with_logical_partitioning(nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")),
-            (self.num_heads, self.num_buckets), self.param_dtype)
+            nn.with_logical_partitioning(
+                nn.initializers.normal(stddev=1.0), ("heads", "relpos_buckets")
+            ),
+            (self.num_heads, self.num_buckets),
+            self.param_dtype,
+        )
 
     def _buckets(self, relative: jax.Array) -> jax.Array:
-        return relative_position_bucket(relative, bidirectional=self.bidirectional,
-                                        num_buckets=self.num_buckets, max_distance=self.max_distance)
+        return relative_position_bucket(
+            relative,
+            bidirectional=self.bidirectional,
+            num_buckets=self.num_buckets,
+            max_distance=self.max_distance,
+        )
 
     def _lookup(self, buckets: jax.Array) -> jax.Array:
         """[heads, *buckets.shape] float32 by a one-hot contraction, whose gradient is a small

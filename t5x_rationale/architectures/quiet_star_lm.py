@@ -35,17 +35,23 @@ class QuietStarConfig:
 
     def __post_init__(self):
         if not isinstance(self.decoder, DecoderConfig):
-            raise TypeError(f"QuietStarConfig.decoder must be a DecoderConfig, got {type(self.decoder).__name__}")
+            raise TypeError(
+                f"QuietStarConfig.decoder must be a DecoderConfig, got {type(self.decoder).__name__}"
+            )
         for name in ("thought_init_ids", "thought_token_ids"):
             ids = getattr(self, name)
             bad = [i for i in ids if not 0 <= i < self.decoder.vocab_size]
             if bad or not ids and name == "thought_init_ids":
-                raise ValueError(f"QuietStarConfig.{name} {ids} must be non-empty ids below vocab_size "
-                                 f"{self.decoder.vocab_size}")
+                raise ValueError(
+                    f"QuietStarConfig.{name} {ids} must be non-empty ids below vocab_size "
+                    f"{self.decoder.vocab_size}"
+                )
         if self.thought_scale <= 0:
             raise ValueError(f"thought_scale must be positive, got {self.thought_scale}")
         if self.decoder.dropout_rate:
-            raise ValueError("Quiet-STaR runs without dropout (the reference has none); set dropout_rate = 0")
+            raise ValueError(
+                "Quiet-STaR runs without dropout (the reference has none); set dropout_rate = 0"
+            )
 
     def __getattr__(self, name):  # fields of the decoder (num_layers, vocab_size, ...)
         if name == "decoder" or name.startswith("__"):
@@ -67,13 +73,23 @@ class MixingHead(nn.Module):
     def __call__(self, h_base: jax.Array, h_thought: jax.Array) -> jax.Array:
         x = jnp.concatenate([h_base, h_thought], axis=-1).astype(jnp.float32)
         init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        for name, axes, out, kernel_init in (("hidden_0", ("embed", "mlp"), self.hidden, init),
-                                             ("hidden_1", ("mlp", "embed"), self.hidden, init),
-                                             ("out", ("embed", None), 1, nn.initializers.zeros)):
-            kernel = self.param(f"{name}_kernel", nn.with_logical_partitioning(kernel_init, axes),
-                                (x.shape[-1], out), self.param_dtype)
-            bias = self.param(f"{name}_bias", nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-                              (out,), self.param_dtype)
+        for name, axes, out, kernel_init in (
+            ("hidden_0", ("embed", "mlp"), self.hidden, init),
+            ("hidden_1", ("mlp", "embed"), self.hidden, init),
+            ("out", ("embed", None), 1, nn.initializers.zeros),
+        ):
+            kernel = self.param(
+                f"{name}_kernel",
+                nn.with_logical_partitioning(kernel_init, axes),
+                (x.shape[-1], out),
+                self.param_dtype,
+            )
+            bias = self.param(
+                f"{name}_bias",
+                nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+                (out,),
+                self.param_dtype,
+            )
             x = x @ kernel.astype(jnp.float32) + bias.astype(jnp.float32)
             if name != "out":
                 x = jax.nn.relu(x)
@@ -88,18 +104,40 @@ class QuietStarLM(nn.Module):
     def setup(self):
         c = self.config
         dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
-        self.token_embedder = Embed(c.vocab_size, c.emb_dim, dtype, param_dtype,
-                                    embedding_init=nn.initializers.normal(stddev=0.02), name="token_embedder")
+        self.token_embedder = Embed(
+            c.vocab_size,
+            c.emb_dim,
+            dtype,
+            param_dtype,
+            embedding_init=nn.initializers.normal(stddev=0.02),
+            name="token_embedder",
+        )
         self.decoder = DecoderStack(c.decoder, self.token_embedder)
         self.mixing_head = MixingHead(c.emb_dim, param_dtype)
         init = lambda rng: thought_init(self.token_embedder.embedding, c)  # noqa: E731
-        self.start_thought = self.param("start_thought", nn.with_logical_partitioning(init, ("embed",)))
+        self.start_thought = self.param(
+            "start_thought", nn.with_logical_partitioning(init, ("embed",))
+        )
         self.end_thought = self.param("end_thought", nn.with_logical_partitioning(init, ("embed",)))
 
-    def __call__(self, decoder_input_tokens: jax.Array, *, decoder_segment_ids=None, decoder_positions=None,
-                 decoder_causal_attention=None, deterministic: bool = True, decode: bool = False) -> jax.Array:
-        logits = self.decoder(decoder_input_tokens, decoder_segment_ids, decoder_positions,
-                              decoder_causal_attention, deterministic, decode)
+    def __call__(
+        self,
+        decoder_input_tokens: jax.Array,
+        *,
+        decoder_segment_ids=None,
+        decoder_positions=None,
+        decoder_causal_attention=None,
+        deterministic: bool = True,
+        decode: bool = False,
+    ) -> jax.Array:
+        logits = self.decoder(
+            decoder_input_tokens,
+            decoder_segment_ids,
+            decoder_positions,
+            decoder_causal_attention,
+            deterministic,
+            decode,
+        )
         if self.is_initializing():  # create the added params alongside the LM's
             h = jnp.zeros((1, self.config.emb_dim), jnp.float32)
             self.mixing_head(h, h)
@@ -113,4 +151,6 @@ def thought_init(embedding: jax.Array, config: QuietStarConfig) -> jax.Array:
     Call this again on imported weights (a plain LM checkpoint) to re-derive both thoughts.
     """
     rows = jnp.take(jnp.asarray(embedding), jnp.asarray(config.thought_init_ids), axis=0)
-    return (jnp.mean(rows.astype(jnp.float32), axis=0) / config.thought_scale).astype(embedding.dtype)
+    return (jnp.mean(rows.astype(jnp.float32), axis=0) / config.thought_scale).astype(
+        embedding.dtype
+    )

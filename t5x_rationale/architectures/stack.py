@@ -28,9 +28,16 @@ def checkpointed(fn, remat_policy: str, static_argnums: tuple[int, ...] = ()):
     return jax.checkpoint(fn, policy=_POLICIES[remat_policy], static_argnums=static_argnums)
 
 
-def repeat_layer(layer_cls: type[nn.Module], num_layers: int, *,
-                 scan: bool, remat_policy: str, layer_kwargs: dict[str, Any],
-                 x: jax.Array, args: Sequence[Any]) -> jax.Array:
+def repeat_layer(
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    *,
+    scan: bool,
+    remat_policy: str,
+    layer_kwargs: dict[str, Any],
+    x: jax.Array,
+    args: Sequence[Any],
+) -> jax.Array:
     """Applies `num_layers` copies of `layer_cls` to `x`; call inside a compact method."""
     cls = layer_cls
     if remat_policy != "none":

@@ -44,8 +44,10 @@ def _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask):
     n, t, heads, d = q.shape
     kv_heads, num_slots = ctx_k.shape[2], slot_k.shape[3]
     group = heads // kv_heads
-    scale = d ** -0.5
-    s_ctx = jnp.einsum("bhqd,bhkd->bhqk", heads_major(q, kv_heads), heads_major(ctx_k, kv_heads), **_F32)
+    scale = d**-0.5
+    s_ctx = jnp.einsum(
+        "bhqd,bhkd->bhqk", heads_major(q, kv_heads), heads_major(ctx_k, kv_heads), **_F32
+    )
     s_ctx = jnp.where(ctx_mask[:, :, None], s_ctx.reshape(n, kv_heads, group, t, -1) * scale, _NEG)
     qg = q.reshape(n, t, kv_heads, group, d)
     s_own = None
@@ -60,10 +62,18 @@ def _combine(p_ctx, p_own, p_new, ctx_v, slot_v, new_v):
     """sum over keys of P V, unnormalised: [N, T, kv, group, d]."""
     n, kv_heads, group, t, context = p_ctx.shape
     dt = ctx_v.dtype
-    out = jnp.einsum("bhqk,bhkd->bhqd", p_ctx.reshape(n, kv_heads, group * t, context).astype(dt),
-                     heads_major(ctx_v, kv_heads))
-    out = tokens_major(out, t).reshape(n, t, kv_heads, group, -1) + p_new[..., None].astype(dt) * new_v[:, :, :, None]
-    return out if p_own is None else out + jnp.einsum("nikgs,niksd->nikgd", p_own.astype(dt), slot_v)
+    out = jnp.einsum(
+        "bhqk,bhkd->bhqd",
+        p_ctx.reshape(n, kv_heads, group * t, context).astype(dt),
+        heads_major(ctx_v, kv_heads),
+    )
+    out = (
+        tokens_major(out, t).reshape(n, t, kv_heads, group, -1)
+        + p_new[..., None].astype(dt) * new_v[:, :, :, None]
+    )
+    return (
+        out if p_own is None else out + jnp.einsum("nikgs,niksd->nikgd", p_own.astype(dt), slot_v)
+    )
 
 
 def _forward(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask):
@@ -88,20 +98,27 @@ def _backward(inputs, out, lse, d_out, d_lse):
     q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask = inputs
     n, t, heads, d = q.shape
     kv_heads, group = ctx_k.shape[2], heads // ctx_k.shape[2]
-    scale = d ** -0.5
+    scale = d**-0.5
     s_ctx, s_own, s_new = _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask)
     p_ctx = jnp.exp(s_ctx - _heads_first(lse)[..., None])  # masked scores give exactly 0
     p_own, p_new = _own_probs(s_own, lse), jnp.exp(s_new - lse)
     d_out_g = d_out.reshape(n, t, kv_heads, group, d)
     # d score = P (dP - row), row = sum_k P dP - d_lse = dO . O - d_lse
-    row = jnp.sum(d_out_g.astype(jnp.float32) * out.reshape(d_out_g.shape).astype(jnp.float32), -1) - d_lse
+    row = (
+        jnp.sum(d_out_g.astype(jnp.float32) * out.reshape(d_out_g.shape).astype(jnp.float32), -1)
+        - d_lse
+    )
 
     qh, kh, vh, doh = (heads_major(x, kv_heads) for x in (q, ctx_k, ctx_v, d_out))
     p_flat = p_ctx.reshape(n, kv_heads, group * t, -1)
     # [d, k] = [d, q] @ [q, k]: both operands row-major (see softmax_attention)
     d_ctx_v = jnp.einsum("bhdq,bhqk->bhdk", doh.swapaxes(-1, -2), p_flat.astype(vh.dtype), **_F32)
     dp_ctx = jnp.einsum("bhqd,bhkd->bhqk", doh, vh, **_F32).reshape(p_ctx.shape)
-    ds_ctx = (p_ctx * (dp_ctx - _heads_first(row)[..., None]) * scale).reshape(p_flat.shape).astype(q.dtype)
+    ds_ctx = (
+        (p_ctx * (dp_ctx - _heads_first(row)[..., None]) * scale)
+        .reshape(p_flat.shape)
+        .astype(q.dtype)
+    )
     d_q = tokens_major(jnp.einsum("bhqk,bhkd->bhqd", ds_ctx, kh, **_F32), t)
     d_ctx_k = jnp.einsum("bhdq,bhqk->bhdk", qh.swapaxes(-1, -2), ds_ctx, **_F32)
 
@@ -111,7 +128,11 @@ def _backward(inputs, out, lse, d_out, d_lse):
     if p_own is None:
         d_slot_k = d_slot_v = jnp.zeros_like(slot_k)
     else:
-        ds_own = p_own * (jnp.einsum("nikgd,niksd->nikgs", d_out_g, slot_v, **_F32) - row[..., None]) * scale
+        ds_own = (
+            p_own
+            * (jnp.einsum("nikgd,niksd->nikgs", d_out_g, slot_v, **_F32) - row[..., None])
+            * scale
+        )
         d_q_new = d_q_new + jnp.einsum("nikgs,niksd->nikgd", ds_own, slot_k, **_F32)
         d_slot_k = jnp.einsum("nikgs,nikgd->niksd", ds_own, qg, **_F32)
         d_slot_v = jnp.einsum("nikgs,nikgd->niksd", p_own, d_out_g, **_F32)
@@ -144,7 +165,9 @@ stream_attention.defvjp(_fwd, _bwd)
 
 
 @jax.custom_vjp
-def replayed_stream_attention(q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask, out, lse):
+def replayed_stream_attention(
+    q, ctx_k, ctx_v, slot_k, slot_v, new_k, new_v, slot, ctx_mask, out, lse
+):
     """`out`, recorded from `stream_attention` on these inputs, differentiated as its output.
 
     Costs nothing forward; the backward is `stream_attention`'s. `out` and `lse` are
@@ -160,7 +183,10 @@ def _replayed_fwd(*args):
 
 def _replayed_bwd(residuals, d_out):
     inputs, out, lse = residuals
-    return _backward(inputs, out, lse, d_out, jnp.zeros_like(lse)) + (jnp.zeros_like(out), jnp.zeros_like(lse))
+    return _backward(inputs, out, lse, d_out, jnp.zeros_like(lse)) + (
+        jnp.zeros_like(out),
+        jnp.zeros_like(lse),
+    )
 
 
 replayed_stream_attention.defvjp(_replayed_fwd, _replayed_bwd)

@@ -34,12 +34,23 @@ def _default_positions(tokens: jax.Array, positions: Optional[jax.Array]) -> jax
     return jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
 
 
-def _relative_bias(c: T5Config, bidirectional: bool, length: int, query_positions: Optional[jax.Array],
-                   key_positions: Optional[jax.Array]) -> jax.Array:
+def _relative_bias(
+    c: T5Config,
+    bidirectional: bool,
+    length: int,
+    query_positions: Optional[jax.Array],
+    key_positions: Optional[jax.Array],
+) -> jax.Array:
     """The stack's `relpos_bias`; positions None means 0..length-1, built from its diagonals."""
-    module = RelativePositionBias(c.relative_attention_num_buckets, c.relative_attention_max_distance,
-                                  c.num_heads, bidirectional=bidirectional, dtype=resolve_dtype(c.dtype),
-                                  param_dtype=resolve_dtype(c.param_dtype), name="relpos_bias")
+    module = RelativePositionBias(
+        c.relative_attention_num_buckets,
+        c.relative_attention_max_distance,
+        c.num_heads,
+        bidirectional=bidirectional,
+        dtype=resolve_dtype(c.dtype),
+        param_dtype=resolve_dtype(c.param_dtype),
+        name="relpos_bias",
+    )
     if query_positions is None:
         return module.for_length(length)
     return module(query_positions, key_positions)
@@ -53,31 +64,50 @@ class _T5Block(nn.Module):
 
     def norm(self, name):
         c = self.config
-        return RMSNorm(c.layer_norm_epsilon, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype), name=name)
+        return RMSNorm(
+            c.layer_norm_epsilon, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype), name=name
+        )
 
     def attention(self, name):
         c = self.config
         return attn.MultiHeadAttention(
-            num_heads=c.num_heads, num_kv_heads=c.num_heads, head_dim=c.head_dim,
-            dtype=resolve_dtype(c.dtype), param_dtype=resolve_dtype(c.param_dtype),
-            dropout_rate=c.dropout_rate, scale=1.0, implementation=c.attention_impl,
-            query_init_scale=1.0 / c.head_dim, name=name)
+            num_heads=c.num_heads,
+            num_kv_heads=c.num_heads,
+            head_dim=c.head_dim,
+            dtype=resolve_dtype(c.dtype),
+            param_dtype=resolve_dtype(c.param_dtype),
+            dropout_rate=c.dropout_rate,
+            scale=1.0,
+            implementation=c.attention_impl,
+            query_init_scale=1.0 / c.head_dim,
+            name=name,
+        )
 
     def residual(self, x, h):
-        h = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(h, deterministic=self.deterministic)
+        h = nn.Dropout(self.config.dropout_rate, broadcast_dims=(-2,))(
+            h, deterministic=self.deterministic
+        )
         return constrain(x + h, _ACT)
 
     def mlp(self, x):
         c = self.config
-        return GatedMlp(c.mlp_dim, c.mlp_activations, c.dropout_rate, resolve_dtype(c.dtype),
-                        resolve_dtype(c.param_dtype), name="mlp")(x, deterministic=self.deterministic)
+        return GatedMlp(
+            c.mlp_dim,
+            c.mlp_activations,
+            c.dropout_rate,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            name="mlp",
+        )(x, deterministic=self.deterministic)
 
 
 class T5EncoderLayer(_T5Block):
     @nn.compact
     def __call__(self, x, mask, bias):
         h = self.norm("pre_attention_layer_norm")(x)
-        h = self.attention("attention")(h, h, mask=mask, bias=bias, deterministic=self.deterministic)
+        h = self.attention("attention")(
+            h, h, mask=mask, bias=bias, deterministic=self.deterministic
+        )
         x = self.residual(x, h)
         x = self.residual(x, self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return x, None
@@ -89,12 +119,20 @@ class T5DecoderLayer(_T5Block):
     @nn.compact
     def __call__(self, x, encoded, self_mask, self_bias, cross_mask, cache_index):
         h = self.norm("pre_self_attention_layer_norm")(x)
-        h = self.attention("self_attention")(h, h, mask=self_mask, bias=self_bias, decode=self.decode,
-                                             cache_index=cache_index, deterministic=self.deterministic)
+        h = self.attention("self_attention")(
+            h,
+            h,
+            mask=self_mask,
+            bias=self_bias,
+            decode=self.decode,
+            cache_index=cache_index,
+            deterministic=self.deterministic,
+        )
         x = self.residual(x, h)
         h = self.norm("pre_cross_attention_layer_norm")(x)
-        h = self.attention("encoder_decoder_attention")(h, encoded, mask=cross_mask,
-                                                        deterministic=self.deterministic)
+        h = self.attention("encoder_decoder_attention")(
+            h, encoded, mask=cross_mask, deterministic=self.deterministic
+        )
         x = self.residual(x, h)
         x = self.residual(x, self.mlp(self.norm("pre_mlp_layer_norm")(x)))
         return x, None
@@ -108,17 +146,29 @@ class T5Encoder(nn.Module):
     def __call__(self, tokens, segment_ids=None, positions=None, deterministic=True):
         c = self.config
         valid = tokens > 0 if segment_ids is None else segment_ids > 0
-        mask = attn.combine_masks(attn.padding_mask(valid, valid),
-                                  None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids))
+        mask = attn.combine_masks(
+            attn.padding_mask(valid, valid),
+            None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids),
+        )
         bias = _relative_bias(c, True, tokens.shape[1], positions, positions)
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)
-        x = repeat_layer(T5EncoderLayer, c.num_encoder_layers, scan=c.scan_layers,
-                         remat_policy=c.remat_policy,
-                         layer_kwargs=dict(config=c, deterministic=deterministic), x=x, args=(mask, bias))
-        x = RMSNorm(c.layer_norm_epsilon, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype),
-                    name="encoder_norm")(x)
+        x = repeat_layer(
+            T5EncoderLayer,
+            c.num_encoder_layers,
+            scan=c.scan_layers,
+            remat_policy=c.remat_policy,
+            layer_kwargs=dict(config=c, deterministic=deterministic),
+            x=x,
+            args=(mask, bias),
+        )
+        x = RMSNorm(
+            c.layer_norm_epsilon,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            name="encoder_norm",
+        )(x)
         return nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
 
 
@@ -127,8 +177,18 @@ class T5Decoder(nn.Module):
     embedder: Embed
 
     @nn.compact
-    def __call__(self, encoded, encoder_valid, tokens, *, encoder_segment_ids=None, segment_ids=None,
-                 positions=None, deterministic=True, decode=False):
+    def __call__(
+        self,
+        encoded,
+        encoder_valid,
+        tokens,
+        *,
+        encoder_segment_ids=None,
+        segment_ids=None,
+        positions=None,
+        deterministic=True,
+        decode=False,
+    ):
         c = self.config
         if decode:
             q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
@@ -138,30 +198,46 @@ class T5Decoder(nn.Module):
             cache_index = None
             self_mask = attn.combine_masks(
                 attn.causal_mask(q_pos, k_pos),
-                None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids))
+                None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids),
+            )
         if encoder_segment_ids is not None and segment_ids is not None:
             cross_mask = attn.segment_mask(segment_ids, encoder_segment_ids)
         else:
             cross_mask = encoder_valid[:, None, None, :]
         explicit = decode or positions is not None
-        self_bias = _relative_bias(c, False, tokens.shape[1], q_pos if explicit else None,
-                                   k_pos if explicit else None)
+        self_bias = _relative_bias(
+            c, False, tokens.shape[1], q_pos if explicit else None, k_pos if explicit else None
+        )
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)
-        x = repeat_layer(T5DecoderLayer, c.num_decoder_layers, scan=c.scan_layers,
-                         remat_policy=c.remat_policy,
-                         layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
-                         x=x, args=(encoded, self_mask, self_bias, cross_mask, cache_index))
-        x = RMSNorm(c.layer_norm_epsilon, resolve_dtype(c.dtype), resolve_dtype(c.param_dtype),
-                    name="decoder_norm")(x)
+        x = repeat_layer(
+            T5DecoderLayer,
+            c.num_decoder_layers,
+            scan=c.scan_layers,
+            remat_policy=c.remat_policy,
+            layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
+            x=x,
+            args=(encoded, self_mask, self_bias, cross_mask, cache_index),
+        )
+        x = RMSNorm(
+            c.layer_norm_epsilon,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            name="decoder_norm",
+        )(x)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         if c.logits_via_embedding:
-            logits = self.embedder.attend(x * c.emb_dim ** -0.5)
+            logits = self.embedder.attend(x * c.emb_dim**-0.5)
         else:
-            logits = DenseGeneral(c.vocab_size, ("embed", "vocab"), dtype=resolve_dtype(c.dtype),
-                                  param_dtype=resolve_dtype(c.param_dtype), out_float32=True,
-                                  name="logits_dense")(x)
+            logits = DenseGeneral(
+                c.vocab_size,
+                ("embed", "vocab"),
+                dtype=resolve_dtype(c.dtype),
+                param_dtype=resolve_dtype(c.param_dtype),
+                out_float32=True,
+                name="logits_dense",
+            )(x)
         return constrain(logits, ("batch", "length", "vocab"))
 
 
@@ -172,26 +248,75 @@ class EncoderDecoder(nn.Module):
 
     def setup(self):
         c = self.config
-        self.token_embedder = Embed(c.vocab_size, c.emb_dim, resolve_dtype(c.dtype),
-                                    resolve_dtype(c.param_dtype), name="token_embedder")
+        self.token_embedder = Embed(
+            c.vocab_size,
+            c.emb_dim,
+            resolve_dtype(c.dtype),
+            resolve_dtype(c.param_dtype),
+            name="token_embedder",
+        )
         self.encoder = T5Encoder(c, self.token_embedder)
         self.decoder = T5Decoder(c, self.token_embedder)
 
-    def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
-               deterministic=True):
-        return self.encoder(encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic)
+    def encode(
+        self,
+        encoder_input_tokens,
+        encoder_segment_ids=None,
+        encoder_positions=None,
+        deterministic=True,
+    ):
+        return self.encoder(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic
+        )
 
-    def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, *, encoder_segment_ids=None,
-               decoder_segment_ids=None, decoder_positions=None, deterministic=True, decode=False):
-        encoder_valid = encoder_input_tokens > 0 if encoder_segment_ids is None else encoder_segment_ids > 0
-        return self.decoder(encoded, encoder_valid, decoder_input_tokens,
-                            encoder_segment_ids=encoder_segment_ids, segment_ids=decoder_segment_ids,
-                            positions=decoder_positions, deterministic=deterministic, decode=decode)
+    def decode(
+        self,
+        encoded,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        *,
+        encoder_segment_ids=None,
+        decoder_segment_ids=None,
+        decoder_positions=None,
+        deterministic=True,
+        decode=False,
+    ):
+        encoder_valid = (
+            encoder_input_tokens > 0 if encoder_segment_ids is None else encoder_segment_ids > 0
+        )
+        return self.decoder(
+            encoded,
+            encoder_valid,
+            decoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            segment_ids=decoder_segment_ids,
+            positions=decoder_positions,
+            deterministic=deterministic,
+            decode=decode,
+        )
 
-    def __call__(self, encoder_input_tokens, decoder_input_tokens, *, encoder_segment_ids=None,
-                 decoder_segment_ids=None, encoder_positions=None, decoder_positions=None,
-                 deterministic=True, decode=False):
-        encoded = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic)
-        return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
-                           encoder_segment_ids=encoder_segment_ids, decoder_segment_ids=decoder_segment_ids,
-                           decoder_positions=decoder_positions, deterministic=deterministic, decode=decode)
+    def __call__(
+        self,
+        encoder_input_tokens,
+        decoder_input_tokens,
+        *,
+        encoder_segment_ids=None,
+        decoder_segment_ids=None,
+        encoder_positions=None,
+        decoder_positions=None,
+        deterministic=True,
+        decode=False,
+    ):
+        encoded = self.encode(
+            encoder_input_tokens, encoder_segment_ids, encoder_positions, deterministic
+        )
+        return self.decode(
+            encoded,
+            encoder_input_tokens,
+            decoder_input_tokens,
+            encoder_segment_ids=encoder_segment_ids,
+            decoder_segment_ids=decoder_segment_ids,
+            decoder_positions=decoder_positions,
+            deterministic=deterministic,
+            decode=decode,
+        )

@@ -39,7 +39,13 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
-from t5x_rationale.architectures.append_scan import Replay, append_scan, read_slot, replayed, write_slot
+from t5x_rationale.architectures.append_scan import (
+    Replay,
+    append_scan,
+    read_slot,
+    replayed,
+    write_slot,
+)
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import resolve_dtype
 from t5x_rationale.architectures.layers import DenseGeneral, RMSNorm
@@ -73,16 +79,22 @@ class ThinkingSpec:
 
     def __post_init__(self):
         if self.num_ahead < 4:
-            raise ValueError(f"num_ahead must be >= 4 (base, start, >= 1 thought token, end), got {self.num_ahead}")
+            raise ValueError(
+                f"num_ahead must be >= 4 (base, start, >= 1 thought token, end), got {self.num_ahead}"
+            )
         if self.num_talk < 1:
             raise ValueError(f"num_talk must be >= 1, got {self.num_talk}")
         if self.implementation not in IMPLEMENTATIONS:
             raise ValueError(f"implementation {self.implementation!r} not in {IMPLEMENTATIONS}")
         unknown = set(self.record) - set(RECORDABLE)
         if unknown:
-            raise ValueError(f"record: unknown name(s) {sorted(unknown)}; expected some of {RECORDABLE}")
+            raise ValueError(
+                f"record: unknown name(s) {sorted(unknown)}; expected some of {RECORDABLE}"
+            )
         if self.sample_temperature < 0 or self.score_temperature <= 0:
-            raise ValueError("sample_temperature must be >= 0 (0: argmax) and score_temperature positive")
+            raise ValueError(
+                "sample_temperature must be >= 0 (0: argmax) and score_temperature positive"
+            )
 
     @property
     def num_steps(self) -> int:
@@ -105,8 +117,11 @@ class Context:
     forced_thoughts: Optional[jax.Array] = None  # [N, T, n_a - 3] ids to use instead of sampling
 
 
-jax.tree_util.register_dataclass(Context, data_fields=["targets", "valid", "segment_ids", "rng",
-                                                        "forced_thoughts"], meta_fields=[])
+jax.tree_util.register_dataclass(
+    Context,
+    data_fields=["targets", "valid", "segment_ids", "rng", "forced_thoughts"],
+    meta_fields=[],
+)
 
 
 class FunctionalDecoder:
@@ -118,17 +133,28 @@ class FunctionalDecoder:
         self.dtype, self.param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
 
     def _dense(self, features, axes, p, x, axis=-1, out_float32=False):
-        module = DenseGeneral(features, axes, axis=axis, dtype=self.dtype, param_dtype=self.param_dtype,
-                              out_float32=out_float32)
+        module = DenseGeneral(
+            features,
+            axes,
+            axis=axis,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            out_float32=out_float32,
+        )
         return module.apply({"params": p}, x)
 
     def _norm(self, p, x):
-        return RMSNorm(self.config.layer_norm_epsilon, self.dtype, self.param_dtype).apply({"params": p}, x)
+        return RMSNorm(self.config.layer_norm_epsilon, self.dtype, self.param_dtype).apply(
+            {"params": p}, x
+        )
 
     def layer_params(self, params) -> list:
         dec = params["decoder"]
         if "layers" in dec:  # scanned layers: stacked along a leading axis
-            return [jax.tree.map(lambda a, i=i: a[i], dec["layers"]) for i in range(self.config.num_layers)]
+            return [
+                jax.tree.map(lambda a, i=i: a[i], dec["layers"])
+                for i in range(self.config.num_layers)
+            ]
         return [dec[f"layers_{i}"] for i in range(self.config.num_layers)]
 
     def embed(self, params, tokens):
@@ -140,7 +166,9 @@ class FunctionalDecoder:
 
     def _linear(self, features, axes, axis=-1):
         """The projection `(inputs, kernel) -> output` of `_dense`, as `_project` takes it."""
-        return lambda inputs, kernel: self._dense(features, axes, {"kernel": kernel}, inputs, axis=axis)
+        return lambda inputs, kernel: self._dense(
+            features, axes, {"kernel": kernel}, inputs, axis=axis
+        )
 
     @staticmethod
     def _project(name, fn, args, known, record):
@@ -159,26 +187,47 @@ class FunctionalDecoder:
 
         def projection(name, heads, axes, rope):
             linear = self._linear((heads, c.head_dim), ("embed", axes, "kv"))
-            fn = (lambda h, kernel: apply_rope(linear(h, kernel), positions, c.rope_theta)) if rope else linear
+            fn = (
+                (lambda h, kernel: apply_rope(linear(h, kernel), positions, c.rope_theta))
+                if rope
+                else linear
+            )
             y = self._project(name, fn, (h, a[name]["kernel"]), known, record)
             return constrain(y, ("batch", "length", axes, "kv"))
 
-        return (projection("query", c.num_heads, "heads", True), projection("key", c.kv_heads, "kv_heads", True),
-                projection("value", c.kv_heads, "kv_heads", False))
+        return (
+            projection("query", c.num_heads, "heads", True),
+            projection("key", c.kv_heads, "kv_heads", True),
+            projection("value", c.kv_heads, "kv_heads", False),
+        )
 
     def finish(self, p, x, attention_out, known=None, record=None):
         """Output projection, residual, gated MLP, residual (the layer after attention)."""
         c, linear = self.config, self._linear
-        out = self._project("out", linear(c.emb_dim, ("heads", "kv", "embed"), axis=(-2, -1)),
-                            (attention_out, p["self_attention"]["out"]["kernel"]), known, record)
+        out = self._project(
+            "out",
+            linear(c.emb_dim, ("heads", "kv", "embed"), axis=(-2, -1)),
+            (attention_out, p["self_attention"]["out"]["kernel"]),
+            known,
+            record,
+        )
         x = constrain(x + out, _ACT)
         h = self._norm(p["pre_mlp_layer_norm"], x)
         mlp = p["mlp"]
-        gate = self._project("gate", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_0"]["kernel"]), known, record)
-        up = self._project("up", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_1"]["kernel"]), known, record)
+        gate = self._project(
+            "gate", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_0"]["kernel"]), known, record
+        )
+        up = self._project(
+            "up", linear(c.mlp_dim, ("embed", "mlp")), (h, mlp["wi_1"]["kernel"]), known, record
+        )
         hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "mlp"))
-        down = self._project("down", linear(c.emb_dim, ("mlp", "embed")), (hidden, mlp["wo"]["kernel"]), known,
-                             record)
+        down = self._project(
+            "down",
+            linear(c.emb_dim, ("mlp", "embed")),
+            (hidden, mlp["wo"]["kernel"]),
+            known,
+            record,
+        )
         return constrain(x + down, _ACT)
 
     def final_norm(self, params, x):
@@ -187,19 +236,28 @@ class FunctionalDecoder:
     def lm_head(self, params, h):
         if self.config.tie_embeddings:
             table = params["token_embedder"]["embedding"].astype(self.dtype)
-            logits = jnp.einsum("...d,vd->...v", h.astype(self.dtype), table, preferred_element_type=jnp.float32)
+            logits = jnp.einsum(
+                "...d,vd->...v", h.astype(self.dtype), table, preferred_element_type=jnp.float32
+            )
         else:
-            logits = self._dense(self.config.vocab_size, ("embed", "vocab"), params["decoder"]["logits_dense"], h,
-                                 out_float32=True)
+            logits = self._dense(
+                self.config.vocab_size,
+                ("embed", "vocab"),
+                params["decoder"]["logits_dense"],
+                h,
+                out_float32=True,
+            )
         return constrain(logits, ("batch", "length", "vocab"))
 
     def mixing_weight(self, params, h_base, h_thought):
-        w = MixingHead(self.config.emb_dim, self.param_dtype).apply({"params": params["mixing_head"]}, h_base,
-                                                                   h_thought)
+        w = MixingHead(self.config.emb_dim, self.param_dtype).apply(
+            {"params": params["mixing_head"]}, h_base, h_thought
+        )
         return jax.nn.sigmoid(w) if self.config.mixing_sigmoid else w
 
 
 # ------------------------------------------------------------------------ masks
+
 
 def context_mask(config: QuietStarConfig, segment_ids, length: int, step: int | jax.Array = 0):
     """[N or 1, 1, T, T]: stream i (at position i + step) may see context token j."""
@@ -215,6 +273,7 @@ def context_mask(config: QuietStarConfig, segment_ids, length: int, step: int | 
 
 # ------------------------------------------------------------------- base step
 
+
 def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
     """Step 0: (h_base [N,T,H], base logits [N,T,V], per-layer keys and values [N, T, kv_heads, d])."""
     n, t = tokens.shape
@@ -224,7 +283,9 @@ def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
 
     def layer(p, x):
         q, k, v = fd.qkv(p, x, positions)
-        out = attn.dot_product_attention(q, k, v, mask=mask, implementation=fd.config.attention_impl)
+        out = attn.dot_product_attention(
+            q, k, v, mask=mask, implementation=fd.config.attention_impl
+        )
         return fd.finish(p, x, out), k, v
 
     layer = checkpointed(layer, fd.config.decoder.remat_policy)
@@ -238,6 +299,7 @@ def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
 
 
 # --------------------------------------------------------- shared step pieces
+
 
 def _shift(x, offset, fill=0):
     """x[:, i + offset] along axis 1 (traced offset >= 0), `fill` past the end."""
@@ -258,7 +320,16 @@ def step_input(fd: FunctionalDecoder, spec: ThinkingSpec, params, ctx: Context, 
     return constrain(x, _ACT)
 
 
-def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k, hidden, copies: int = 1):
+def step_head(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params,
+    h_base,
+    ctx: Context,
+    k,
+    hidden,
+    copies: int = 1,
+):
     """This step's outputs and the token it samples, computing only what the step kind needs.
 
     Thinking steps (k <= n_a - 3) sample the next thought token and score it for the policy
@@ -274,9 +345,17 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     if copies > 1 and k != 1:
         raise ValueError(f"only step 1 takes one hidden row per {copies} copies, not step {k}")
 
-    def result(true_logp=zeros, policy_logp=zeros, next_token=None, mixing_weight=zeros, logits=None):
-        out = {"true_logp": true_logp, "policy_logp": policy_logp, "mixing_weight": mixing_weight,
-               "next_token": jnp.zeros(ctx.targets.shape, jnp.int32) if next_token is None else next_token}
+    def result(
+        true_logp=zeros, policy_logp=zeros, next_token=None, mixing_weight=zeros, logits=None
+    ):
+        out = {
+            "true_logp": true_logp,
+            "policy_logp": policy_logp,
+            "mixing_weight": mixing_weight,
+            "next_token": jnp.zeros(ctx.targets.shape, jnp.int32)
+            if next_token is None
+            else next_token,
+        }
         if spec.collect_logits:  # a step without the LM head computes it only to be inspected
             out["logits"] = fd.lm_head(params, hidden) if logits is None else logits
         return out
@@ -284,7 +363,11 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
     def thinking():
         logits = repeat_copies(fd.lm_head(params, hidden), copies)
         token = _sample(fd, spec, ctx, k, logits)
-        return result(policy_logp=token_logp(logits, token, spec.score_temperature), next_token=token, logits=logits)
+        return result(
+            policy_logp=token_logp(logits, token, spec.score_temperature),
+            next_token=token,
+            logits=logits,
+        )
 
     def idle():
         return result()
@@ -294,14 +377,19 @@ def step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Co
         w = fd.mixing_weight(params, base_shift, hidden)
         w_s = w[..., None].astype(hidden.dtype)
         logits = fd.lm_head(params, (1 - w_s) * base_shift + w_s * hidden)
-        return result(true_logp=token_logp(logits, _shift(ctx.targets, offset)), mixing_weight=w.astype(jnp.float32),
-                      logits=logits)
+        return result(
+            true_logp=token_logp(logits, _shift(ctx.targets, offset)),
+            mixing_weight=w.astype(jnp.float32),
+            logits=logits,
+        )
 
     branches = (thinking, idle, scored)
     if isinstance(k, int):
         outputs = branches[0 if k <= n_a - 3 else 1 if k == n_a - 2 else 2]()
     else:
-        outputs = jax.lax.switch(jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches)
+        outputs = jax.lax.switch(
+            jnp.where(k <= n_a - 3, 0, jnp.where(k == n_a - 2, 1, 2)), branches
+        )
     next_token = outputs["next_token"]
     return next_token, outputs
 
@@ -327,9 +415,14 @@ def sample_token(logits, banned_ids, temperature: float, rng):
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     vocab = logits.shape[-1]
     blocks = -(-vocab // _BLOCK)
-    scaled = jnp.pad(logits / temperature, [(0, 0)] * (logits.ndim - 1) + [(0, blocks * _BLOCK - vocab)],
-                     constant_values=-jnp.inf)
-    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True)).reshape(logits.shape[:-1] + (blocks, _BLOCK))
+    scaled = jnp.pad(
+        logits / temperature,
+        [(0, 0)] * (logits.ndim - 1) + [(0, blocks * _BLOCK - vocab)],
+        constant_values=-jnp.inf,
+    )
+    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True)).reshape(
+        logits.shape[:-1] + (blocks, _BLOCK)
+    )
     u = jax.random.uniform(rng, (2,) + logits.shape[:-1], minval=jnp.finfo(jnp.float32).tiny)
     block = _inverse_cdf(jnp.sum(probs, axis=-1), u[0])
     inside = jnp.take_along_axis(probs, block[..., None, None], axis=-2)[..., 0, :]
@@ -350,14 +443,26 @@ def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):
     if ctx.forced_thoughts is not None:  # the token for step k + 1 is thought number k - 1
         index = jnp.clip(k - 1, 0, ctx.forced_thoughts.shape[-1] - 1)
         return jax.lax.dynamic_index_in_dim(ctx.forced_thoughts, index, axis=2, keepdims=False)
-    return sample_token(logits, fd.config.thought_token_ids, spec.sample_temperature,
-                        jax.random.fold_in(ctx.rng, k))
+    return sample_token(
+        logits, fd.config.thought_token_ids, spec.sample_temperature, jax.random.fold_in(ctx.rng, k)
+    )
 
 
 # ------------------------------------------------------------- streams steps
 
-def _stream_layers(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values, x, slot_buffer, k, mask,
-                   replay: Optional[Replay] = None):
+
+def _stream_layers(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params,
+    keys,
+    values,
+    x,
+    slot_buffer,
+    k,
+    mask,
+    replay: Optional[Replay] = None,
+):
     """Every layer at stream step k: (last hidden, this step's keys, values, what each layer
     records for the backward: `spec.record`, nothing when replaying)."""
     n, t = x.shape[:2]
@@ -368,7 +473,17 @@ def _stream_layers(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, valu
         known = None if replay is None else _known(replay, layer)
         record = {}
         q, kk, vv = fd.qkv(p, x, positions, known, record)
-        inputs = (q, keys[layer], values[layer], slot_keys[layer], slot_values[layer], kk, vv, k - 1, mask)
+        inputs = (
+            q,
+            keys[layer],
+            values[layer],
+            slot_keys[layer],
+            slot_values[layer],
+            kk,
+            vv,
+            k - 1,
+            mask,
+        )
         if known and "attention" in known:
             out = replayed_stream_attention(*inputs, *known["attention"])
         else:
@@ -382,8 +497,16 @@ def _stream_layers(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, valu
     return x, tuple(new_keys), tuple(new_values), records
 
 
-def _first_step(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values, ctx: Context, segment_ids,
-                copies: int):
+def _first_step(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params,
+    keys,
+    values,
+    ctx: Context,
+    segment_ids,
+    copies: int,
+):
     """Step 1, the start thought, once per group of `copies` identical rows: its streams see
     only the context, so the copies' layers and logits are equal; only the sampled token
     differs. Returns (next token [N, T], outputs [1, N, T], this step's keys and values per
@@ -394,7 +517,9 @@ def _first_step(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values,
     steps' backward (it needs their cotangent of its keys and values).
     """
     n, t = keys[0].shape[:2]
-    no_slots = jnp.zeros(keys[0].shape[:3] + (0,) + keys[0].shape[3:], keys[0].dtype)  # no stream token yet
+    no_slots = jnp.zeros(
+        keys[0].shape[:3] + (0,) + keys[0].shape[3:], keys[0].dtype
+    )  # no stream token yet
     empty = (tuple(no_slots for _ in keys), tuple(no_slots for _ in values))
 
     def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
@@ -403,43 +528,79 @@ def _first_step(fd: FunctionalDecoder, spec: ThinkingSpec, params, keys, values,
         ctx, segment_ids = statics
         x = jnp.broadcast_to(fd.thought(params, "start_thought"), (n, t, fd.config.emb_dim))
         mask = context_mask(fd.config, segment_ids, t, 1)
-        x, new_keys, new_values, records = _stream_layers(fd, spec, params, keys, values, x, empty, 1, mask, replay)
+        x, new_keys, new_values, records = _stream_layers(
+            fd, spec, params, keys, values, x, empty, 1, mask, replay
+        )
         token, outputs = step_head(fd, spec, params, None, ctx, 1, fd.final_norm(params, x), copies)
         return token, (new_keys, new_values), outputs, records
 
     one_slot = jnp.zeros(keys[0].shape[:3] + (1,) + keys[0].shape[3:], keys[0].dtype)
     buffer = (tuple(one_slot for _ in keys), tuple(one_slot for _ in values))
     token, slots, outputs = append_scan(
-        step, (params, tuple(keys), tuple(values)), (ctx, segment_ids), jnp.zeros(ctx.targets.shape, jnp.int32),
-        buffer, jnp.ones((1,), jnp.int32), index_fn=lambda k: k - 1, axis=3)
+        step,
+        (params, tuple(keys), tuple(values)),
+        (ctx, segment_ids),
+        jnp.zeros(ctx.targets.shape, jnp.int32),
+        buffer,
+        jnp.ones((1,), jnp.int32),
+        index_fn=lambda k: k - 1,
+        axis=3,
+    )
     first_keys, first_values = read_slot(slots, 0, axis=3)
     return token, outputs, first_keys, first_values
 
 
-def _streams(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context,
-             segment_ids, copies: int):
+def _streams(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params,
+    h_base,
+    keys,
+    values,
+    ctx: Context,
+    segment_ids,
+    copies: int,
+):
     """Steps 1 .. F - 1; h_base, keys and values have one row per group of `copies` rows."""
     n, t = ctx.targets.shape
     _, _, kv_heads, d = keys[0].shape
-    sampled, first, first_keys, first_values = _first_step(fd, spec, params, keys, values, ctx, segment_ids, copies)
-    h_base, keys, values = (jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values))
+    sampled, first, first_keys, first_values = _first_step(
+        fd, spec, params, keys, values, ctx, segment_ids, copies
+    )
+    h_base, keys, values = (
+        jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values)
+    )
 
     def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):
         params, h_base, keys, values = consts
         mask = context_mask(fd.config, statics.segment_ids, t, k)
         x = step_input(fd, spec, params, statics, k, sampled)
-        x, new_keys, new_values, records = _stream_layers(fd, spec, params, keys, values, x, buffer, k, mask, replay)
-        next_token, outputs = step_head(fd, spec, params, h_base, statics, k, fd.final_norm(params, x))
+        x, new_keys, new_values, records = _stream_layers(
+            fd, spec, params, keys, values, x, buffer, k, mask, replay
+        )
+        next_token, outputs = step_head(
+            fd, spec, params, h_base, statics, k, fd.final_norm(params, x)
+        )
         return next_token, (new_keys, new_values), outputs, records
 
     # one [N, T, kv_heads, slots, d] array per layer: a layer's slots are read without a copy;
     # slot 0 holds step 1's keys and values, an input of the scan over steps 2 .. F - 1
     slots = jnp.zeros((n, t, kv_heads, spec.num_steps, d), keys[0].dtype)
-    buffer = tuple(tuple(write_slot(slots, repeat_copies(x, copies), 0, axis=3) for x in first_kv)
-                   for first_kv in (first_keys, first_values))
+    buffer = tuple(
+        tuple(write_slot(slots, repeat_copies(x, copies), 0, axis=3) for x in first_kv)
+        for first_kv in (first_keys, first_values)
+    )
     steps = jnp.arange(2, spec.num_steps + 1, dtype=jnp.int32)
-    _, _, outputs = append_scan(step, (params, h_base, keys, values), ctx, sampled, buffer, steps,
-                                index_fn=lambda k: k - 1, axis=3)
+    _, _, outputs = append_scan(
+        step,
+        (params, h_base, keys, values),
+        ctx,
+        sampled,
+        buffer,
+        steps,
+        index_fn=lambda k: k - 1,
+        axis=3,
+    )
     return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), first, outputs)
 
 
@@ -453,6 +614,7 @@ def _known(replay: Replay, layer: int) -> dict:
 
 # ---------------------------------------------------------- dense-mask steps
 
+
 def dense_step_mask(context: jax.Array, steps: int) -> jax.Array:
     """[N or 1, 1, T, T * (steps + 1)]: the context block, then one identity block per step."""
     t = context.shape[-1]
@@ -460,7 +622,9 @@ def dense_step_mask(context: jax.Array, steps: int) -> jax.Array:
     return jnp.concatenate([context] + [eye] * steps, axis=-1)
 
 
-def dense_layer_step(fd: FunctionalDecoder, p, x, earlier_keys: list, earlier_values: list, mask, k: int):
+def dense_layer_step(
+    fd: FunctionalDecoder, p, x, earlier_keys: list, earlier_values: list, mask, k: int
+):
     """One layer at dense step k: (x, this step's keys, values); attention over the context
     and every earlier step's keys (`earlier_keys`: k arrays [N, T, kv_heads, d]) and its own."""
     n, t = x.shape[:2]
@@ -472,25 +636,44 @@ def dense_layer_step(fd: FunctionalDecoder, p, x, earlier_keys: list, earlier_va
     return fd.finish(p, x, out), kk, vv
 
 
-def dense_step_head(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k: int, x):
+def dense_step_head(
+    fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, ctx: Context, k: int, x
+):
     """The head of dense step k on the last layer's output: (sampled token, step outputs)."""
     return step_head(fd, spec, params, h_base, ctx, k, fd.final_norm(params, x))
 
 
-def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys, values, ctx: Context,
-                segment_ids, copies: int):
+def _dense_mask(
+    fd: FunctionalDecoder,
+    spec: ThinkingSpec,
+    params,
+    h_base,
+    keys,
+    values,
+    ctx: Context,
+    segment_ids,
+    copies: int,
+):
     """Steps 1 .. F - 1 for every row, as the reference runs them (one context row per group
     of `copies` rows comes in and is repeated)."""
     del segment_ids  # the steps' masks come from ctx, per row
     n, t = ctx.targets.shape
-    h_base, keys, values = (jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values))
+    h_base, keys, values = (
+        jax.tree.map(lambda x: repeat_copies(x, copies), tree) for tree in (h_base, keys, values)
+    )
     # the decoder's remat_policy per (step, layer) and per step head: what makes the
     # reference's T * (k + 1)-key scores fit at real lengths (none: store them all)
     remat_policy = fd.config.decoder.remat_policy
-    layer_step = checkpointed(functools.partial(dense_layer_step, fd), remat_policy, static_argnums=(5,))
-    head = checkpointed(functools.partial(dense_step_head, fd, spec), remat_policy, static_argnums=(3,))
+    layer_step = checkpointed(
+        functools.partial(dense_layer_step, fd), remat_policy, static_argnums=(5,)
+    )
+    head = checkpointed(
+        functools.partial(dense_step_head, fd, spec), remat_policy, static_argnums=(3,)
+    )
     layers = fd.layer_params(params)
-    step_keys = [[keys[layer]] for layer in range(len(layers))]  # per layer: context, then each step
+    step_keys = [
+        [keys[layer]] for layer in range(len(layers))
+    ]  # per layer: context, then each step
     step_values = [[values[layer]] for layer in range(len(layers))]
     sampled = jnp.zeros((n, t), jnp.int32)
     per_step = []
@@ -508,8 +691,10 @@ def _dense_mask(fd: FunctionalDecoder, spec: ThinkingSpec, params, h_base, keys,
 
 # ---------------------------------------------------------------- entry point
 
-def think(config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Context,
-          copies: int = 1) -> dict[str, Any]:
+
+def think(
+    config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Context, copies: int = 1
+) -> dict[str, Any]:
     """The whole token-parallel forward on rows `tokens` [N, T] (decoder inputs).
 
     `copies` > 1 says the rows come in groups of that many adjacent identical rows (tokens and
@@ -521,7 +706,9 @@ def think(config: QuietStarConfig, spec: ThinkingSpec, params, tokens, ctx: Cont
     `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
     """
     if copies < 1 or tokens.shape[0] % copies:
-        raise ValueError(f"copies must be a positive divisor of the {tokens.shape[0]} rows, got {copies}")
+        raise ValueError(
+            f"copies must be a positive divisor of the {tokens.shape[0]} rows, got {copies}"
+        )
     fd = FunctionalDecoder(config)
     tokens, segment_ids = first_copies(tokens, copies), first_copies(ctx.segment_ids, copies)
     h_base, base_logits, keys, values = context_forward(fd, params, tokens, segment_ids)

@@ -63,9 +63,11 @@ def _pack_or_pad(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) ->
 def _require_task_id(ds: tf.data.Dataset, converter: str) -> None:
     spec = ds.element_spec.get("task_id")
     if spec is None or spec.shape.rank != 0 or not spec.dtype.is_integer:
-        raise ValueError(f"{converter} needs a scalar integer 'task_id' feature in every example "
-                         f"(add one with t5x_rationale.data.tasks.add_task_id); the dataset has "
-                         f"{sorted(ds.element_spec)}")
+        raise ValueError(
+            f"{converter} needs a scalar integer 'task_id' feature in every example "
+            f"(add one with t5x_rationale.data.tasks.add_task_id); the dataset has "
+            f"{sorted(ds.element_spec)}"
+        )
 
 
 class _Converter(seqio.FeatureConverter):
@@ -89,16 +91,21 @@ class EncDecConverter(_Converter):
         "decoder_truncated": FeatureSpec(dtype=tf.int32),
     }
     PACKING_FEATURE_DTYPES = {
-        "encoder_segment_ids": tf.int32, "encoder_positions": tf.int32,
-        "decoder_segment_ids": tf.int32, "decoder_positions": tf.int32,
+        "encoder_segment_ids": tf.int32,
+        "encoder_positions": tf.int32,
+        "decoder_segment_ids": tf.int32,
+        "decoder_positions": tf.int32,
     }
     with_task_ids = False
 
     def _trim(self, ex, lengths):
         inputs, cut_in = _cut(ex["inputs"], lengths["inputs"])
         targets, cut_t = _cut(ex["targets"], lengths["targets"])
-        out = {"inputs": inputs, "targets": targets,
-               "targets_truncated": _flag_first(targets, tf.maximum(cut_in, cut_t))}
+        out = {
+            "inputs": inputs,
+            "targets": targets,
+            "targets_truncated": _flag_first(targets, tf.maximum(cut_in, cut_t)),
+        }
         if self.with_task_ids:
             out["targets_task"] = tf.fill(tf.shape(targets), tf.cast(ex["task_id"], tf.int32))
         return out
@@ -108,8 +115,11 @@ class EncDecConverter(_Converter):
             _require_task_id(ds, type(self).__name__)
         lengths = dict(task_feature_lengths)
         ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)
-        packed = {"inputs": lengths["inputs"], "targets": lengths["targets"],
-                  "targets_truncated": lengths["targets"]}
+        packed = {
+            "inputs": lengths["inputs"],
+            "targets": lengths["targets"],
+            "targets_truncated": lengths["targets"],
+        }
         if self.with_task_ids:
             packed["targets_task"] = lengths["targets"]
         ds = _pack_or_pad(ds, packed, self.pack)
@@ -127,8 +137,12 @@ class EncDecConverter(_Converter):
         if self.with_task_ids:
             out["decoder_task_ids"] = ex["targets_task"]
         if self.pack:
-            out.update(encoder_segment_ids=ex["inputs_segment_ids"], encoder_positions=ex["inputs_positions"],
-                       decoder_segment_ids=segments, decoder_positions=ex["targets_positions"])
+            out.update(
+                encoder_segment_ids=ex["inputs_segment_ids"],
+                encoder_positions=ex["inputs_positions"],
+                decoder_segment_ids=segments,
+                decoder_positions=ex["targets_positions"],
+            )
         return out
 
     def get_model_feature_lengths(self, task_feature_lengths):
@@ -136,15 +150,22 @@ class EncDecConverter(_Converter):
         lengths = {k: n_t for k in self.MODEL_FEATURES}
         lengths["encoder_input_tokens"] = n_in
         if self.pack:
-            lengths.update(encoder_segment_ids=n_in, encoder_positions=n_in,
-                           decoder_segment_ids=n_t, decoder_positions=n_t)
+            lengths.update(
+                encoder_segment_ids=n_in,
+                encoder_positions=n_in,
+                decoder_segment_ids=n_t,
+                decoder_positions=n_t,
+            )
         return lengths
 
 
 class MultiTaskEncDecConverter(EncDecConverter):
     """`EncDecConverter` that keeps each example's `task_id` on its target tokens."""
 
-    MODEL_FEATURES = {**EncDecConverter.MODEL_FEATURES, "decoder_task_ids": FeatureSpec(dtype=tf.int32)}
+    MODEL_FEATURES = {
+        **EncDecConverter.MODEL_FEATURES,
+        "decoder_task_ids": FeatureSpec(dtype=tf.int32),
+    }
     with_task_ids = True
 
 
@@ -168,8 +189,13 @@ class DecoderConverter(_Converter):
     PACKING_FEATURE_DTYPES = {"decoder_segment_ids": tf.int32, "decoder_positions": tf.int32}
     with_task_ids = False
 
-    def __init__(self, pack: bool = True, loss_on_targets_only: bool = True,
-                 bidirectional_prefix: bool = False, inputs: bool = True):
+    def __init__(
+        self,
+        pack: bool = True,
+        loss_on_targets_only: bool = True,
+        bidirectional_prefix: bool = False,
+        inputs: bool = True,
+    ):
         self.TASK_FEATURES = {"targets": FeatureSpec(dtype=tf.int32)}
         if inputs:
             self.TASK_FEATURES["inputs"] = FeatureSpec(dtype=tf.int32)
@@ -192,9 +218,14 @@ class DecoderConverter(_Converter):
         n_in, n_t = tf.size(prompt), tf.size(targets)
         seq = tf.concat([prompt, targets], 0)
         target_weight = tf.ones([n_t], tf.int32)
-        prompt_weight = tf.zeros([n_in], tf.int32) if self.loss_on_targets_only else tf.ones([n_in], tf.int32)
-        out = {"targets": seq, "targets_loss": tf.concat([prompt_weight, target_weight], 0),
-               "targets_truncated": _flag_first(seq, cut)}
+        prompt_weight = (
+            tf.zeros([n_in], tf.int32) if self.loss_on_targets_only else tf.ones([n_in], tf.int32)
+        )
+        out = {
+            "targets": seq,
+            "targets_loss": tf.concat([prompt_weight, target_weight], 0),
+            "targets_truncated": _flag_first(seq, cut),
+        }
         if self.bidirectional_prefix:  # shifted inputs: BOS and every prompt token are prefix
             out["targets_prefix"] = tf.cast(tf.range(n_in + n_t) <= n_in, tf.int32)
         if self.with_task_ids:
@@ -208,7 +239,9 @@ class DecoderConverter(_Converter):
         total = self._total_length(lengths)
         ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)
         names = ["targets", "targets_loss", "targets_truncated"]
-        names += ["targets_prefix"] * self.bidirectional_prefix + ["targets_task"] * self.with_task_ids
+        names += ["targets_prefix"] * self.bidirectional_prefix + [
+            "targets_task"
+        ] * self.with_task_ids
         ds = _pack_or_pad(ds, {k: total for k in names}, self.pack)
         return ds.map(self._model_features, num_parallel_calls=AUTOTUNE)
 
@@ -221,7 +254,9 @@ class DecoderConverter(_Converter):
         out = {
             "decoder_input_tokens": _shift_right(tokens, segments),
             "decoder_target_tokens": tokens,
-            "decoder_loss_weights": tf.cast(ex["targets_loss"] * tf.cast(tokens > 0, tf.int32), tf.float32),
+            "decoder_loss_weights": tf.cast(
+                ex["targets_loss"] * tf.cast(tokens > 0, tf.int32), tf.float32
+            ),
             "decoder_truncated": ex["targets_truncated"],
         }
         if self.bidirectional_prefix:
@@ -259,9 +294,11 @@ class CandidatesConverter(_Converter):
     counted as truncation). Candidates are targets of the encoder-decoder's decoder.
     """
 
-    TASK_FEATURES = {"inputs": FeatureSpec(dtype=tf.int32),
-                     "positives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
-                     "negatives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1)}
+    TASK_FEATURES = {
+        "inputs": FeatureSpec(dtype=tf.int32),
+        "positives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+        "negatives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
+    }
     MODEL_FEATURES = {
         "encoder_input_tokens": FeatureSpec(dtype=tf.int32),
         "candidate_input_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
@@ -274,17 +311,25 @@ class CandidatesConverter(_Converter):
 
     def __init__(self, num_positives: int = 1, num_negatives: int = 1, pack: bool = False):
         if pack:
-            raise ValueError("CandidatesConverter does not pack: every row is one question with its "
-                             "candidate set; use pack=False")
+            raise ValueError(
+                "CandidatesConverter does not pack: every row is one question with its "
+                "candidate set; use pack=False"
+            )
         if num_positives < 0 or num_negatives < 0 or num_positives + num_negatives == 0:
-            raise ValueError(f"need at least one candidate slot, got num_positives={num_positives}, "
-                             f"num_negatives={num_negatives}")
+            raise ValueError(
+                f"need at least one candidate slot, got num_positives={num_positives}, "
+                f"num_negatives={num_negatives}"
+            )
         self.num_positives, self.num_negatives = num_positives, num_negatives
         super().__init__(pack=False)
 
     def _slots(self, candidates, count: int, length: int):
         """Pads/trims a ragged [n, None] candidate set to a dense [count, length] block."""
-        candidates = tf.RaggedTensor.from_tensor(candidates) if isinstance(candidates, tf.Tensor) else candidates
+        candidates = (
+            tf.RaggedTensor.from_tensor(candidates)
+            if isinstance(candidates, tf.Tensor)
+            else candidates
+        )
         n = candidates.nrows(out_type=tf.int32)
         kept = candidates[:count]
         too_long = tf.reduce_any(kept.row_lengths() > length)
@@ -296,7 +341,9 @@ class CandidatesConverter(_Converter):
     def _convert_features(self, ds, task_feature_lengths):
         n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
         if task_feature_lengths["negatives"] != n_c:
-            raise ValueError(f"positives and negatives need the same length, got {dict(task_feature_lengths)}")
+            raise ValueError(
+                f"positives and negatives need the same length, got {dict(task_feature_lengths)}"
+            )
 
         def convert(ex):
             inputs, cut_in = _cut(ex["inputs"], n_in)
@@ -311,8 +358,9 @@ class CandidatesConverter(_Converter):
                 "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
                 "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
                 "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
-                "candidate_truncated": _flag_first(tf.zeros([k], tf.int32), tf.reduce_max(
-                    tf.stack([cut_in, cut_p, cut_n]))),
+                "candidate_truncated": _flag_first(
+                    tf.zeros([k], tf.int32), tf.reduce_max(tf.stack([cut_in, cut_p, cut_n]))
+                ),
             }
 
         return ds.map(convert, num_parallel_calls=AUTOTUNE)
@@ -321,6 +369,10 @@ class CandidatesConverter(_Converter):
         n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
         k = self.num_positives + self.num_negatives
         lengths = {k_: n_c for k_ in self.MODEL_FEATURES}
-        lengths.update(encoder_input_tokens=n_in, candidate_mask=k, candidate_is_positive=k,
-                       candidate_truncated=k)
+        lengths.update(
+            encoder_input_tokens=n_in,
+            candidate_mask=k,
+            candidate_is_positive=k,
+            candidate_truncated=k,
+        )
         return lengths

@@ -42,12 +42,14 @@ def extract_answer(text: str) -> Optional[str]:
     for marker in _MARKERS:
         matches = list(marker.finditer(text))
         if matches:
-            tail = text[matches[-1].end():].strip()
+            tail = text[matches[-1].end() :].strip()
             return (_first_number(tail) or normalize_answer(tail)) if tail else None
     if not text.strip():
         return None
     whole = normalize_answer(text)
-    numbers = [n for n in (parse_number(m.group().rstrip(",")) for m in _NUMBER.finditer(text)) if n]
+    numbers = [
+        n for n in (parse_number(m.group().rstrip(",")) for m in _NUMBER.finditer(text)) if n
+    ]
     if parse_number(whole) is not None or not numbers:
         return whole
     return numbers[-1]

@@ -53,7 +53,9 @@ class StreamSpec:
 
     def __post_init__(self):
         if self.host_sharding not in HOST_SHARDING:
-            raise ValueError(f"host_sharding must be one of {HOST_SHARDING}, got {self.host_sharding!r}")
+            raise ValueError(
+                f"host_sharding must be one of {HOST_SHARDING}, got {self.host_sharding!r}"
+            )
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {self.batch_size}")
 
@@ -68,8 +70,15 @@ class TaskStream(Iterator[dict]):
       process_index, process_count: this host and the host count (for `"source"` sharding).
     """
 
-    def __init__(self, spec: StreamSpec, converter: seqio.FeatureConverter, *, host_rows: slice,
-                 process_index: int = 0, process_count: int = 1):
+    def __init__(
+        self,
+        spec: StreamSpec,
+        converter: seqio.FeatureConverter,
+        *,
+        host_rows: slice,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         _disable_tf_gpus()
         self.spec, self.converter, self.host_rows = spec, converter, host_rows
         self.process_index, self.process_count = process_index, process_count
@@ -78,21 +87,32 @@ class TaskStream(Iterator[dict]):
         self.truncated_examples = 0
         self._iterator = None
         if spec.host_sharding == "source" and spec.batch_size % process_count:
-            raise ValueError(f"batch_size {spec.batch_size} is not divisible by {process_count} hosts")
+            raise ValueError(
+                f"batch_size {spec.batch_size} is not divisible by {process_count} hosts"
+            )
 
     # ------------------------------------------------------------------ building
 
     def _dataset(self) -> tf.data.Dataset:
         spec = self.spec
         source_shard = spec.host_sharding == "source" and self.process_count > 1
-        shard_info = seqio.ShardInfo(self.process_index, self.process_count) if source_shard else None
+        shard_info = (
+            seqio.ShardInfo(self.process_index, self.process_count) if source_shard else None
+        )
         provider = seqio.get_mixture_or_task(spec.mixture_or_task)
         # A mixture keeps only output features unless told: keep the per-task id.
         extra = {"passthrough_features": PASSTHROUGH} if isinstance(provider, seqio.Mixture) else {}
         ds = provider.get_dataset(
-            sequence_length=dict(spec.task_feature_lengths), split=spec.split, shuffle=spec.shuffle,
-            seed=spec.seed, num_epochs=spec.num_epochs, shard_info=shard_info, use_cached=False,
-            trim_output_features=False, **extra)
+            sequence_length=dict(spec.task_feature_lengths),
+            split=spec.split,
+            shuffle=spec.shuffle,
+            seed=spec.seed,
+            num_epochs=spec.num_epochs,
+            shard_info=shard_info,
+            use_cached=False,
+            trim_output_features=False,
+            **extra,
+        )
         ds = self.converter(ds, dict(spec.task_feature_lengths))
         rows = spec.batch_size // self.process_count if source_shard else spec.batch_size
         ds = ds.batch(rows, drop_remainder=spec.num_epochs is None)
@@ -130,24 +150,39 @@ class TaskStream(Iterator[dict]):
 
     def stats(self) -> dict[str, float]:
         """Cumulative counts since the stream was created (this host's view of the stream)."""
-        return {"data/examples": float(self.examples), "data/truncated_examples": float(self.truncated_examples)}
+        return {
+            "data/examples": float(self.examples),
+            "data/truncated_examples": float(self.truncated_examples),
+        }
 
     # ------------------------------------------------------------------ state
 
     def get_state(self) -> dict:
-        return {"position": self.position, "seed": self.spec.seed, "task": self.spec.mixture_or_task,
-                "split": self.spec.split, "process_count": self.process_count,
-                "host_sharding": self.spec.host_sharding}
+        return {
+            "position": self.position,
+            "seed": self.spec.seed,
+            "task": self.spec.mixture_or_task,
+            "split": self.spec.split,
+            "process_count": self.process_count,
+            "host_sharding": self.spec.host_sharding,
+        }
 
     def set_state(self, state: dict) -> None:
         """Continues at `state['position']`; refuses a state from a different stream."""
         mine = self.get_state()
         for key in ("seed", "task", "split", "host_sharding"):
             if key in state and state[key] != mine[key]:
-                raise ValueError(f"checkpointed data stream has {key}={state[key]!r}, this run reads "
-                                 f"{key}={mine[key]!r}; refusing to resume a different stream")
-        if self.spec.host_sharding == "source" and state.get("process_count", self.process_count) != self.process_count:
-            raise ValueError(f"checkpoint was written by {state['process_count']} hosts reading source shards; "
-                             f"this run has {self.process_count} (use host_sharding='rows' to change host count)")
+                raise ValueError(
+                    f"checkpointed data stream has {key}={state[key]!r}, this run reads "
+                    f"{key}={mine[key]!r}; refusing to resume a different stream"
+                )
+        if (
+            self.spec.host_sharding == "source"
+            and state.get("process_count", self.process_count) != self.process_count
+        ):
+            raise ValueError(
+                f"checkpoint was written by {state['process_count']} hosts reading source shards; "
+                f"this run has {self.process_count} (use host_sharding='rows' to change host count)"
+            )
         self.position = int(state["position"])
         self._iterator = None

@@ -23,7 +23,11 @@ import seqio
 import tensorflow as tf
 
 from t5x_rationale.data import sources, synthetic
-from t5x_rationale.data.tasks import RationaleTaskNames, register_rationale_tasks, register_text_task
+from t5x_rationale.data.tasks import (
+    RationaleTaskNames,
+    register_rationale_tasks,
+    register_text_task,
+)
 
 SYNTHETIC = "synthetic_arith"
 SYNTHETIC_EASY = "synthetic_arith_easy"  # difficulty level 1: two operations, numbers up to 12
@@ -36,7 +40,9 @@ SPLITS = ("train", "validation", "test")
 
 @functools.lru_cache(maxsize=None)
 def _synthetic_rows(split: str, num_examples: int, seed: int, difficulty) -> tuple[dict, ...]:
-    return tuple(synthetic.generate_split(split, num_examples=num_examples, seed=seed, difficulty=difficulty))
+    return tuple(
+        synthetic.generate_split(split, num_examples=num_examples, seed=seed, difficulty=difficulty)
+    )
 
 
 def _text_dataset(rows) -> tf.data.Dataset:
@@ -44,9 +50,13 @@ def _text_dataset(rows) -> tf.data.Dataset:
     return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, tf.string)})
 
 
-def synthetic_source(*, sizes: Optional[dict] = None, seed: int = synthetic.DEFAULT_SEED,
-                     difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
-                     text: bool = False) -> seqio.DataSource:
+def synthetic_source(
+    *,
+    sizes: Optional[dict] = None,
+    seed: int = synthetic.DEFAULT_SEED,
+    difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
+    text: bool = False,
+) -> seqio.DataSource:
     """The generated corpus as a seqio source (rationale rows, or `{"text"}` rows if `text`)."""
     sizes = dict(sizes or synthetic.DEFAULT_SIZES)
 
@@ -54,15 +64,22 @@ def synthetic_source(*, sizes: Optional[dict] = None, seed: int = synthetic.DEFA
 
     def dataset_fn(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
         del shuffle_files, seed  # one in-memory "file"; seqio shuffles examples
-        rows = _synthetic_rows(split, sizes[split], corpus_seed, synthetic.as_difficulty(difficulty))
+        rows = _synthetic_rows(
+            split, sizes[split], corpus_seed, synthetic.as_difficulty(difficulty)
+        )
         return _text_dataset(rows) if text else sources.rows_to_dataset(rows)
 
     return seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=sizes)
 
 
-def register_synthetic(name: str = SYNTHETIC, *, sizes: Optional[dict] = None, seed: int = synthetic.DEFAULT_SEED,
-                       difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
-                       overwrite: bool = False) -> RationaleTaskNames:
+def register_synthetic(
+    name: str = SYNTHETIC,
+    *,
+    sizes: Optional[dict] = None,
+    seed: int = synthetic.DEFAULT_SEED,
+    difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
+    overwrite: bool = False,
+) -> RationaleTaskNames:
     """Registers a generated corpus (rationale tasks and `{name}_text`)."""
     kwargs = dict(sizes=sizes, seed=seed, difficulty=difficulty)
     names = register_rationale_tasks(name, synthetic_source(**kwargs), overwrite=overwrite)
@@ -70,14 +87,17 @@ def register_synthetic(name: str = SYNTHETIC, *, sizes: Optional[dict] = None, s
     return names
 
 
-def register_gsm8k(data_dir: str, name: str = "gsm8k", *, keep_annotations: bool = False,
-                   overwrite: bool = True) -> RationaleTaskNames:
+def register_gsm8k(
+    data_dir: str, name: str = "gsm8k", *, keep_annotations: bool = False, overwrite: bool = True
+) -> RationaleTaskNames:
     """Registers a local GSM8K copy (`train.jsonl`, `test.jsonl`) as `{name}_*` tasks."""
     splits = {s: os.path.join(data_dir, f"{s}.jsonl") for s in ("train", "test")}
     for path in splits.values():
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"GSM8K split file {path} does not exist (expected train.jsonl and "
-                                    f"test.jsonl in {data_dir})")
+            raise FileNotFoundError(
+                f"GSM8K split file {path} does not exist (expected train.jsonl and "
+                f"test.jsonl in {data_dir})"
+            )
     source = sources.rationale_source(splits, reader="gsm8k", keep_annotations=keep_annotations)
     return register_rationale_tasks(name, source, overwrite=overwrite)
 
@@ -90,13 +110,22 @@ def gsm8k_task_name(kind: str, *, data_dir: str, name: str = "gsm8k") -> str:
     user module. `kind` is a field of `RationaleTaskNames` (`label`, `step_by_step`, `cot`, ...).
     """
     if kind not in RationaleTaskNames.__dataclass_fields__:
-        raise ValueError(f"unknown GSM8K task kind {kind!r}; expected one of "
-                         f"{sorted(RationaleTaskNames.__dataclass_fields__)}")
+        raise ValueError(
+            f"unknown GSM8K task kind {kind!r}; expected one of "
+            f"{sorted(RationaleTaskNames.__dataclass_fields__)}"
+        )
     return getattr(register_gsm8k(data_dir, name), kind)
 
 
-def register_jsonl(name: str, *, train: str, validation: Optional[str] = None, test: Optional[str] = None,
-                   skip_invalid: bool = False, overwrite: bool = True) -> RationaleTaskNames:
+def register_jsonl(
+    name: str,
+    *,
+    train: str,
+    validation: Optional[str] = None,
+    test: Optional[str] = None,
+    skip_invalid: bool = False,
+    overwrite: bool = True,
+) -> RationaleTaskNames:
     """Registers teacher-rationale JSONL files (paths or globs) as `{name}_*` tasks."""
     splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
     source = sources.rationale_source(splits, reader="jsonl", skip_invalid=skip_invalid)

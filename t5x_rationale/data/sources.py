@@ -163,9 +163,7 @@ class ReadStats:
 
 # ----------------------------------------------------------------------------- numbers
 
-_NUMBER_RE = re.compile(
-    r"(?P<sign>[+-]?)\$?(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?P<frac>\.\d*)?"
-)
+_NUMBER_RE = re.compile(r"(?P<sign>[+-]?)\$?(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?P<frac>\.\d*)?")
 
 
 def parse_number(text: str) -> str | None:
@@ -264,7 +262,10 @@ def _report_skipped(
         )
     log.warning(
         "%s: skipped %d of %d rows as invalid; first: %s",
-        path, len(skipped), num_lines, first,
+        path,
+        len(skipped),
+        num_lines,
+        first,
     )
 
 
@@ -394,9 +395,7 @@ def _gsm8k_rationale(text: str, *, keep_annotations: bool) -> str:
     return "\n".join(step for step in steps if step)
 
 
-def _parse_gsm8k_row(
-    obj: dict[str, Any], row_id: str, *, keep_annotations: bool
-) -> dict[str, Any]:
+def _parse_gsm8k_row(obj: dict[str, Any], row_id: str, *, keep_annotations: bool) -> dict[str, Any]:
     """Convert one GSM8K object into a teacher-schema row."""
     question = _string(obj, "question", non_empty=True)
     answer = _string(obj, "answer", non_empty=True)

@@ -57,12 +57,16 @@ class Formats:
 
 def add_task_id(ds: tf.data.Dataset, task_id: int) -> tf.data.Dataset:
     """Adds the scalar `task_id` feature the multi-task converters need."""
-    return ds.map(lambda ex: {**ex, "task_id": tf.constant(task_id, tf.int32)}, num_parallel_calls=AUTOTUNE)
+    return ds.map(
+        lambda ex: {**ex, "task_id": tf.constant(task_id, tf.int32)}, num_parallel_calls=AUTOTUNE
+    )
 
 
 def _label_rows(ds, prefix: str):
-    return ds.map(lambda ex: {"id": ex["id"], "inputs": prefix + ex["input"], "targets": ex["label"]},
-                  num_parallel_calls=AUTOTUNE)
+    return ds.map(
+        lambda ex: {"id": ex["id"], "inputs": prefix + ex["input"], "targets": ex["label"]},
+        num_parallel_calls=AUTOTUNE,
+    )
 
 
 def _one_row_per_rationale(ds, build_inputs, build_targets, all_rationales: bool):
@@ -71,37 +75,59 @@ def _one_row_per_rationale(ds, build_inputs, build_targets, all_rationales: bool
     def rows(ex):
         rationales = ex["rationales"] if all_rationales else ex["rationales"][:1]
         n = tf.shape(rationales)[0]
-        return tf.data.Dataset.from_tensor_slices({
-            "id": tf.fill([n], ex["id"]),
-            "inputs": tf.fill([n], build_inputs(ex)),
-            "targets": build_targets(ex, rationales),
-        })
+        return tf.data.Dataset.from_tensor_slices(
+            {
+                "id": tf.fill([n], ex["id"]),
+                "inputs": tf.fill([n], build_inputs(ex)),
+                "targets": build_targets(ex, rationales),
+            }
+        )
 
     return ds.flat_map(rows)
 
 
 def _contrastive_rows(ds):
-    return ds.map(lambda ex: {"id": ex["id"], "inputs": ex["input"], "positives": ex["rationales"],
-                              "negatives": ex["negatives"]}, num_parallel_calls=AUTOTUNE)
+    return ds.map(
+        lambda ex: {
+            "id": ex["id"],
+            "inputs": ex["input"],
+            "positives": ex["rationales"],
+            "negatives": ex["negatives"],
+        },
+        num_parallel_calls=AUTOTUNE,
+    )
 
 
 def _features(vocabulary, names: tuple[str, ...], rank: int = 1) -> dict[str, seqio.Feature]:
     return {n: seqio.Feature(vocabulary, add_eos=True, rank=rank) for n in names}
 
 
-def _register(name: str, source, preprocessor, output_features, postprocess_fn, metric_fns, overwrite):
+def _register(
+    name: str, source, preprocessor, output_features, postprocess_fn, metric_fns, overwrite
+):
     if overwrite:
         seqio.TaskRegistry.remove(name)
     return seqio.TaskRegistry.add(
-        name, source=source, output_features=output_features,
+        name,
+        source=source,
+        output_features=output_features,
         preprocessors=[preprocessor, seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-        postprocess_fn=postprocess_fn, metric_fns=metric_fns)
+        postprocess_fn=postprocess_fn,
+        metric_fns=metric_fns,
+    )
 
 
-def register_rationale_tasks(name: str, source: seqio.DataSource, *,
-                             vocabulary: Optional[seqio.Vocabulary] = None, formats: Formats = Formats(),
-                             all_rationales_for_cot: bool = True, label_rate: float = 1.0,
-                             rationale_rate: float = 1.0, overwrite: bool = False) -> RationaleTaskNames:
+def register_rationale_tasks(
+    name: str,
+    source: seqio.DataSource,
+    *,
+    vocabulary: Optional[seqio.Vocabulary] = None,
+    formats: Formats = Formats(),
+    all_rationales_for_cot: bool = True,
+    label_rate: float = 1.0,
+    rationale_rate: float = 1.0,
+    overwrite: bool = False,
+) -> RationaleTaskNames:
     """Registers the label, rationale, step-by-step, CoT and contrastive tasks of one dataset.
 
     Args:
@@ -114,36 +140,73 @@ def register_rationale_tasks(name: str, source: seqio.DataSource, *,
       overwrite: replace tasks already registered under these names.
     """
     vocabulary = vocabulary or get_vocabulary()
-    names = RationaleTaskNames(*(f"{name}_{kind}" for kind in (
-        "label", "rationale", "step_by_step", "cot", "cot_decoder", "contrastive")))
+    names = RationaleTaskNames(
+        *(
+            f"{name}_{kind}"
+            for kind in ("label", "rationale", "step_by_step", "cot", "cot_decoder", "contrastive")
+        )
+    )
     text = _features(vocabulary, ("inputs", "targets"))
     label_fn = lambda ds: add_task_id(_label_rows(ds, formats.predict_prefix), TASK_IDS["label"])  # noqa: E731
-    _register(names.label, source, label_fn, text, metrics.answer_postprocessor, [metrics.answer_accuracy,
-              metrics.exact_match], overwrite)
-    rationale_fn = lambda ds: add_task_id(_one_row_per_rationale(  # noqa: E731
-        ds, lambda ex: formats.explain_prefix + ex["input"], lambda ex, r: r, all_rationales=False),
-        TASK_IDS["rationale"])
+    _register(
+        names.label,
+        source,
+        label_fn,
+        text,
+        metrics.answer_postprocessor,
+        [metrics.answer_accuracy, metrics.exact_match],
+        overwrite,
+    )
+    rationale_fn = lambda ds: add_task_id(
+        _one_row_per_rationale(  # noqa: E731
+            ds,
+            lambda ex: formats.explain_prefix + ex["input"],
+            lambda ex, r: r,
+            all_rationales=False,
+        ),
+        TASK_IDS["rationale"],
+    )
     _register(names.rationale, source, rationale_fn, text, None, [metrics.exact_match], overwrite)
     if overwrite:
         seqio.MixtureRegistry.remove(names.step_by_step)
-    seqio.MixtureRegistry.add(names.step_by_step, [(names.label, label_rate), (names.rationale, rationale_rate)])
+    seqio.MixtureRegistry.add(
+        names.step_by_step, [(names.label, label_rate), (names.rationale, rationale_rate)]
+    )
 
     def cot_targets(ex, rationales):
         return rationales + formats.cot_separator + ex["label"]
 
-    for task_name, prompt in ((names.cot, lambda ex: ex["input"]),
-                              (names.cot_decoder, lambda ex: ex["input"] + formats.decoder_prompt_suffix)):
-        cot_fn = (lambda p: lambda ds: _one_row_per_rationale(ds, p, cot_targets, all_rationales_for_cot))(prompt)
-        _register(task_name, source, cot_fn, text, metrics.answer_postprocessor,
-                  [metrics.answer_accuracy], overwrite)
-    contrastive = {"inputs": seqio.Feature(vocabulary, add_eos=True),
-                   **_features(vocabulary, ("positives", "negatives"), rank=2)}
+    for task_name, prompt in (
+        (names.cot, lambda ex: ex["input"]),
+        (names.cot_decoder, lambda ex: ex["input"] + formats.decoder_prompt_suffix),
+    ):
+        cot_fn = (
+            lambda p: lambda ds: _one_row_per_rationale(ds, p, cot_targets, all_rationales_for_cot)
+        )(prompt)
+        _register(
+            task_name,
+            source,
+            cot_fn,
+            text,
+            metrics.answer_postprocessor,
+            [metrics.answer_accuracy],
+            overwrite,
+        )
+    contrastive = {
+        "inputs": seqio.Feature(vocabulary, add_eos=True),
+        **_features(vocabulary, ("positives", "negatives"), rank=2),
+    }
     _register(names.contrastive, source, _contrastive_rows, contrastive, None, [], overwrite)
     return names
 
 
-def register_text_task(name: str, source: seqio.DataSource, *, vocabulary: Optional[seqio.Vocabulary] = None,
-                       overwrite: bool = False) -> str:
+def register_text_task(
+    name: str,
+    source: seqio.DataSource,
+    *,
+    vocabulary: Optional[seqio.Vocabulary] = None,
+    overwrite: bool = False,
+) -> str:
     """A plain LM task over a source of `{"text": ...}` rows (e.g. `sources.text_line_source`)."""
     vocabulary = vocabulary or get_vocabulary()
     to_targets = lambda ds: ds.map(lambda ex: {"targets": ex["text"]}, num_parallel_calls=AUTOTUNE)  # noqa: E731

@@ -15,7 +15,8 @@ from typing import Optional
 import seqio
 
 DEFAULT_SPM_PATH = os.path.abspath(
-    os.path.join(os.path.dirname(__file__), "..", "..", "tokenizers", "rationale_sp.model"))
+    os.path.join(os.path.dirname(__file__), "..", "..", "tokenizers", "rationale_sp.model")
+)
 THOUGHT_START = "<thought>"
 THOUGHT_END = "</thought>"
 COT_SEPARATOR = "-->"
@@ -41,10 +42,15 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.Sent
     """
     path = os.fspath(path) if path is not None else DEFAULT_SPM_PATH
     if not _exists(path):
-        hint = (" (the shipped model; rebuild it with `python tokenizers/train_tokenizer.py`)"
-                if os.path.abspath(path) == DEFAULT_SPM_PATH else "")
-        raise FileNotFoundError(f"SentencePiece model file {path} does not exist: expected a "
-                                f".model file written by the SentencePiece trainer{hint}")
+        hint = (
+            " (the shipped model; rebuild it with `python tokenizers/train_tokenizer.py`)"
+            if os.path.abspath(path) == DEFAULT_SPM_PATH
+            else ""
+        )
+        raise FileNotFoundError(
+            f"SentencePiece model file {path} does not exist: expected a "
+            f".model file written by the SentencePiece trainer{hint}"
+        )
     return _load_checked(path, extra_ids)
 
 
@@ -55,18 +61,24 @@ def _load_checked(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
     model = vocabulary.tokenizer
     found = {"pad": model.pad_id(), "eos": model.eos_id(), "unk": model.unk_id()}
     if found != REQUIRED_IDS:
-        raise ValueError(f"SentencePiece model {path} has ids {found}; the tasks need {REQUIRED_IDS} "
-                         f"(train it with pad_id=0, eos_id=1, unk_id=2)")
+        raise ValueError(
+            f"SentencePiece model {path} has ids {found}; the tasks need {REQUIRED_IDS} "
+            f"(train it with pad_id=0, eos_id=1, unk_id=2)"
+        )
     return vocabulary
 
 
 def piece_id(vocabulary, piece: str) -> int:
     """The id of a piece that must be a single token of the vocabulary (ValueError if it is not)."""
-    model = getattr(vocabulary, "tokenizer", vocabulary)  # a seqio vocabulary or a SentencePieceProcessor
+    model = getattr(
+        vocabulary, "tokenizer", vocabulary
+    )  # a seqio vocabulary or a SentencePieceProcessor
     index = model.piece_to_id(piece)
     if model.id_to_piece(index) != piece:  # unknown pieces map to unk
-        raise ValueError(f"the vocabulary has no piece {piece!r}; use a SentencePiece model trained with it "
-                         f"as a user-defined symbol, such as the shipped one ({DEFAULT_SPM_PATH})")
+        raise ValueError(
+            f"the vocabulary has no piece {piece!r}; use a SentencePiece model trained with it "
+            f"as a user-defined symbol, such as the shipped one ({DEFAULT_SPM_PATH})"
+        )
     return index
 
 

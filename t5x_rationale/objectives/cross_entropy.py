@@ -6,8 +6,9 @@ import jax
 import jax.numpy as jnp
 
 
-def token_cross_entropy(logits: jax.Array, targets: jax.Array, *, z_loss: float = 0.0,
-                        label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+def token_cross_entropy(
+    logits: jax.Array, targets: jax.Array, *, z_loss: float = 0.0, label_smoothing: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
     """Per-token cross-entropy (plus z-loss) without materialising one-hot targets.
 
     Label smoothing puts `1 - label_smoothing` on the target and spreads the rest evenly over
@@ -28,7 +29,9 @@ def token_cross_entropy(logits: jax.Array, targets: jax.Array, *, z_loss: float 
     logits = logits.astype(jnp.float32)
     vocab = logits.shape[-1]
     log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    target_logit = jnp.take_along_axis(logits, targets[..., None].astype(jnp.int32), axis=-1)[
+        ..., 0
+    ]
     if label_smoothing > 0.0:
         confidence = 1.0 - label_smoothing
         low = label_smoothing / (vocab - 1)

@@ -14,17 +14,32 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures import model_inputs
-from t5x_rationale.objectives.cross_entropy import token_accuracy, token_cross_entropy, weighted_mean
+from t5x_rationale.objectives.cross_entropy import (
+    token_accuracy,
+    token_cross_entropy,
+    weighted_mean,
+)
 
 
-def forward_logits(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array]) -> jax.Array:
+def forward_logits(
+    model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array]
+) -> jax.Array:
     """Teacher-forced float32 logits; dropout is on exactly when an rng is given."""
     rngs = {} if rng is None else {"dropout": rng}
-    return model.apply({"params": params}, **model_inputs(batch), deterministic=rng is None, rngs=rngs)
+    return model.apply(
+        {"params": params}, **model_inputs(batch), deterministic=rng is None, rngs=rngs
+    )
 
 
-def token_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array], *,
-               z_loss: float = 1e-4, label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+def token_loss(
+    model: nn.Module,
+    params: Any,
+    batch: dict,
+    rng: Optional[jax.Array],
+    *,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+) -> tuple[jax.Array, dict]:
     """Mean cross-entropy over target tokens weighted by `decoder_loss_weights`.
 
     Works for both architectures: the batch decides (encoder inputs present or not).
@@ -34,7 +49,9 @@ def token_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Arr
     weights = batch.get("decoder_loss_weights")
     if weights is None:
         weights = (targets > 0).astype(jnp.float32)
-    per_token, z_term = token_cross_entropy(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+    per_token, z_term = token_cross_entropy(
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
+    )
     loss, denominator = weighted_mean(per_token, weights)
     correct = token_accuracy(logits, targets)
     metrics = {

@@ -26,14 +26,23 @@ import jax.numpy as jnp
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.architectures.token_parallel import (
-    Context, ThinkingSpec, _shift, first_copies, repeat_copies, think, token_logp)
+    Context,
+    ThinkingSpec,
+    _shift,
+    first_copies,
+    repeat_copies,
+    think,
+    token_logp,
+)
 from t5x_rationale.objectives.cross_entropy import weighted_mean
 
 
 def repeat_rows(batch: dict, copies: int) -> dict:
     """Each row `copies` times, copies adjacent (row r -> rows r*P .. r*P + P - 1)."""
-    return {k: constrain(jnp.repeat(v, copies, axis=0), ("batch",) + (None,) * (v.ndim - 1))
-            for k, v in batch.items()}
+    return {
+        k: constrain(jnp.repeat(v, copies, axis=0), ("batch",) + (None,) * (v.ndim - 1))
+        for k, v in batch.items()
+    }
 
 
 def talk_validity(valid: jax.Array, segment_ids: Optional[jax.Array], num_talk: int) -> jax.Array:
@@ -55,33 +64,70 @@ def advantages(rewards: jax.Array, copies: int, clip: bool) -> jax.Array:
     return jnp.maximum(a, 0.0) if clip else a
 
 
-def quiet_star_terms(config: QuietStarConfig, spec: ThinkingSpec, params: Any, batch: dict, rng: jax.Array, *,
-                     num_thoughts: int, clip_advantage: bool, forced_thoughts: Optional[jax.Array] = None) -> dict:
+def quiet_star_terms(
+    config: QuietStarConfig,
+    spec: ThinkingSpec,
+    params: Any,
+    batch: dict,
+    rng: jax.Array,
+    *,
+    num_thoughts: int,
+    clip_advantage: bool,
+    forced_thoughts: Optional[jax.Array] = None,
+) -> dict:
     """Every per-position quantity of the objective on the P-times repeated batch."""
     rows = repeat_rows(batch, num_thoughts)
     targets = rows["decoder_target_tokens"]
     weights = rows.get("decoder_loss_weights")
     valid = (targets > 0) if weights is None else (weights > 0)
     segments = rows.get("decoder_segment_ids")
-    ctx = Context(targets=targets, valid=valid, segment_ids=segments, rng=rng, forced_thoughts=forced_thoughts)
+    ctx = Context(
+        targets=targets, valid=valid, segment_ids=segments, rng=rng, forced_thoughts=forced_thoughts
+    )
     out = think(config, spec, params, rows["decoder_input_tokens"], ctx, copies=num_thoughts)
-    base_logp = repeat_copies(token_logp(out["base_logits"], first_copies(targets, num_thoughts)), num_thoughts)
-    talk_logp = out["true_logp"][-spec.num_talk:]  # steps n_a - 1 .. F - 1
+    base_logp = repeat_copies(
+        token_logp(out["base_logits"], first_copies(targets, num_thoughts)), num_thoughts
+    )
+    talk_logp = out["true_logp"][-spec.num_talk :]  # steps n_a - 1 .. F - 1
     talk_valid = talk_validity(valid, segments, spec.num_talk)
     base_at = jnp.stack([_shift(jax.lax.stop_gradient(base_logp), s) for s in range(spec.num_talk)])
-    rewards = jax.lax.stop_gradient(jnp.sum(jnp.where(talk_valid, talk_logp - base_at, 0.0), axis=0))
+    rewards = jax.lax.stop_gradient(
+        jnp.sum(jnp.where(talk_valid, talk_logp - base_at, 0.0), axis=0)
+    )
     adv = jax.lax.stop_gradient(advantages(rewards, num_thoughts, clip_advantage))
-    thought_logp = jnp.sum(out["policy_logp"][:spec.num_thought_tokens], axis=0)  # steps 1 .. n_a - 3
-    return dict(out, base_logp=base_logp, talk_logp=talk_logp, valid=valid, talk_valid=talk_valid,
-                rewards=rewards, advantages=adv, thought_logp=thought_logp, targets=targets)
+    thought_logp = jnp.sum(
+        out["policy_logp"][: spec.num_thought_tokens], axis=0
+    )  # steps 1 .. n_a - 3
+    return dict(
+        out,
+        base_logp=base_logp,
+        talk_logp=talk_logp,
+        valid=valid,
+        talk_valid=talk_valid,
+        rewards=rewards,
+        advantages=adv,
+        thought_logp=thought_logp,
+        targets=targets,
+    )
 
 
-def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array], *,
-                    num_ahead: int = 12, num_talk: int = 4, num_thoughts: int = 2,
-                    sample_temperature: float = 1.0, score_temperature: float = 3.0, beta: float = 1e6,
-                    clip_advantage: bool = True, base_weight: float = 0.5,
-                    implementation: str = "streams",
-                    record: Sequence[str] = ThinkingSpec.record) -> tuple[jax.Array, dict]:
+def quiet_star_loss(
+    model: nn.Module,
+    params: Any,
+    batch: dict,
+    rng: Optional[jax.Array],
+    *,
+    num_ahead: int = 12,
+    num_talk: int = 4,
+    num_thoughts: int = 2,
+    sample_temperature: float = 1.0,
+    score_temperature: float = 3.0,
+    beta: float = 1e6,
+    clip_advantage: bool = True,
+    base_weight: float = 0.5,
+    implementation: str = "streams",
+    record: Sequence[str] = ThinkingSpec.record,
+) -> tuple[jax.Array, dict]:
     """The Quiet-STaR loss for a `QuietStarLM` (defaults: the reference settings).
 
     Args:
@@ -100,15 +146,24 @@ def quiet_star_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[ja
     """
     config = model.config
     if not isinstance(config, QuietStarConfig):
-        raise TypeError(f"quiet_star_loss needs a QuietStarLM (model_config = @quiet_star_config()), got a model "
-                        f"with {type(config).__name__}")
+        raise TypeError(
+            f"quiet_star_loss needs a QuietStarLM (model_config = @quiet_star_config()), got a model "
+            f"with {type(config).__name__}"
+        )
     if num_thoughts < 1:
         raise ValueError(f"num_thoughts must be >= 1, got {num_thoughts}")
-    spec = ThinkingSpec(num_ahead, num_talk, sample_temperature, score_temperature, implementation,
-                        record=tuple(record))
+    spec = ThinkingSpec(
+        num_ahead,
+        num_talk,
+        sample_temperature,
+        score_temperature,
+        implementation,
+        record=tuple(record),
+    )
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    terms = quiet_star_terms(config, spec, params, batch, rng, num_thoughts=num_thoughts,
-                             clip_advantage=clip_advantage)
+    terms = quiet_star_terms(
+        config, spec, params, batch, rng, num_thoughts=num_thoughts, clip_advantage=clip_advantage
+    )
     return combine_terms(terms, beta=beta, base_weight=base_weight)
 
 
@@ -116,17 +171,27 @@ def combine_terms(terms: dict, *, beta: float, base_weight: float) -> tuple[jax.
     """(loss, metrics) from `quiet_star_terms`."""
     valid = terms["valid"].astype(jnp.float32)
     base_ce, denominator = weighted_mean(-terms["base_logp"], valid)
-    talk_ce = jnp.mean(jnp.stack([weighted_mean(-lp, v)[0] for lp, v in zip(terms["talk_logp"], terms["talk_valid"])]))
+    talk_ce = jnp.mean(
+        jnp.stack(
+            [weighted_mean(-lp, v)[0] for lp, v in zip(terms["talk_logp"], terms["talk_valid"])]
+        )
+    )
     nll = base_weight * base_ce + (1 - base_weight) * talk_ce
     policy = -weighted_mean(terms["advantages"] * terms["thought_logp"], valid)[0]
     loss = nll + beta * policy
     first_talk = terms["talk_valid"][0].astype(jnp.float32)
     metrics = {
-        "loss": loss, "nll": nll, "policy_loss": policy, "base_ce": base_ce, "talk_ce": talk_ce,
+        "loss": loss,
+        "nll": nll,
+        "policy_loss": policy,
+        "base_ce": base_ce,
+        "talk_ce": talk_ce,
         "mixed_ce_next": weighted_mean(-terms["talk_logp"][0], first_talk)[0],
         "reward": weighted_mean(terms["rewards"], valid)[0],
         "advantage": weighted_mean(terms["advantages"], valid)[0],
-        "mixing_weight": weighted_mean(terms["mixing_weight"][-terms["talk_logp"].shape[0]], first_talk)[0],
+        "mixing_weight": weighted_mean(
+            terms["mixing_weight"][-terms["talk_logp"].shape[0]], first_talk
+        )[0],
         "denominator": denominator,
     }
     return loss, metrics

@@ -20,27 +20,45 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t5x_rationale.objectives.cross_entropy import token_accuracy, token_cross_entropy, weighted_mean
+from t5x_rationale.objectives.cross_entropy import (
+    token_accuracy,
+    token_cross_entropy,
+    weighted_mean,
+)
 from t5x_rationale.objectives.lm import forward_logits
 
 LABEL_TASK_ID = 1
 RATIONALE_TASK_ID = 2
 
 
-def step_by_step_loss(model: nn.Module, params: Any, batch: dict, rng: Optional[jax.Array], *,
-                      alpha: float = 0.5, z_loss: float = 1e-4, label_smoothing: float = 0.0,
-                      label_task_id: int = LABEL_TASK_ID,
-                      rationale_task_id: int = RATIONALE_TASK_ID) -> tuple[jax.Array, dict]:
+def step_by_step_loss(
+    model: nn.Module,
+    params: Any,
+    batch: dict,
+    rng: Optional[jax.Array],
+    *,
+    alpha: float = 0.5,
+    z_loss: float = 1e-4,
+    label_smoothing: float = 0.0,
+    label_task_id: int = LABEL_TASK_ID,
+    rationale_task_id: int = RATIONALE_TASK_ID,
+) -> tuple[jax.Array, dict]:
     """alpha-mixed per-task token-mean cross-entropy; needs `decoder_task_ids` in the batch."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if "decoder_task_ids" not in batch:
-        raise KeyError("step_by_step_loss needs batch['decoder_task_ids'] (use a MultiTask*Converter "
-                       f"on a step-by-step mixture); got {sorted(batch)}")
+        raise KeyError(
+            "step_by_step_loss needs batch['decoder_task_ids'] (use a MultiTask*Converter "
+            f"on a step-by-step mixture); got {sorted(batch)}"
+        )
     logits = forward_logits(model, params, batch, rng)
     targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32)).astype(jnp.float32)
-    per_token, z_term = token_cross_entropy(logits, targets, z_loss=z_loss, label_smoothing=label_smoothing)
+    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32)).astype(
+        jnp.float32
+    )
+    per_token, z_term = token_cross_entropy(
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
+    )
     correct = token_accuracy(logits, targets)
     task_ids = batch["decoder_task_ids"]
     label_w = weights * (task_ids == label_task_id)
