@@ -33,16 +33,17 @@ import jax
 
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import RECORDABLE, FunctionalDecoder, ThinkingSpec
-from t5x_rationale.dense_mask_parts import dense_mask_parts
-from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
-from t5x_rationale.host_memory import huge_pages_enabled, reexec_with_huge_pages
+from t5x_rationale.benchmarks.dense_mask_parts import dense_mask_parts
+from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.random_batches import RandomBatches
-from t5x_rationale.trainer import Trainer
+from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
+from t5x_rationale.quiet_star.spec import RECORDABLE, ThinkingSpec
+from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.runtime.host_memory import huge_pages_enabled, reexec_with_huge_pages
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import Trainer
 
 OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss, "quiet_star": quiet_star_loss}
 

@@ -17,12 +17,12 @@ import jax
 import seqio
 
 from t5x_rationale import run_setup
-from t5x_rationale.decoding import DecodeConfig
-from t5x_rationale.host_memory import reexec_with_huge_pages
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.prediction import Predictor, load_examples, score_task, text_of
-from t5x_rationale.run_files import write_text_atomic
-from t5x_rationale.thought_generation import ThoughtDecodeConfig
+from t5x_rationale.inference.decoding import DecodeConfig
+from t5x_rationale.inference.prediction import Predictor, load_examples, score_task, text_of
+from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
+from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.run_files import write_text_atomic
 
 
 def _tasks_with_metrics(name: str) -> list[seqio.Task]:

@@ -28,11 +28,11 @@ import numpy as np
 
 from t5x_rationale import run_setup
 from t5x_rationale.data import sources, synthetic
-from t5x_rationale.host_memory import reexec_with_huge_pages
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.prediction import load_examples
-from t5x_rationale.run_files import write_text_atomic
-from t5x_rationale.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.inference.prediction import load_examples
+from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.run_files import write_text_atomic
 
 
 def perplexity_by_difficulty(base_nll: np.ndarray, mixed_nll: np.ndarray, num_bins: int) -> dict:

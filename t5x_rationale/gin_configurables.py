@@ -19,12 +19,12 @@ from t5x_rationale import inspect_thoughts as inspect_thoughts_module
 from t5x_rationale import train as train_module
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters, registry
-from t5x_rationale.decoding import DecodeConfig
+from t5x_rationale.inference.decoding import DecodeConfig
+from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
-from t5x_rationale.optimizers import OptimizerConfig
-from t5x_rationale.partitioning import MeshConfig
-from t5x_rationale.thought_generation import ThoughtDecodeConfig
+from t5x_rationale.runtime.optimizers import OptimizerConfig
+from t5x_rationale.runtime.partitioning import MeshConfig
 
 
 @gin.configurable

@@ -23,10 +23,10 @@ import jax
 import numpy as np
 
 from t5x_rationale import run_setup
-from t5x_rationale.host_memory import reexec_with_huge_pages
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.run_files import write_text_atomic
-from t5x_rationale.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.run_files import write_text_atomic
 
 
 def piece_text(vocabulary, token_id: int) -> str:

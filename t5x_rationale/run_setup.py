@@ -13,11 +13,11 @@ import seqio
 
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
 from t5x_rationale.architectures import T5Config, build_model
-from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
 from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
-from t5x_rationale.trainer import abstract_params
+from t5x_rationale.runtime.checkpoints import restore_params
+from t5x_rationale.runtime.trainer import abstract_params
 
 
 def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVocabulary:

@@ -21,17 +21,17 @@ import seqio
 from t5x_rationale import run_setup
 from t5x_rationale.architectures import build_model
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.checkpoints import Checkpointer
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
-from t5x_rationale.flops import measure_peak_matmul_flops, train_step_flops
-from t5x_rationale.host_memory import reexec_with_huge_pages
-from t5x_rationale.metrics_writer import MetricsWriter
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.run_files import write_run_info
-from t5x_rationale.trainer import Throughput, Trainer, TrainState
-from t5x_rationale.training_loop import train_loop
+from t5x_rationale.runtime.checkpoints import Checkpointer
+from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
+from t5x_rationale.runtime.metrics_writer import MetricsWriter
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.run_files import write_run_info
+from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
+from t5x_rationale.runtime.training_loop import train_loop
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 
 from t5x_rationale import bench
 from t5x_rationale.architectures import QuietStarConfig, get_preset
-from t5x_rationale.flops import quiet_star_forward_flops
+from t5x_rationale.runtime.flops import quiet_star_forward_flops
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys):

@@ -20,13 +20,13 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset
-from t5x_rationale.checkpoints import Checkpointer, CheckpointMismatchError
+from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.random_batches import RandomBatches
-from t5x_rationale.trainer import Trainer
-from t5x_rationale.training_loop import Preempted, train_loop
+from t5x_rationale.runtime.checkpoints import Checkpointer, CheckpointMismatchError
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import Trainer
+from t5x_rationale.runtime.training_loop import Preempted, train_loop
 
 BATCH, LENGTH, VOCAB = 8, 8, 256
 SAVE_MESH = MeshConfig(2, 2, 2)

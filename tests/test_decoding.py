@@ -20,10 +20,10 @@ import pytest
 from flax.core import meta
 from random_params import random_params
 
-from t5x_rationale import decoding
 from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.decoding import DecodeConfig, decode, length_normalizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.inference import decoding
+from t5x_rationale.inference.decoding import DecodeConfig, decode, length_normalizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 
 EOS = 1
 T = 8  # max_decode_length of most tests

@@ -8,8 +8,8 @@ from random_params import random_params
 
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.objectives import kd_loss
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.trainer import Trainer, abstract_params
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import Trainer, abstract_params
 
 STUDENT = get_preset("t5-tiny")
 TEACHER = get_preset("t5-tiny", emb_dim=96, mlp_dim=160, num_decoder_layers=3)

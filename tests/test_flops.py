@@ -18,8 +18,9 @@ from t5x_rationale.architectures import (
     get_preset,
     model_inputs,
 )
-from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
-from t5x_rationale.flops import (
+from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
+from t5x_rationale.quiet_star.think import think
+from t5x_rationale.runtime.flops import (
     decoder_forward_flops,
     measure_peak_matmul_flops,
     quiet_star_forward_flops,

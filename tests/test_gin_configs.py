@@ -9,7 +9,7 @@ import pytest
 import t5x_rationale.gin_configurables  # noqa: F401
 from t5x_rationale import gin_launch
 from t5x_rationale.architectures import DecoderConfig, QuietStarConfig, T5Config
-from t5x_rationale.partitioning import MeshConfig
+from t5x_rationale.runtime.partitioning import MeshConfig
 
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
 ENTRY_POINTS = tuple(t5x_rationale.gin_configurables.ENTRY_POINTS)

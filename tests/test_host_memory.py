@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from t5x_rationale import host_memory
+from t5x_rationale.runtime import host_memory
 
 
 def test_tunable_is_appended_to_existing_ones():
@@ -27,7 +27,7 @@ def test_switch_and_existing_tunable_stop_the_reexec():
 
 _CHILD = """
 import os, sys
-from t5x_rationale import host_memory
+from t5x_rationale.runtime import host_memory
 print("before", os.getpid(), flush=True)
 host_memory.reexec_with_huge_pages()
 print("after", os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), sys.argv[1:], flush=True)

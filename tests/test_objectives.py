@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from t5x_rationale.architectures import build_model, get_preset, model_inputs
+from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import token_accuracy, token_cross_entropy, token_loss, weighted_mean
-from t5x_rationale.random_batches import RandomBatches
 
 # ================================================================== numpy references
 

@@ -13,7 +13,7 @@ import optax
 import pytest
 
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset, model_inputs
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer, make_schedule
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer, make_schedule
 
 # ========================================================================= schedules
 

@@ -19,15 +19,15 @@ from jax.sharding import PartitionSpec as P
 from t5x_rationale.architectures import build_model, dummy_batch, get_preset
 from t5x_rationale.architectures.axes import resolve_spec
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import (
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import (
     MESH_AXES,
     MeshConfig,
     Partitioner,
     create_mesh,
     standard_logical_axis_rules,
 )
-from t5x_rationale.trainer import Trainer
+from t5x_rationale.runtime.trainer import Trainer
 
 RULES = standard_logical_axis_rules()
 MESH_222 = {"data": 2, "fsdp": 2, "tensor": 2}

@@ -10,18 +10,14 @@ import pytest
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 
 from t5x_rationale.architectures import DecoderOnly, build_model
-from t5x_rationale.architectures.append_scan import append_scan, replayed
-from t5x_rationale.architectures.token_parallel import (
-    RECORDABLE,
-    Context,
-    ThinkingSpec,
-    sample_token,
-    think,
-)
 from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.trainer import Trainer
+from t5x_rationale.quiet_star.append_scan import append_scan, replayed
+from t5x_rationale.quiet_star.sampling import sample_token
+from t5x_rationale.quiet_star.spec import RECORDABLE, Context, ThinkingSpec
+from t5x_rationale.quiet_star.think import think
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import Trainer
 
 N_A, N_T = 6, 3  # 3 sampled thought tokens, 3 talk tokens scored: small but every step kind
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 
 from t5x_rationale.architectures import build_model, get_preset
+from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.random_batches import RandomBatches
-from t5x_rationale.trainer import Trainer
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import Trainer
 
 MESHES = ["8x1x1", "1x8x1", "2x2x2", "1x1x8"]
 

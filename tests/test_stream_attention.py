@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t5x_rationale.architectures.stream_attention import replayed_stream_attention, stream_attention
+from t5x_rationale.quiet_star.stream_attention import replayed_stream_attention, stream_attention
 
 N, T, C, S, D = 2, 5, 5, 4, 8
 

@@ -7,8 +7,9 @@ import pytest
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 
 from t5x_rationale.architectures import DecoderOnly
-from t5x_rationale.architectures.token_parallel import Context, ThinkingSpec, think
-from t5x_rationale.thought_generation import ThoughtDecodeConfig, generate_with_thoughts
+from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig, generate_with_thoughts
+from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
+from t5x_rationale.quiet_star.think import think
 
 N_A = 6
 

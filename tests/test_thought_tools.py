@@ -9,7 +9,7 @@ from t5x_rationale.data import synthetic
 from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.evaluate_thoughts import answer_mass, answer_rows, perplexity_by_difficulty
 from t5x_rationale.gin_launch import run
-from t5x_rationale.thought_scoring import ThoughtScores
+from t5x_rationale.inference.thought_scoring import ThoughtScores
 
 N_A = 5  # small thoughts keep the run short; every step kind is still there
 TINY = ["--gin_file=models/quiet_star_tiny.gin"]

@@ -10,11 +10,11 @@ from t5x_rationale.architectures import get_preset
 from t5x_rationale.data import registry
 from t5x_rationale.data.sources import DataFormatError
 from t5x_rationale.data.vocab import get_vocabulary
-from t5x_rationale.decoding import DecodeConfig
 from t5x_rationale.evaluate import evaluate
 from t5x_rationale.infer import infer
-from t5x_rationale.optimizers import OptimizerConfig
-from t5x_rationale.partitioning import MeshConfig
+from t5x_rationale.inference.decoding import DecodeConfig
+from t5x_rationale.runtime.optimizers import OptimizerConfig
+from t5x_rationale.runtime.partitioning import MeshConfig
 
 VOCAB = get_vocabulary()
 MODEL = get_preset("t5-tiny", vocab_size=-(-VOCAB.vocab_size // 128) * 128)

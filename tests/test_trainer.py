@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
 
-from t5x_rationale import trainer as trainer_lib
 from t5x_rationale.architectures import build_model, get_preset
+from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.random_batches import RandomBatches
-from t5x_rationale.trainer import NonFiniteLossError, Throughput, Trainer, host_metrics
+from t5x_rationale.runtime import trainer as trainer_lib
+from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import NonFiniteLossError, Throughput, Trainer, host_metrics
 
 BATCH, LENGTH = 16, 8
 LR, CLIP = 0.5, 2.0

@@ -41,13 +41,13 @@ def main():
     import numpy as np
 
     from t5x_rationale.architectures import build_model, get_preset
-    from t5x_rationale.checkpoints import Checkpointer
+    from t5x_rationale.benchmarks.random_batches import RandomBatches
     from t5x_rationale.objectives import token_loss
-    from t5x_rationale.optimizers import OptimizerConfig, make_optimizer
-    from t5x_rationale.partitioning import MeshConfig, Partitioner, create_mesh
-    from t5x_rationale.random_batches import RandomBatches
-    from t5x_rationale.trainer import Trainer
-    from t5x_rationale.training_loop import train_loop
+    from t5x_rationale.runtime.checkpoints import Checkpointer
+    from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
+    from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+    from t5x_rationale.runtime.trainer import Trainer
+    from t5x_rationale.runtime.training_loop import train_loop
 
     config = get_preset(args.preset)
     tx, schedule = make_optimizer(OptimizerConfig(name=args.optimizer, learning_rate=1e-2))

@@ -25,16 +25,11 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import (
-    Context,
-    ThinkingSpec,
-    _shift,
-    first_copies,
-    repeat_copies,
-    think,
-    token_logp,
-)
 from t5x_rationale.objectives.cross_entropy import weighted_mean
+from t5x_rationale.quiet_star.sampling import token_logp
+from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
+from t5x_rationale.quiet_star.steps import first_copies, repeat_copies, shift
+from t5x_rationale.quiet_star.think import think
 
 
 def repeat_rows(batch: dict, copies: int) -> dict:
@@ -49,9 +44,9 @@ def talk_validity(valid: jax.Array, segment_ids: Optional[jax.Array], num_talk: 
     """[n_t, N, T]: talk step s at position i has a real target y[i + s] in i's document."""
     out = []
     for s in range(num_talk):
-        ok = _shift(valid, s, fill=False)
+        ok = shift(valid, s, fill=False)
         if segment_ids is not None:
-            ok = ok & (_shift(segment_ids, s) == segment_ids)
+            ok = ok & (shift(segment_ids, s) == segment_ids)
         out.append(ok)
     return jnp.stack(out)
 
@@ -90,7 +85,7 @@ def quiet_star_terms(
     )
     talk_logp = out["true_logp"][-spec.num_talk :]  # steps n_a - 1 .. F - 1
     talk_valid = talk_validity(valid, segments, spec.num_talk)
-    base_at = jnp.stack([_shift(jax.lax.stop_gradient(base_logp), s) for s in range(spec.num_talk)])
+    base_at = jnp.stack([shift(jax.lax.stop_gradient(base_logp), s) for s in range(spec.num_talk)])
     rewards = jax.lax.stop_gradient(
         jnp.sum(jnp.where(talk_valid, talk_logp - base_at, 0.0), axis=0)
     )
@@ -141,7 +136,7 @@ def quiet_star_loss(
       base_weight: weight of the base cross-entropy in L_nll (the rest goes to the talk steps).
       implementation: 'streams' (default) or 'dense_mask' (the reference construction).
       record: streams only: what each thinking step keeps for its backward instead of
-        recomputing it (projection outputs, the attention output; `token_parallel.RECORDABLE`);
+        recomputing it (projection outputs, the attention output; `quiet_star.spec.RECORDABLE`);
         more is faster and uses more memory, () recomputes all but the keys and values.
     """
     config = model.config

@@ -31,14 +31,11 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures import attention as attn
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.stream_attention import stream_attention
-from t5x_rationale.architectures.token_parallel import (
-    FunctionalDecoder,
-    context_forward,
-    sample_token,
-    token_logp,
-)
-from t5x_rationale.decoding import DecodeConfig, prompt_lengths
+from t5x_rationale.inference.decoding import DecodeConfig, prompt_lengths
+from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
+from t5x_rationale.quiet_star.sampling import sample_token, token_logp
+from t5x_rationale.quiet_star.steps import context_forward
+from t5x_rationale.quiet_star.stream_attention import stream_attention
 
 
 @dataclasses.dataclass(frozen=True)

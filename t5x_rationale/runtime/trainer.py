@@ -22,7 +22,7 @@ import optax
 from jax.sharding import PartitionSpec
 
 from t5x_rationale.architectures import model_inputs
-from t5x_rationale.partitioning import Partitioner
+from t5x_rationale.runtime.partitioning import Partitioner
 
 Objective = Callable[[nn.Module, Any, dict, Optional[jax.Array]], tuple[jax.Array, dict]]
 

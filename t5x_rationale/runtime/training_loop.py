@@ -7,8 +7,8 @@ import signal
 import threading
 from typing import Callable, Iterator, Optional
 
-from t5x_rationale.checkpoints import Checkpointer
-from t5x_rationale.trainer import Throughput, Trainer, TrainState, host_metrics
+from t5x_rationale.runtime.checkpoints import Checkpointer
+from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState, host_metrics
 
 log = logging.getLogger(__name__)
 

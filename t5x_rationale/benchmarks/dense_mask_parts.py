@@ -30,18 +30,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_rationale.architectures.token_parallel import (
-    Context,
-    FunctionalDecoder,
-    ThinkingSpec,
-    context_forward,
-    context_mask,
-    dense_layer_step,
-    dense_step_head,
-    dense_step_mask,
-    step_input,
-    token_logp,
-)
+from t5x_rationale.quiet_star.dense_mask import dense_layer_step, dense_step_head, dense_step_mask
+from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
+from t5x_rationale.quiet_star.sampling import token_logp
+from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
+from t5x_rationale.quiet_star.steps import context_forward, context_mask, step_input
 
 
 def _median_seconds(fn: Callable, args: tuple, repeats: int) -> float:

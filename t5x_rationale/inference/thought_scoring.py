@@ -27,11 +27,11 @@ from jax.experimental import multihost_utils
 
 from t5x_rationale.architectures import build_model
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.architectures.token_parallel import ThinkingSpec
-from t5x_rationale.checkpoints import restore_params
 from t5x_rationale.objectives.quiet_star import quiet_star_terms
-from t5x_rationale.partitioning import Partitioner
-from t5x_rationale.trainer import Trainer, abstract_params
+from t5x_rationale.quiet_star.spec import ThinkingSpec
+from t5x_rationale.runtime.checkpoints import restore_params
+from t5x_rationale.runtime.partitioning import Partitioner
+from t5x_rationale.runtime.trainer import Trainer, abstract_params
 
 
 @dataclasses.dataclass(frozen=True)

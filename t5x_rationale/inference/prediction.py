@@ -19,15 +19,15 @@ from jax.experimental import multihost_utils
 
 from t5x_rationale.architectures import T5Config, build_model
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.checkpoints import restore_params
-from t5x_rationale.decoding import DecodeConfig, decode
-from t5x_rationale.partitioning import Partitioner
-from t5x_rationale.thought_generation import (
+from t5x_rationale.inference.decoding import DecodeConfig, decode
+from t5x_rationale.inference.thought_generation import (
     ThoughtDecodeConfig,
     from_decode_config,
     generate_with_thoughts,
 )
-from t5x_rationale.trainer import Trainer, abstract_params
+from t5x_rationale.runtime.checkpoints import restore_params
+from t5x_rationale.runtime.partitioning import Partitioner
+from t5x_rationale.runtime.trainer import Trainer, abstract_params
 
 
 def load_examples(

@@ -1,0 +1,1 @@
+"""Inference: KV-cached decoding, prediction over tasks, thought generation and scoring."""

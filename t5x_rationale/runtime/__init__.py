@@ -1,0 +1,1 @@
+"""Runtime: train state and step, loop, partitioning, checkpoints, optimizers, metrics, FLOPs."""
