@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from t5x_rationale.data import sources
+from t5x_rationale.data.metrics import parse_number
 from t5x_rationale.data.sources import (
     DataFormatError,
-    parse_number,
     read_gsm8k,
     read_rationale_jsonl,
 )

@@ -49,69 +49,77 @@ SEED = 0
 # spelled out after colons ("child:children", "buy:bought", "plan:planned:planning").
 
 NOUN_WORDS = """
-family child:children person:people woman:women man:men baby:babies student teacher farmer driver worker
-friend neighbor doctor nurse baker player team class company store shop market library school city town
-village country river mountain forest garden park road street bridge house room kitchen door window table
-chair book page letter story question answer problem idea plan reason step number price cost dollar cent
-coin bill ticket box bag basket bottle cup glass plate bowl piece slice pizza cake pie apple orange banana
-egg potato tomato carrot onion flower tree seed leaf:leaves animal dog cat bird fish:fish horse cow chicken
-sheep:sheep goat rabbit duck pig mouse:mice car bus train bike boat plane truck trip mile kilometer meter
-hour minute second day week month year morning evening afternoon night game song movie picture phone
-computer machine tool paper pencil shirt shoe hat dress jacket coat sock glove gift party meal dinner lunch
-breakfast recipe cookie candy toy ball card stamp sticker marble shell stone brick wall floor roof field
-farm lake beach island museum hospital office factory job task test score point goal race lesson word
-sentence language result total half:halves third quarter percent:percent fraction group row pair dozen
-batch gallon liter pound kilogram gram ounce inch foot:feet yard salary profit discount tax fee rent loan
-budget account bank wallet purse pocket coupon receipt order delivery package envelope shelf:shelves
-drawer cupboard closet bed blanket pillow towel soap brush bucket ladder hammer nail screw rope wire
-battery lamp candle clock watch calendar map notebook folder ruler eraser marker crayon paint painting
-drawing photo camera radio television screen keyboard printer ink desk board chalk bell uniform backpack
-lunchbox sandwich salad soup bread:bread butter:butter cheese milk:milk juice:juice water:water tea:tea
-coffee:coffee sugar:sugar salt:salt pepper flour:flour rice:rice pasta:pasta bean corn:corn grape lemon melon peach pear plum cherry berry:berries strawberry:strawberries nut cookie
-muffin cupcake pancake waffle biscuit cracker chip snack dessert jar can tin carton crate barrel tank
-pool pond fountain stream hill valley desert field meadow fence gate path trail tunnel station airport
-harbor ship ferry taxi wagon tractor engine wheel tire seat ticket passenger pilot captain sailor guard
-officer chef waiter cashier manager owner customer client guest visitor member coach referee judge artist
-musician singer dancer writer author reader scientist engineer builder painter plumber carpenter gardener
-librarian clerk mechanic tailor barber dentist pharmacist vet cook grandmother grandfather mother father
-parent sister brother aunt uncle cousin daughter son wife:wives husband kid classmate partner
-player fan crowd audience club choir band orchestra concert show festival fair contest match tournament
-season holiday weekend vacation birthday wedding picnic journey tour visit walk run swim ride flight
-lap mile distance speed height weight length width area volume amount quantity size level rate ratio
-average sum difference product quotient remainder multiple digit figure chart table graph list set pattern
-shape circle square triangle rectangle line corner edge side surface center middle top bottom front back
-inside outside north south east west left right beginning end start finish minute deadline schedule plan
-system method rule example exercise homework:homework project report essay chapter topic subject science history
-music:music art math:math reading spelling:spelling grammar:grammar lesson course grade exam quiz:quizzes mark prize medal trophy reward
+family child:children person:people woman:women man:men baby:babies student teacher farmer driver
+worker friend neighbor doctor nurse baker player team class company store shop market library school
+city town village country river mountain forest garden park road street bridge house room kitchen
+door window table chair book page letter story question answer problem idea plan reason step number
+price cost dollar cent coin bill ticket box bag basket bottle cup glass plate bowl piece slice pizza
+cake pie apple orange banana egg potato tomato carrot onion flower tree seed leaf:leaves animal dog
+cat bird fish:fish horse cow chicken sheep:sheep goat rabbit duck pig mouse:mice car bus train bike
+boat plane truck trip mile kilometer meter hour minute second day week month year morning evening
+afternoon night game song movie picture phone computer machine tool paper pencil shirt shoe hat
+dress jacket coat sock glove gift party meal dinner lunch breakfast recipe cookie candy toy ball
+card stamp sticker marble shell stone brick wall floor roof field farm lake beach island museum
+hospital office factory job task test score point goal race lesson word sentence language result
+total half:halves third quarter percent:percent fraction group row pair dozen batch gallon liter
+pound kilogram gram ounce inch foot:feet yard salary profit discount tax fee rent loan budget
+account bank wallet purse pocket coupon receipt order delivery package envelope shelf:shelves drawer
+cupboard closet bed blanket pillow towel soap brush bucket ladder hammer nail screw rope wire
+battery lamp candle clock watch calendar map notebook folder ruler eraser marker crayon paint
+painting drawing photo camera radio television screen keyboard printer ink desk board chalk bell
+uniform backpack lunchbox sandwich salad soup bread:bread butter:butter cheese milk:milk juice:juice
+water:water tea:tea coffee:coffee sugar:sugar salt:salt pepper flour:flour rice:rice pasta:pasta
+bean corn:corn grape lemon melon peach pear plum cherry berry:berries strawberry:strawberries nut
+cookie muffin cupcake pancake waffle biscuit cracker chip snack dessert jar can tin carton crate
+barrel tank pool pond fountain stream hill valley desert field meadow fence gate path trail tunnel
+station airport harbor ship ferry taxi wagon tractor engine wheel tire seat ticket passenger pilot
+captain sailor guard officer chef waiter cashier manager owner customer client guest visitor member
+coach referee judge artist musician singer dancer writer author reader scientist engineer builder
+painter plumber carpenter gardener librarian clerk mechanic tailor barber dentist pharmacist vet
+cook grandmother grandfather mother father parent sister brother aunt uncle cousin daughter son
+wife:wives husband kid classmate partner player fan crowd audience club choir band orchestra concert
+show festival fair contest match tournament season holiday weekend vacation birthday wedding picnic
+journey tour visit walk run swim ride flight lap mile distance speed height weight length width area
+volume amount quantity size level rate ratio average sum difference product quotient remainder
+multiple digit figure chart table graph list set pattern shape circle square triangle rectangle line
+corner edge side surface center middle top bottom front back inside outside north south east west
+left right beginning end start finish minute deadline schedule plan system method rule example
+exercise homework:homework project report essay chapter topic subject science history music:music
+art math:math reading spelling:spelling grammar:grammar lesson course grade exam quiz:quizzes mark
+prize medal trophy reward
 """
 VERB_WORDS = """
 buy:bought sell:sold make:made take:took give:gave find:found keep:kept bring:brought need want use
-build:built paint clean cook bake plant pick collect count share split:split:splitting divide add remove
-pack carry move fix open close read:read write:wrote draw:drew visit watch order rent save spend:spent
-earn pay:paid borrow lend:lent lose:lost win:won:winning fill empty measure weigh choose:chose prepare
-deliver sort repair check record walk run:ran:running swim:swam:swimming ride:rode drive:drove fly:flew
-sail climb jump throw:threw catch:caught kick hit:hit:hitting play sing:sang dance laugh smile cry talk
-speak:spoke say:said tell:told ask answer explain describe show teach:taught learn study practice train
-help start finish begin:began:beginning stop:stopped:stopping wait stay leave:left arrive return travel
-visit cross turn push pull lift drop:dropped:dropping hold:held send:sent receive invite join meet:met
-greet thank call phone text email print copy type click search look see:saw hear:heard feel:felt touch
-smell taste eat:ate drink:drank sleep:slept wake:woke rest dream think:thought know:knew remember forget:forgot:forgetting
-believe hope wish plan:planned:planning decide agree guess wonder notice compare estimate calculate solve
-multiply subtract round double:doubled triple increase decrease reduce raise lower grow:grew shrink:shrank
-cut:cut:cutting slice chop:chopped:chopping mix stir:stirred:stirring pour boil fry roast grill serve taste wrap:wrapped:wrapping tie fold
-hang:hung stack pile load unload ship:shipped:shipping package label mark paint wash dry iron sew:sewed knit:knitted:knitting
-build:built design invent discover explore protect guard rescue feed:fed water harvest gather store
+build:built paint clean cook bake plant pick collect count share split:split:splitting divide add
+remove pack carry move fix open close read:read write:wrote draw:drew visit watch order rent save
+spend:spent earn pay:paid borrow lend:lent lose:lost win:won:winning fill empty measure weigh
+choose:chose prepare deliver sort repair check record walk run:ran:running swim:swam:swimming
+ride:rode drive:drove fly:flew sail climb jump throw:threw catch:caught kick hit:hit:hitting play
+sing:sang dance laugh smile cry talk speak:spoke say:said tell:told ask answer explain describe show
+teach:taught learn study practice train help start finish begin:began:beginning
+stop:stopped:stopping wait stay leave:left arrive return travel visit cross turn push pull lift
+drop:dropped:dropping hold:held send:sent receive invite join meet:met greet thank call phone text
+email print copy type click search look see:saw hear:heard feel:felt touch smell taste eat:ate
+drink:drank sleep:slept wake:woke rest dream think:thought know:knew remember
+forget:forgot:forgetting believe hope wish plan:planned:planning decide agree guess wonder notice
+compare estimate calculate solve multiply subtract round double:doubled triple increase decrease
+reduce raise lower grow:grew shrink:shrank cut:cut:cutting slice chop:chopped:chopping mix
+stir:stirred:stirring pour boil fry roast grill serve taste wrap:wrapped:wrapping tie fold hang:hung
+stack pile load unload ship:shipped:shipping package label mark paint wash dry iron sew:sewed
+knit:knitted:knitting build:built design invent discover explore protect guard rescue feed:fed water
+harvest gather store
 """
 ADJECTIVE_WORDS = """
-small large big little old new young long short tall wide narrow heavy light full empty red blue green
-yellow white black brown orange purple pink gray golden silver bright dark quiet loud busy happy sad tired
-careful quick slow early late cheap expensive fresh warm cold hot cool sweet sour salty round square flat
-local favorite whole extra equal same different other next last first second third final daily weekly
-monthly yearly usual special simple hard easy clean dirty wooden plastic metal glass paper soft smooth
-rough sharp thick thin deep shallow high low near far huge tiny strong weak rich poor kind friendly
-polite honest brave clever smart proud calm angry nervous excited surprised hungry thirsty sick healthy
-safe dangerous famous popular modern ancient ready able free open closed correct wrong true false
-possible important useful careful helpful colorful beautiful pretty ugly noisy crowded lonely lucky
+small large big little old new young long short tall wide narrow heavy light full empty red blue
+green yellow white black brown orange purple pink gray golden silver bright dark quiet loud busy
+happy sad tired careful quick slow early late cheap expensive fresh warm cold hot cool sweet sour
+salty round square flat local favorite whole extra equal same different other next last first second
+third final daily weekly monthly yearly usual special simple hard easy clean dirty wooden plastic
+metal glass paper soft smooth rough sharp thick thin deep shallow high low near far huge tiny strong
+weak rich poor kind friendly polite honest brave clever smart proud calm angry nervous excited
+surprised hungry thirsty sick healthy safe dangerous famous popular modern ancient ready able free
+open closed correct wrong true false possible important useful careful helpful colorful beautiful
+pretty ugly noisy crowded lonely lucky
 """
 ADVERBS = (
     "quickly",
@@ -214,11 +222,12 @@ TIMES = (
     "Twice a week",
 )
 FIRST_NAMES = """
-Anna David Lena Marco Julia Peter Nina Carlos Sophie James Eva Daniel Alice Bruno Chloe Dmitri Esther Felix
-Gloria Hugo Irene Jack Karen Lars Monica Nathan Oscar Paula Quentin Rachel Simon Teresa Umar Victor Wendy
-Xavier Yasmin Zoe Abdul Bianca Cyrus Dalia Emil Farah George Helen Isaac Jasmine Kevin Lucy Martin Naomi
-Oliver Patricia Rafael Selma Thomas Ursula Vera William Amir Beatrice Caleb Diana Ethan Fiona Gabriel
-Hannah Ibrahim Joanna Kamal Laura Mohammed Nora Owen Pedro Rita Stefan Tanya Uma Vincent Yara
+Anna David Lena Marco Julia Peter Nina Carlos Sophie James Eva Daniel Alice Bruno Chloe Dmitri
+Esther Felix Gloria Hugo Irene Jack Karen Lars Monica Nathan Oscar Paula Quentin Rachel Simon Teresa
+Umar Victor Wendy Xavier Yasmin Zoe Abdul Bianca Cyrus Dalia Emil Farah George Helen Isaac Jasmine
+Kevin Lucy Martin Naomi Oliver Patricia Rafael Selma Thomas Ursula Vera William Amir Beatrice Caleb
+Diana Ethan Fiona Gabriel Hannah Ibrahim Joanna Kamal Laura Mohammed Nora Owen Pedro Rita Stefan
+Tanya Uma Vincent Yara
 """
 SUBJECT_PHRASES = (
     "The teacher",
@@ -351,7 +360,8 @@ def _generic_sentence(p: _Picker) -> str:
     if kind == 1:
         return (
             f"{p.pick(TIMES)}, {_subject(p, mid_sentence=True)} {past} the {adj} {noun} "
-            f"{p.pick(CONNECTIVES)} {_subject(p, mid_sentence=True)} {past2} {p.number()} {adj2} {others}."
+            f"{p.pick(CONNECTIVES)} {_subject(p, mid_sentence=True)} "
+            f"{past2} {p.number()} {adj2} {others}."
         )
     if kind == 2:
         return (
@@ -365,7 +375,8 @@ def _generic_sentence(p: _Picker) -> str:
         )
     if kind == 4:
         return (
-            f"There are {p.number()} {nouns} {p.pick(PLACES)}; {_subject(p, mid_sentence=True)} {past} "
+            f"There are {p.number()} {nouns} {p.pick(PLACES)}; "
+            f"{_subject(p, mid_sentence=True)} {past} "
             f"{p.number()} of them {p.pick(ADVERBS)}."
         )
     if kind == 5:
@@ -445,7 +456,8 @@ def train_model(
 
 
 def write_model(model: bytes, out_dir: str) -> str:
-    """Writes `rationale_sp.model` and `rationale_sp.vocab` (piece, tab, score per line); returns the model path."""
+    """Writes `rationale_sp.model` and `rationale_sp.vocab` (piece, tab, score per line);
+    returns the model path."""
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, MODEL_PREFIX + ".model")
     with open(path, "wb") as f:

@@ -8,17 +8,39 @@ label-only, step-by-step and CoT students, and the synthetic corpus's own ration
 
 from __future__ import annotations
 
+import decimal
 import re
 from typing import Optional, Sequence
 
-from t5x_rationale.data.sources import parse_number
-
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?")
 _MARKERS = (re.compile(re.escape("-->")), re.compile(r"answer is", re.IGNORECASE))
+# A whole text that is one number: sign, "$", digits (commas grouping thousands), fraction.
+_NUMBER_TEXT = re.compile(r"(?P<sign>[+-]?)\$?(?P<int>\d{1,3}(?:,\d{3})+|\d*)(?P<frac>\.\d*)?")
+
+
+def parse_number(text: str) -> str | None:
+    """Canonical form of a numeric answer, or None if `text` is not a number.
+
+    Used to compare answers: "1,000" -> "1000", "5.0" -> "5", "$18" -> "18",
+    "-0.50" -> "-0.5". Commas must group thousands ("1,2" is not a number).
+    """
+    match = _NUMBER_TEXT.fullmatch(text.strip())
+    if match is None:
+        return None
+    integer, frac = match["int"].replace(",", ""), match["frac"] or ""
+    if not integer and len(frac) < 2:  # no digits at all: "", "$", "."
+        return None
+    value = decimal.Decimal(f"{match['sign']}{integer or '0'}{frac}")
+    if value == 0:
+        return "0"
+    canonical = format(value, "f")
+    if "." in canonical:
+        canonical = canonical.rstrip("0").rstrip(".")
+    return canonical
 
 
 def normalize_answer(text: str) -> str:
-    """Canonical form of an answer: a number as `sources.parse_number` writes it, else the text
+    """Canonical form of an answer: a number as `parse_number` writes it, else the text
     without surrounding whitespace and a final period."""
     text = text.strip()
     return parse_number(text.rstrip(".")) or text.rstrip(".").strip()

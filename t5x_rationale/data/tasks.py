@@ -1,7 +1,7 @@
 """seqio task registration for rationale datasets, in a few lines per dataset.
 
 `register_rationale_tasks(name, source)` registers, for a source of teacher-rationale rows
-(see `sources.py` for the row schema):
+(see `teacher_jsonl.py` for the row schema):
 
 | name                      | inputs                     | targets                         |
 |---------------------------|----------------------------|---------------------------------|
@@ -47,7 +47,7 @@ class RationaleTaskNames:
 
 @dataclasses.dataclass(frozen=True)
 class Formats:
-    """The text templates of the rationale tasks (METHODS.md section 1)."""
+    """The text templates of the rationale tasks (docs/methods.md)."""
 
     predict_prefix: str = "predict: "
     explain_prefix: str = "explain: "
@@ -117,6 +117,64 @@ def _register(
     )
 
 
+_TASK_KINDS = ("label", "rationale", "step_by_step", "cot", "cot_decoder", "contrastive")
+
+
+def _label_preprocessor(formats: Formats):
+    """`predict: input` -> label rows with the label `task_id`."""
+
+    def preprocess(ds):
+        return add_task_id(_label_rows(ds, formats.predict_prefix), TASK_IDS["label"])
+
+    return preprocess
+
+
+def _rationale_preprocessor(formats: Formats):
+    """`explain: input` -> first-rationale rows with the rationale `task_id`."""
+
+    def preprocess(ds):
+        rows = _one_row_per_rationale(
+            ds,
+            lambda ex: formats.explain_prefix + ex["input"],
+            lambda ex, r: r,
+            all_rationales=False,
+        )
+        return add_task_id(rows, TASK_IDS["rationale"])
+
+    return preprocess
+
+
+def _cot_preprocessor(prompt, formats: Formats, all_rationales: bool):
+    """`prompt(ex)` -> `rationale --> label` rows."""
+
+    def cot_targets(ex, rationales):
+        return rationales + formats.cot_separator + ex["label"]
+
+    def preprocess(ds):
+        return _one_row_per_rationale(ds, prompt, cot_targets, all_rationales)
+
+    return preprocess
+
+
+def _register_cot_tasks(
+    names: RationaleTaskNames, source, text, formats: Formats, all_rationales: bool, overwrite
+) -> None:
+    """The chain-of-thought tasks: `input` (encoder-decoder) or `input ###` (decoder) prompts."""
+    for task_name, prompt in (
+        (names.cot, lambda ex: ex["input"]),
+        (names.cot_decoder, lambda ex: ex["input"] + formats.decoder_prompt_suffix),
+    ):
+        _register(
+            task_name,
+            source,
+            _cot_preprocessor(prompt, formats, all_rationales),
+            text,
+            metrics.answer_postprocessor,
+            [metrics.answer_accuracy],
+            overwrite,
+        )
+
+
 def register_rationale_tasks(
     name: str,
     source: seqio.DataSource,
@@ -140,58 +198,25 @@ def register_rationale_tasks(
       overwrite: replace tasks already registered under these names.
     """
     vocabulary = vocabulary or get_vocabulary()
-    names = RationaleTaskNames(
-        *(
-            f"{name}_{kind}"
-            for kind in ("label", "rationale", "step_by_step", "cot", "cot_decoder", "contrastive")
-        )
-    )
+    names = RationaleTaskNames(*(f"{name}_{kind}" for kind in _TASK_KINDS))
     text = _features(vocabulary, ("inputs", "targets"))
-    label_fn = lambda ds: add_task_id(_label_rows(ds, formats.predict_prefix), TASK_IDS["label"])  # noqa: E731
     _register(
         names.label,
         source,
-        label_fn,
+        _label_preprocessor(formats),
         text,
         metrics.answer_postprocessor,
         [metrics.answer_accuracy, metrics.exact_match],
         overwrite,
     )
-    rationale_fn = lambda ds: add_task_id(
-        _one_row_per_rationale(  # noqa: E731
-            ds,
-            lambda ex: formats.explain_prefix + ex["input"],
-            lambda ex, r: r,
-            all_rationales=False,
-        ),
-        TASK_IDS["rationale"],
-    )
+    rationale_fn = _rationale_preprocessor(formats)
     _register(names.rationale, source, rationale_fn, text, None, [metrics.exact_match], overwrite)
     if overwrite:
         seqio.MixtureRegistry.remove(names.step_by_step)
     seqio.MixtureRegistry.add(
         names.step_by_step, [(names.label, label_rate), (names.rationale, rationale_rate)]
     )
-
-    def cot_targets(ex, rationales):
-        return rationales + formats.cot_separator + ex["label"]
-
-    for task_name, prompt in (
-        (names.cot, lambda ex: ex["input"]),
-        (names.cot_decoder, lambda ex: ex["input"] + formats.decoder_prompt_suffix),
-    ):
-        cot_fn = (
-            lambda p: lambda ds: _one_row_per_rationale(ds, p, cot_targets, all_rationales_for_cot)
-        )(prompt)
-        _register(
-            task_name,
-            source,
-            cot_fn,
-            text,
-            metrics.answer_postprocessor,
-            [metrics.answer_accuracy],
-            overwrite,
-        )
+    _register_cot_tasks(names, source, text, formats, all_rationales_for_cot, overwrite)
     contrastive = {
         "inputs": seqio.Feature(vocabulary, add_eos=True),
         **_features(vocabulary, ("positives", "negatives"), rank=2),

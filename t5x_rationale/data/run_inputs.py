@@ -1,0 +1,61 @@
+"""What a run reads, checked before anything is written: vocabulary, task and converter."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Optional
+
+import seqio
+
+import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
+from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
+from t5x_rationale.data.vocab import get_vocabulary
+
+
+def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVocabulary:
+    """The SentencePiece vocabulary, checked to fit the model's embedding table."""
+    vocabulary = get_vocabulary(path)
+    if vocabulary.vocab_size > model_config.vocab_size:
+        raise ValueError(
+            f"the tokenizer {vocabulary.sentencepiece_model_file} has {vocabulary.vocab_size} "
+            f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
+            f"model_config.vocab_size >= {vocabulary.vocab_size}"
+        )
+    return vocabulary
+
+
+def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mixture:
+    """The registered task or mixture `name`; a clear error if unknown or tokenized differently."""
+    registered = list(seqio.TaskRegistry.names()) + list(seqio.MixtureRegistry.names())
+    if name not in registered:
+        close = difflib.get_close_matches(name, registered, n=5)
+        raise ValueError(
+            f"no seqio task or mixture named {name!r}"
+            + (f"; did you mean {close}?" if close else "")
+            + " (register it in a module imported by your gin file: `import my_tasks`)"
+        )
+    task = seqio.get_mixture_or_task(name)
+    for feature_name, feature in task.output_features.items():
+        _check_same_tokenizer(name, feature_name, feature.vocabulary, vocabulary)
+    return task
+
+
+def _check_same_tokenizer(task: str, feature: str, used: seqio.Vocabulary, run: seqio.Vocabulary):
+    sentencepiece = seqio.SentencePieceVocabulary
+    if not (isinstance(used, sentencepiece) and isinstance(run, sentencepiece)):
+        return
+    used_file, run_file = used.sentencepiece_model_file, run.sentencepiece_model_file
+    if os.path.abspath(used_file) != os.path.abspath(run_file):
+        raise ValueError(
+            f"task {task!r} feature {feature!r} is tokenized with {used_file}, but this run "
+            f"uses {run_file}"
+        )
+
+
+def default_converter(architecture: str) -> seqio.FeatureConverter:
+    """Packed encoder-decoder, or decoder-only with the loss on targets, for `architecture`
+    (a model config's `architecture`)."""
+    if architecture == "encoder_decoder":
+        return EncDecConverter(pack=True)
+    return DecoderConverter(pack=True)
