@@ -91,9 +91,8 @@ def test_decoder_only_cached_decoding_matches_full_forward(overrides):
         )
     )
     run_schedule(step, cache, tokens, full, [1] * length)  # one token at a time
-    run_schedule(
-        step, cache, tokens, full, [3, 3, 1, 1, 1]
-    )  # prefill, a mid-sequence chunk, singles
+    # prefill, a mid-sequence chunk, singles
+    run_schedule(step, cache, tokens, full, [3, 3, 1, 1, 1])
 
     # Garbage in not-yet-written cache slots must not leak into a decode step.
     noisy = jax.tree_util.tree_map_with_path(

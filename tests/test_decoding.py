@@ -127,7 +127,8 @@ def continuation_log_probs(model, params, batch, row, continuations, max_decode_
 
 
 def uncached_greedy(model, params, batch, max_decode_length, eos_id=1):
-    """Slow reference: per row, rerun the full forward on prefix + tokens so far; take the argmax."""
+    """Slow reference: per row, rerun the full forward on prefix + tokens so far; take the
+    argmax."""
     rows = len(next(iter(batch.values())))
     tokens = np.zeros((rows, max_decode_length), np.int32)
     lengths = np.zeros((rows,), np.int32)
