@@ -1,9 +1,10 @@
 """Train-step benchmark: step time, tokens/s, model FLOPs, MFU and peak memory.
 
     python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128
-    python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 --json out.json
-    python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 --target_length 128 \
-        --objective step_by_step
+    python -m t5x_rationale.bench --preset decoder-125m --batch 8 --target_length 256 \
+        --json out.json
+    python -m t5x_rationale.bench --preset t5-small --batch 8 --input_length 512 \
+        --target_length 128 --objective step_by_step
     python -m t5x_rationale.bench --preset decoder-125m --batch 4 --target_length 256 \
         --objective quiet_star --implementation streams --steps 2 --warmup 0
 
@@ -72,8 +73,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--objective",
         default="token",
         choices=sorted(OBJECTIVES),
-        help="token: plain cross-entropy; step_by_step: per-task means over label + rationale spans; "
-        "quiet_star: thoughts at every position (decoder presets)",
+        help="token: plain cross-entropy; step_by_step: per-task means over label + rationale "
+        "spans; quiet_star: thoughts at every position (decoder presets)",
     )
     p.add_argument("--implementation", default="streams", choices=["streams", "dense_mask"])
     p.add_argument("--num_ahead", type=int, default=12)
@@ -129,13 +130,14 @@ def _model_and_objective(args: argparse.Namespace):
         raise ValueError(
             f"--objective quiet_star needs a decoder preset, {args.preset} is {config.architecture}"
         )
-    thinking = dict(
-        num_ahead=args.num_ahead, num_talk=args.num_talk, num_thoughts=args.num_thoughts
+    thinking = ThinkingSpec(
+        num_ahead=args.num_ahead,
+        num_talk=args.num_talk,
+        num_thoughts=args.num_thoughts,
+        implementation=args.implementation,
+        record=tuple(name for name in args.record.split(",") if name),
     )
-    record = tuple(name for name in args.record.split(",") if name)
-    objective = functools.partial(
-        quiet_star_loss, implementation=args.implementation, record=record, **thinking
-    )
+    objective = functools.partial(quiet_star_loss, spec=thinking)
     return QuietStarConfig(decoder=config), objective, thinking
 
 
@@ -146,6 +148,57 @@ def run(args: argparse.Namespace) -> dict:
     input_length = args.input_length if config.architecture == "encoder_decoder" else 0
     peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
     partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
+    trainer, batches = _trainer_and_batches(args, config, objective, partitioner, input_length)
+    state = trainer.init_state(0, batches[0])
+
+    row = {
+        "preset": args.preset,
+        "objective": _objective_name(args),
+        "batch": args.batch,
+        "target_length": args.target_length,
+    }
+    if args.by_parts:
+        times, metrics, compiled = (
+            _step_by_parts(args, config, thinking, state.params, trainer.optimizer, row),
+            {},
+            None,
+        )
+    else:
+        times, metrics, compiled = _timed_steps(args, trainer, state, batches, row)
+        if args.compile_only:
+            return dict(row, **_memory_stats(compiled))
+
+    # The machine's speed drifts (shared hosts, clocks): take the best matmul rate seen before
+    # and after the timed steps, which can only lower the reported MFU.
+    peak_per_device = max(peak_per_device, measure_peak_matmul_flops(args.peak_matmul_size))
+    flops = train_step_flops(
+        config,
+        args.batch,
+        target_length=args.target_length,
+        input_length=input_length,
+        thinking=thinking,
+    )
+    row.update(
+        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
+        devices=jax.device_count(),
+        backend=jax.default_backend(),
+        dtype=args.dtype,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
+        input_length=input_length,
+        huge_pages=huge_pages_enabled(),
+        params_m=sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+    )
+    tokens = args.batch * (input_length + args.target_length)
+    row.update(_speed(times, tokens, flops, peak_per_device * jax.device_count()))
+    if "loss" in metrics:
+        row["loss"] = float(metrics["loss"])
+    row.update(_memory_stats(compiled))
+    return row
+
+
+def _trainer_and_batches(args, config, objective, partitioner: Partitioner, input_length: int):
+    """The trainer of the timed step and two random batches to alternate."""
     tx, schedule = make_optimizer(OptimizerConfig(learning_rate=1e-4))
     trainer = Trainer(
         build_model(config),
@@ -162,72 +215,30 @@ def run(args: argparse.Namespace) -> dict:
         input_length=input_length,
         task_ids=args.objective == "step_by_step",
     )
-    batches = [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
-    state = trainer.init_state(0, batches[0])
+    return trainer, [partitioner.host_batch_to_global(next(data)) for _ in range(2)]
 
-    row = {
-        "preset": args.preset,
-        "objective": _objective_name(args),
-        "batch": args.batch,
-        "target_length": args.target_length,
-    }
-    if args.by_parts:
-        times, metrics, compiled = (
-            _step_by_parts(args, config, thinking, state.params, tx, row),
-            {},
-            None,
-        )
-    else:
-        times, metrics, compiled = _timed_steps(args, trainer, state, batches, row)
-        if args.compile_only:
-            return dict(row, **_memory_stats(compiled))
 
-    # The machine's speed drifts (shared hosts, clocks): take the best matmul rate seen before
-    # and after the timed steps, which can only lower the reported MFU.
-    peak_per_device = max(peak_per_device, measure_peak_matmul_flops(args.peak_matmul_size))
+def _speed(times: list[float], tokens: int, flops: float, peak: float) -> dict:
+    """Step time, tokens/s and MFU of the median step (and MFU of the fastest)."""
     step_s = statistics.median(times)
-    flops = train_step_flops(
-        config,
-        args.batch,
-        target_length=args.target_length,
-        input_length=input_length,
-        thinking=thinking,
-    )
-    peak = peak_per_device * jax.device_count()
-    row.update(
-        {
-            "mesh": "x".join(map(str, partitioner.mesh.devices.shape)),
-            "devices": jax.device_count(),
-            "backend": jax.default_backend(),
-            "dtype": args.dtype,
-            "remat": args.remat,
-            "scan_layers": args.scan_layers,
-            "input_length": input_length,
-            "huge_pages": huge_pages_enabled(),
-            "params_m": sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
-            "step_s": step_s,
-            "step_s_min": min(times),
-            "step_s_max": max(times),
-            "tokens_per_s": args.batch * (input_length + args.target_length) / step_s,
-            "model_gflop_per_step": flops / 1e9,
-            "achieved_gflop_per_s": flops / step_s / 1e9,
-            "peak_matmul_gflop_per_s": peak / 1e9,
-            "mfu": flops / step_s / peak,
-            "mfu_best_step": flops / min(times) / peak,
-        }
-    )
-    if "loss" in metrics:
-        row["loss"] = float(metrics["loss"])
-    row.update(_memory_stats(compiled))
-    return row
+    return {
+        "step_s": step_s,
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "tokens_per_s": tokens / step_s,
+        "model_gflop_per_step": flops / 1e9,
+        "achieved_gflop_per_s": flops / step_s / 1e9,
+        "peak_matmul_gflop_per_s": peak / 1e9,
+        "mfu": flops / step_s / peak,
+        "mfu_best_step": flops / min(times) / peak,
+    }
 
 
 def _timed_steps(args: argparse.Namespace, trainer: Trainer, state, batches: list, row: dict):
     """(step times, last metrics, the compiled step); fills row["compile_s"]."""
     start = time.perf_counter()
-    compiled = trainer.compile_step(
-        state, batches[0]
-    )  # ahead of time: the steps below run this executable
+    # ahead of time: the steps below run this executable
+    compiled = trainer.compile_step(state, batches[0])
     row["compile_s"] = time.perf_counter() - start
     if args.compile_only:
         return [], {}, compiled
@@ -250,7 +261,7 @@ def _timed_steps(args: argparse.Namespace, trainer: Trainer, state, batches: lis
 
 
 def _step_by_parts(
-    args: argparse.Namespace, config, thinking: dict, params, tx, row: dict
+    args: argparse.Namespace, config, thinking: ThinkingSpec, params, tx, row: dict
 ) -> list[float]:
     """[the dense_mask step time added up from its parts]; the parts go into row["parts_s"]."""
     if args.objective != "quiet_star" or args.implementation != "dense_mask":
@@ -260,18 +271,17 @@ def _step_by_parts(
         )
     if args.batch % args.microbatches:
         raise ValueError(f"--microbatches {args.microbatches} must divide --batch {args.batch}")
-    spec = ThinkingSpec(thinking["num_ahead"], thinking["num_talk"], implementation="dense_mask")
-    rows = args.batch * thinking["num_thoughts"]
+    rows = args.batch * thinking.num_thoughts
     start = time.perf_counter()
     result = dense_mask_parts(
         FunctionalDecoder(config),
-        spec,
+        thinking,
         params,
         tx,
         rows=rows,
         length=args.target_length,
         microbatches=args.microbatches,
-        copies=thinking["num_thoughts"],
+        copies=thinking.num_thoughts,
         repeats=max(args.steps, 1),
         log=lambda line: print(line, file=sys.stderr, flush=True),
     )

@@ -145,7 +145,8 @@ def main(argv: Optional[list[str]] = None) -> str:
         raise ValueError(f"--jobs {args.jobs} exceeds the {cpus} CPUs available")
     seeds = [int(s) for s in args.seeds.split(",")]
     names = [n for n in METHODS if args.teacher_checkpoint or not n.startswith("teacher")]
-    # Longest runs first (decoding rationales, then training on them), so the last to start are short.
+    # Longest runs first (decoding rationales, then training on them), so the last to start
+    # are short.
     cost = {"cot": 0, "step_by_step": 1}
     order = sorted(
         ((n, s) for n in names for s in seeds), key=lambda r: cost.get(METHODS[r[0]][1], 2)

@@ -16,7 +16,8 @@ import gin
 import jax
 import seqio
 
-from t5x_rationale import run_setup
+from t5x_rationale.data.run_inputs import check_task, load_vocabulary
+from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor, load_examples, score_task, text_of
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
@@ -69,8 +70,8 @@ def evaluate(
     if (checkpoint_path is None) == (run_dir is None):
         raise ValueError("give exactly one of evaluate.checkpoint_path and evaluate.run_dir")
     checkpoint_path = checkpoint_path or os.path.join(run_dir, "checkpoints")
-    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
-    run_setup.check_task(mixture_or_task_name, vocabulary)
+    vocabulary = load_vocabulary(vocabulary_path, model_config)
+    check_task(mixture_or_task_name, vocabulary)
     tasks = _tasks_with_metrics(mixture_or_task_name)
     predictor = Predictor(
         model_config,
@@ -124,9 +125,7 @@ def _write(output_dir, task_name, split, step, scores, examples, texts) -> None:
 
 
 def main() -> None:
-    from t5x_rationale.gin_launch import run
-
-    run("evaluate")
+    run(evaluate)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Writes `thought_eval.json` to `output_dir` and prints a table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Optional, Sequence
@@ -26,10 +27,12 @@ import gin
 import jax
 import numpy as np
 
-from t5x_rationale import run_setup
 from t5x_rationale.data import sources, synthetic
+from t5x_rationale.data.run_inputs import check_task, load_vocabulary
+from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.prediction import load_examples
 from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import write_text_atomic
@@ -154,21 +157,23 @@ def evaluate_thoughts(
     questions_format: str = "teacher",
     num_questions: int = 64,
     answer_prefix: str = " The answer is",
-    num_ahead: int = 12,
+    thinking: ThinkingSpec = ThinkingSpec(),
     thought_temperature: float = 0.0,
     mesh: MeshConfig = MeshConfig(),
     vocabulary_path: Optional[str] = None,
 ) -> dict:
-    """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it."""
-    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
-    run_setup.check_task(mixture_or_task_name, vocabulary)
+    """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it.
+
+    `thinking` is the training run's `@ThinkingSpec()`; thoughts are decoded at
+    `thought_temperature` (0: argmax) and scored on the next token (n_t = 1).
+    """
+    vocabulary = load_vocabulary(vocabulary_path, model_config)
+    check_task(mixture_or_task_name, vocabulary)
     scorer = ThoughtScorer(
         model_config,
         checkpoint_path,
         Partitioner(create_mesh(mesh)),
-        num_ahead=num_ahead,
-        num_talk=1,
-        thought_temperature=thought_temperature,
+        spec=dataclasses.replace(thinking, num_talk=1, sample_temperature=thought_temperature),
     )
     texts = [
         ex["targets"]
@@ -208,30 +213,28 @@ def format_report(report: dict) -> str:
     """The report as a few readable lines."""
     p = report["perplexity"]
     lines = [
-        f"evaluate_thoughts: step {report['step']}, {report['examples']} {report['task']}/{report['split']} "
-        f"texts, mean w {report['mean_mixing_weight']:+.3f}",
+        f"evaluate_thoughts: step {report['step']}, {report['examples']} "
+        f"{report['task']}/{report['split']} texts, mean w {report['mean_mixing_weight']:+.3f}",
         f"  all tokens ({p['overall']['tokens']}): ppl base {p['overall']['base_ppl']:.3f}  "
         f"mixed {p['overall']['mixed_ppl']:.3f}",
     ]
     for i, b in enumerate(p["by_difficulty"]):
         lo, hi = b["base_nll_range"]
         lines.append(
-            f"  bin {i} (base nll {lo:.2f}..{hi:.2f}, {b['tokens']} tokens): ppl base {b['base_ppl']:.3f}  "
-            f"mixed {b['mixed_ppl']:.3f}"
+            f"  bin {i} (base nll {lo:.2f}..{hi:.2f}, {b['tokens']} tokens): "
+            f"ppl base {b['base_ppl']:.3f}  mixed {b['mixed_ppl']:.3f}"
         )
     a = report["answer_mass"]
     lines.append(
-        f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  mixed {a['mixed_mass']:.4f}"
-        f"  (mean log p {a['base_logp']:.3f} vs {a['mixed_logp']:.3f}; mixed higher on "
-        f"{100 * a['mixed_better_fraction']:.0f}%)"
+        f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  "
+        f"mixed {a['mixed_mass']:.4f}  (mean log p {a['base_logp']:.3f} vs {a['mixed_logp']:.3f}; "
+        f"mixed higher on {100 * a['mixed_better_fraction']:.0f}%)"
     )
     return "\n".join(lines)
 
 
 def main() -> None:
-    from t5x_rationale.gin_launch import run
-
-    run("evaluate_thoughts")
+    run(evaluate_thoughts)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,25 @@
 """Library objects exposed to gin files (library code itself stays gin-free).
 
-The entry points are registered here too (`train`, `evaluate`, `infer`, `inspect_thoughts`,
-`evaluate_thoughts`), so one gin file may bind them all. Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
+Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
-`@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`, `@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`,
-`@register_gsm8k()`, `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`,
-`@quiet_star_loss`, `@ThoughtDecodeConfig()`.
+`@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`,
+`@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`, `@register_gsm8k()`,
+`@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`, `@quiet_star_loss`,
+`@ThinkingSpec()`, `@ThoughtDecodeConfig()`. The entry points register themselves when they
+run (`gin_launch.register`); nothing here imports them.
 """
 
 from __future__ import annotations
 
 import gin
 
-from t5x_rationale import evaluate as evaluate_module
-from t5x_rationale import evaluate_thoughts as evaluate_thoughts_module
-from t5x_rationale import infer as infer_module
-from t5x_rationale import inspect_thoughts as inspect_thoughts_module
-from t5x_rationale import train as train_module
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters, registry
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.optimizers import OptimizerConfig
 from t5x_rationale.runtime.partitioning import MeshConfig
 
@@ -41,7 +38,8 @@ def quiet_star_config(
     thought_scale: float = 100.0,
     mixing_sigmoid: bool = False,
 ):
-    """A decoder config (`@model_config()`) with the Quiet-STaR thought embeddings and mixing head."""
+    """A decoder config (`@model_config()`) with the Quiet-STaR thought embeddings and mixing
+    head."""
     return QuietStarConfig(
         decoder, tuple(thought_init_ids), tuple(thought_token_ids), thought_scale, mixing_sigmoid
     )
@@ -59,6 +57,7 @@ gin.external_configurable(OptimizerConfig)
 gin.external_configurable(MeshConfig)
 gin.external_configurable(DecodeConfig)
 gin.external_configurable(ThoughtDecodeConfig)
+gin.external_configurable(ThinkingSpec)
 gin.external_configurable(token_loss)
 gin.external_configurable(step_by_step_loss)
 gin.external_configurable(kd_loss)
@@ -66,17 +65,3 @@ gin.external_configurable(quiet_star_loss)
 gin.external_configurable(registry.register_gsm8k)
 gin.external_configurable(registry.gsm8k_task_name)
 gin.external_configurable(registry.register_jsonl)
-
-# The entry points, registered from their canonical modules (also under `python -m`, where
-# the running file is `__main__`): gin-bound versions by name.
-ENTRY_POINTS = {
-    "train": gin.external_configurable(train_module.train, "train"),
-    "evaluate": gin.external_configurable(evaluate_module.evaluate, "evaluate"),
-    "infer": gin.external_configurable(infer_module.infer, "infer"),
-    "inspect_thoughts": gin.external_configurable(
-        inspect_thoughts_module.inspect_thoughts, "inspect_thoughts"
-    ),
-    "evaluate_thoughts": gin.external_configurable(
-        evaluate_thoughts_module.evaluate_thoughts, "evaluate_thoughts"
-    ),
-}

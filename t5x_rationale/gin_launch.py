@@ -19,11 +19,17 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import gin
 
+import t5x_rationale.gin_configurables  # noqa: F401  (library objects gin files name)
+
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+# Every entry point's gin name. A gin file may bind several (a run file binds `train` and
+# `evaluate`); bindings of the ones not running are skipped, any other unknown name is an error.
+ENTRY_POINTS = ("train", "evaluate", "infer", "inspect_thoughts", "evaluate_thoughts")
+_REGISTERED: dict[str, Callable] = {}
 
 
 class GinConfigError(ValueError):
@@ -103,14 +109,16 @@ def parse_config(
     quiet = _QuietSearchMisses()
     logging.getLogger().addFilter(quiet)
     try:
-        gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+        gin.parse_config_files_and_bindings(
+            files, [], finalize_config=False, skip_unknown=_unregistered_entry_points()
+        )
     except Exception as e:  # gin raises ValueError/SyntaxError/ImportError with file + line
         raise GinConfigError(f"in gin files {files}: {e}") from e
     finally:
         logging.getLogger().removeFilter(quiet)
     for binding in bindings:
         try:
-            gin.parse_config(binding)
+            gin.parse_config(binding, skip_unknown=_unregistered_entry_points())
         except Exception as e:
             raise GinConfigError(
                 f"bad gin binding --gin.{binding.replace(' = ', '=', 1)}: {e}"
@@ -132,14 +140,29 @@ def initialize_distributed(args: argparse.Namespace) -> None:
         jax.distributed.initialize()
 
 
-def run(entry_point: str, argv: Sequence[str] | None = None) -> object:
-    """Parses the command line into gin, then calls the gin-bound entry point by name."""
+def register(entry_point: Callable) -> Callable:
+    """The gin-bound version of an entry point function, registered once per process under
+    its own name (one of `ENTRY_POINTS`)."""
+    name = entry_point.__name__
+    if name not in ENTRY_POINTS:
+        raise ValueError(f"{name!r} is not an entry point; expected one of {ENTRY_POINTS}")
+    if name not in _REGISTERED:
+        with gin.unlock_config():  # an earlier run in this process may have locked it
+            _REGISTERED[name] = gin.external_configurable(entry_point, name)
+    return _REGISTERED[name]
+
+
+def _unregistered_entry_points() -> list[str]:
+    return [name for name in ENTRY_POINTS if name not in _REGISTERED]
+
+
+def run(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
+    """Parses the command line into gin, then calls the gin-bound `entry_point`."""
+    bound = register(entry_point)
     args = parse_args(sys.argv[1:] if argv is None else argv)
     initialize_distributed(args)
-    from t5x_rationale.gin_configurables import ENTRY_POINTS
-
     if not args.gin_file:
         raise GinConfigError("no --gin_file given (e.g. --gin_file=runs/quickstart.gin)")
     gin.clear_config()
     parse_config(args.gin_file, args.gin_bindings, args.gin_search_paths.split(","))
-    return ENTRY_POINTS[entry_point]()
+    return bound()

@@ -16,7 +16,8 @@ from typing import Optional
 import gin
 import jax
 
-from t5x_rationale import run_setup
+from t5x_rationale.data.run_inputs import check_task, load_vocabulary
+from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor, load_examples, text_of
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
@@ -26,7 +27,8 @@ from t5x_rationale.runtime.run_files import write_text_atomic
 
 
 def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
-    """`{"input": ...}` JSONL rows -> examples with tokenized `inputs`; errors name file and line."""
+    """`{"input": ...}` JSONL rows -> examples with tokenized `inputs`; errors name file and
+    line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"infer input file {path} does not exist")
     examples = []
@@ -74,11 +76,11 @@ def infer(
     """Writes one JSONL prediction per example to `output_file` and returns the rows."""
     if (input_file is None) == (mixture_or_task_name is None):
         raise ValueError("give exactly one of infer.input_file and infer.mixture_or_task_name")
-    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
+    vocabulary = load_vocabulary(vocabulary_path, model_config)
     if input_file is not None:
         examples = read_input_file(input_file, vocabulary, input_prefix)[:max_examples]
     else:
-        run_setup.check_task(mixture_or_task_name, vocabulary)
+        check_task(mixture_or_task_name, vocabulary)
         examples = load_examples(mixture_or_task_name, split, max_examples=max_examples)
     predictor = Predictor(
         model_config,
@@ -105,17 +107,15 @@ def infer(
             output_file, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
         )
         print(
-            f"infer: wrote {len(rows)} predictions to {output_file} (checkpoint step {predictor.step}, "
-            f"{predictions.truncated_inputs} inputs truncated)",
+            f"infer: wrote {len(rows)} predictions to {output_file} "
+            f"(checkpoint step {predictor.step}, {predictions.truncated_inputs} inputs truncated)",
             flush=True,
         )
     return rows
 
 
 def main() -> None:
-    from t5x_rationale.gin_launch import run
-
-    run("infer")
+    run(infer)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ it (after y[i-1]), the mixing weight w of the prediction of y[i], delta_next = l
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import os
@@ -22,8 +23,10 @@ import gin
 import jax
 import numpy as np
 
-from t5x_rationale import run_setup
+from t5x_rationale.data.run_inputs import load_vocabulary
+from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import write_text_atomic
@@ -71,7 +74,8 @@ def render_html(rows: list[dict], *, title: str, num_talk: int) -> str:
     """The text coloured by delta_future (hover for the thought), then the per-token table."""
     scale = _delta_scale(rows)
     spans = "".join(
-        f'<span style="background:{_colour(r["delta_future"], scale)}" title="{html.escape(_tooltip(r))}">'
+        f'<span style="background:{_colour(r["delta_future"], scale)}" '
+        f'title="{html.escape(_tooltip(r))}">'
         f"{html.escape(r['token'])}</span>"
         for r in rows
     )
@@ -79,7 +83,8 @@ def render_html(rows: list[dict], *, title: str, num_talk: int) -> str:
         f"<tr><td>{r['position']}</td><td><code>{html.escape(repr(r['token']))}</code></td>"
         f"<td><code>{html.escape(r['thought'])}</code></td><td>{r['mixing_weight']:+.3f}</td>"
         f"<td>{r['base_logp']:.3f}</td><td>{r['mixed_logp']:.3f}</td><td>{r['delta_next']:+.3f}</td>"
-        f'<td style="background:{_colour(r["delta_future"], scale)}">{r["delta_future"]:+.3f}</td></tr>'
+        f'<td style="background:{_colour(r["delta_future"], scale)}">'
+        f"{r['delta_future']:+.3f}</td></tr>"
         for r in rows
     )
     return f"""<!doctype html>
@@ -150,14 +155,17 @@ def inspect_thoughts(
     text: Optional[str] = None,
     text_file: Optional[str] = None,
     max_length: int = 256,
-    num_ahead: int = 12,
-    num_talk: int = 4,
+    thinking: ThinkingSpec = ThinkingSpec(),
     thought_temperature: float = 0.0,
     mesh: MeshConfig = MeshConfig(),
     vocabulary_path: Optional[str] = None,
     seed: int = 0,
 ) -> list[dict]:
-    """Writes thoughts.html, thoughts.png and thoughts.json for `text` (or `text_file`)."""
+    """Writes thoughts.html, thoughts.png and thoughts.json for `text` (or `text_file`).
+
+    `thinking` is the training run's `@ThinkingSpec()`; thoughts are decoded at
+    `thought_temperature` (0: argmax) and judged on the next `thinking.num_talk` tokens.
+    """
     if (text is None) == (text_file is None):
         raise ValueError("give exactly one of inspect_thoughts.text and inspect_thoughts.text_file")
     if text_file is not None:
@@ -165,7 +173,7 @@ def inspect_thoughts(
             raise FileNotFoundError(f"inspect_thoughts.text_file {text_file} does not exist")
         with open(text_file, encoding="utf-8") as f:
             text = f.read()
-    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
+    vocabulary = load_vocabulary(vocabulary_path, model_config)
     tokens = vocabulary.encode(text)[:max_length]
     if not tokens:
         raise ValueError("inspect_thoughts: the text has no tokens")
@@ -173,9 +181,7 @@ def inspect_thoughts(
         model_config,
         checkpoint_path,
         Partitioner(create_mesh(mesh)),
-        num_ahead=num_ahead,
-        num_talk=num_talk,
-        thought_temperature=thought_temperature,
+        spec=dataclasses.replace(thinking, sample_temperature=thought_temperature),
     )
     scores = scorer.score(np.asarray([tokens], np.int32), rng=jax.random.PRNGKey(seed))
     rows = token_rows(scores, vocabulary)
@@ -184,7 +190,7 @@ def inspect_thoughts(
         title = f"Thoughts of {checkpoint_path} (step {scorer.step})"
         write_text_atomic(
             os.path.join(output_dir, "thoughts.html"),
-            render_html(rows, title=title, num_talk=num_talk),
+            render_html(rows, title=title, num_talk=thinking.num_talk),
         )
         write_text_atomic(os.path.join(output_dir, "thoughts.json"), json.dumps(rows, indent=1))
         render_png(rows, os.path.join(output_dir, "thoughts.png"), title=title)
@@ -197,9 +203,7 @@ def inspect_thoughts(
 
 
 def main() -> None:
-    from t5x_rationale.gin_launch import run
-
-    run("inspect_thoughts")
+    run(inspect_thoughts)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ batch, model, mesh) before the run directory is created, so bad input leaves not
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Callable, Mapping, Optional
@@ -18,18 +19,20 @@ import gin
 import jax
 import seqio
 
-from t5x_rationale import run_setup
 from t5x_rationale.architectures import build_model
-from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
+from t5x_rationale.data.run_inputs import check_task, default_converter, load_vocabulary
+from t5x_rationale.gin_launch import run
 from t5x_rationale.objectives import token_loss
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
 from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.metrics_writer import MetricsWriter
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.runtime.run_files import write_run_info
+from t5x_rationale.runtime.run_files import model_info, write_run_info
+from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
 from t5x_rationale.runtime.training_loop import train_loop
 
@@ -62,6 +65,7 @@ def train(
     console: bool = True,
     teacher_config=None,
     teacher_checkpoint: Optional[str] = None,
+    thinking: Optional[ThinkingSpec] = None,
 ) -> TrainState:
     """Trains `model_config` on a seqio task or mixture until step `num_steps`.
 
@@ -88,11 +92,14 @@ def train(
       teacher_config, teacher_checkpoint: a frozen teacher for distillation objectives
         (`kd_loss`): its params are restored from the checkpoint, sharded on this mesh and
         passed to the objective as `constants["teacher"]`, with `teacher_model=` bound.
+      thinking: a Quiet-STaR model's thinking settings (`@ThinkingSpec()`), handed to the
+        objective as `spec=` and to the FLOP count; required for one, refused otherwise.
     """
-    vocabulary = run_setup.load_vocabulary(vocabulary_path, model_config)
-    run_setup.check_task(mixture_or_task_name, vocabulary)
+    objective = _with_thinking(objective, model_config, thinking)
+    vocabulary = load_vocabulary(vocabulary_path, model_config)
+    check_task(mixture_or_task_name, vocabulary)
     partitioner = Partitioner(create_mesh(mesh))
-    converter = converter or run_setup.default_converter(model_config)
+    converter = converter or default_converter(model_config.architecture)
     spec = StreamSpec(
         mixture_or_task_name,
         split,
@@ -102,18 +109,12 @@ def train(
         seed=data_seed,
         host_sharding=host_sharding,
     )
-    stream = TaskStream(
-        spec,
-        converter,
-        host_rows=partitioner.host_rows(batch_size),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
+    stream = _stream(spec, converter, partitioner)
     example = next(stream)  # proves the data reads and gives the batch shapes
-    tx, schedule = make_optimizer(optimizer)
-    objective, constants = run_setup.attach_teacher(
+    objective, constants = attach_teacher(
         objective, teacher_config, teacher_checkpoint, partitioner, example
     )
+    tx, schedule = make_optimizer(optimizer)
     trainer = Trainer(
         build_model(model_config),
         objective,
@@ -124,11 +125,8 @@ def train(
         constants=constants,
     )
     abstract = trainer.abstract_state(example)
-    write_run_info(
-        run_dir,
-        config_gin=gin.config_str(),
-        model_info=run_setup.model_info(trainer, example, model_config),
-    )
+    info = model_info(trainer, example, model_config)
+    write_run_info(run_dir, config_gin=gin.config_str(), model_info=info)
     checkpointer = Checkpointer(
         os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints, save_every=save_every
     )
@@ -136,42 +134,58 @@ def train(
         abstract, lambda: trainer.init_state(seed, example), explicit_path=restore_path
     )
     stream.set_state(data_state if data_state else {"position": 0})
-    log.info("train: %s from %s at step %d", mixture_or_task_name, source, int(state.step))
-    if console and jax.process_index() == 0:
-        print(f"train: starting from {source} at step {int(state.step)} of {num_steps}", flush=True)
-    throughput = _throughput(model_config, spec, converter, measure_mfu, objective)
+    _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
+    throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
     writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
-
-    def on_metrics(step: int, values: dict) -> None:
-        writer(step, {**values, **stream.stats()})
-
     try:
-        state = train_loop(
+        return train_loop(
             trainer,
             state,
             stream,
             num_steps=num_steps,
             checkpointer=checkpointer,
             throughput=throughput,
-            on_metrics=on_metrics,
+            on_metrics=lambda step, values: writer(step, {**values, **stream.stats()}),
         )
     finally:
         writer.close()
         checkpointer.close()
-    return state
+
+
+def _with_thinking(objective: Callable, model_config, thinking: Optional[ThinkingSpec]):
+    """The objective with `spec=thinking` bound, for a model that thinks."""
+    if model_config.architecture != "quiet_star":
+        if thinking is not None:
+            raise ValueError("train.thinking is set but the model does not think (not Quiet-STaR)")
+        return objective
+    if thinking is None:
+        raise ValueError("a Quiet-STaR model needs train.thinking = @ThinkingSpec()")
+    return functools.partial(objective, spec=thinking)
+
+
+def _stream(spec: StreamSpec, converter, partitioner: Partitioner) -> TaskStream:
+    """This host's rows of the resumable batch stream."""
+    return TaskStream(
+        spec,
+        converter,
+        host_rows=partitioner.host_rows(spec.batch_size),
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+
+
+def _announce(task: str, source: str, step: int, num_steps: int, console: bool) -> None:
+    log.info("train: %s from %s at step %d", task, source, step)
+    if console and jax.process_index() == 0:
+        print(f"train: starting from {source} at step {step} of {num_steps}", flush=True)
 
 
 def _throughput(
-    model_config, spec: StreamSpec, converter, measure_mfu: bool, objective
+    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking
 ) -> Throughput:
     lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
     input_length = lengths.get("encoder_input_tokens", 0)
     target_length = lengths["decoder_target_tokens"]
-    thinking = (
-        run_setup.thinking_settings(objective)
-        if isinstance(model_config, QuietStarConfig)
-        else None
-    )
     flops = train_step_flops(
         model_config,
         spec.batch_size,
@@ -188,9 +202,7 @@ def _throughput(
 
 
 def main() -> None:
-    from t5x_rationale.gin_launch import run
-
-    run("train")
+    run(train)
 
 
 if __name__ == "__main__":

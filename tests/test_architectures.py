@@ -67,9 +67,8 @@ def np_rope(x, positions, theta):
             p = float(positions[bi, t])
             for h in range(heads):
                 for i in range(half):
-                    angle = p / theta ** (
-                        2.0 * i / d
-                    )  # HF: inv_freq = 1 / theta^(arange(0, d, 2) / d)
+                    # HF: inv_freq = 1 / theta^(arange(0, d, 2) / d)
+                    angle = p / theta ** (2.0 * i / d)
                     c, s = math.cos(angle), math.sin(angle)
                     x1, x2 = x[bi, t, h, i], x[bi, t, h, i + half]
                     out[bi, t, h, i] = x1 * c - x2 * s
@@ -224,7 +223,8 @@ def np_t5_forward(
 
 
 def np_llama_forward(params, c: DecoderConfig, tokens, *, allowed=None, positions=None):
-    """Llama: pre-RMSNorm, RoPE, GQA scaled by 1/sqrt(d), SwiGLU. `allowed(b, i, j)` defaults to causal."""
+    """Llama: pre-RMSNorm, RoPE, GQA scaled by 1/sqrt(d), SwiGLU. `allowed(b, i, j)` defaults to
+    causal."""
     p = to_f64(params)
     emb = p["token_embedder"]["embedding"]
     b, length = tokens.shape
@@ -472,9 +472,8 @@ def test_t5_forward_matches_numpy():
     "overrides",
     [
         dict(num_layers=1),  # 8 heads / 4 kv heads
-        dict(
-            num_layers=1, num_kv_heads=2, rope_theta=100.0, tie_embeddings=True
-        ),  # 8 / 2, tied output
+        # 8 / 2, tied output
+        dict(num_layers=1, num_kv_heads=2, rope_theta=100.0, tie_embeddings=True),
     ],
 )
 def test_decoder_forward_matches_numpy(overrides):
@@ -698,9 +697,8 @@ def test_decoder_packing_with_prefix_lm_and_sliding_window_matches_numpy():
 
 
 def test_t5_packing_matches_numpy_and_separate_examples():
-    c = get_preset(
-        "t5-tiny", **T5_ONE, logits_via_embedding=True
-    )  # also covers the tied output layer
+    # also covers the tied output layer
+    c = get_preset("t5-tiny", **T5_ONE, logits_via_embedding=True)
     model = build_model(c)
     rng = np.random.default_rng(13)
     # Row 0 packs example a (4 inputs, 3 targets) and b (3 inputs, 4 targets); row 1 is one

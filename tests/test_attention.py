@@ -118,7 +118,8 @@ def _rand(rng, *shape):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-# A packed batch: row 0 has segments 1 (len 4) and 2 (len 3) then 1 pad; row 1 one segment of 6 then 2 pads.
+# A packed batch: row 0 has segments 1 (len 4) and 2 (len 3) then 1 pad; row 1 one segment of 6
+# then 2 pads.
 SEG = np.array([[1, 1, 1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 1, 1, 0, 0]], np.int32)
 POS = np.array([[0, 1, 2, 3, 0, 1, 2, 0], [0, 1, 2, 3, 4, 5, 0, 0]], np.int32)
 
@@ -168,7 +169,8 @@ def test_sliding_window_mask_matches_loop():
     for window in (1, 2, 3, 9):
         got = np.asarray(sliding_window_mask(jnp.asarray(qp), jnp.asarray(qp), window))
         np.testing.assert_array_equal(got, loop_window(qp, qp, window))
-        # Combined with causal: each query sees exactly min(window, pos + 1) keys of a plain sequence.
+        # Combined with causal: each query sees exactly min(window, pos + 1) keys of a plain
+        # sequence.
         causal_window = got & np.asarray(causal_mask(jnp.asarray(qp), jnp.asarray(qp)))
         np.testing.assert_array_equal(
             causal_window[0, 0].sum(-1), np.minimum(window, np.arange(9) + 1)
@@ -325,9 +327,8 @@ def test_cudnn_raises_clear_error_off_gpu():
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="auto picks cuDNN on GPU for bf16")
 def test_auto_falls_back_to_xla_off_gpu():
-    dtype = (
-        jnp.bfloat16
-    )  # the case where 'auto' would pick cuDNN on a GPU; elsewhere it must be XLA
+    # the case where 'auto' would pick cuDNN on a GPU; elsewhere it must be XLA
+    dtype = jnp.bfloat16
     rng = np.random.default_rng(5)
     q, k, v = (jnp.asarray(_rand(rng, 2, 8, 8, 4), dtype) for _ in range(3))
     k, v = k[:, :, :2], v[:, :, :2]

@@ -1,4 +1,5 @@
-"""Checkpoints (t5x_rationale/checkpoints.py) and the checkpointing parts of the training loop.
+"""Checkpoints (t5x_rationale/runtime/checkpoints.py) and the checkpointing parts of the training
+loop.
 
 One decoder-tiny Trainer on a 2x2x2 mesh is built, trained and saved once per module (its
 train step compiles once); every other test restores from those checkpoints, writes small
@@ -271,7 +272,8 @@ def test_other_width_raises_mismatch(saved):
         "model expects [[32], 'float32']" in msg
     ), msg
     assert (
-        ".params['decoder']['layers_0']['mlp']['wi_0']['kernel']: checkpoint has [[64, 128], 'float32'], "
+        ".params['decoder']['layers_0']['mlp']['wi_0']['kernel']: "
+        "checkpoint has [[64, 128], 'float32'], "
         "model expects [[32, 128], 'float32']" in msg
     ), msg
     # 21 params, each with an emb_dim axis, and their two Adam moments.
@@ -305,9 +307,8 @@ def test_partial_checkpoint_is_never_restored(saved, tmp_path):
     assert os.path.exists(os.path.join(complete, "commit_success.txt"))
     assert os.path.exists(os.path.join(complete, "_CHECKPOINT_METADATA"))
     _fake_interrupted_save(complete, str(run / "3.orbax-checkpoint-tmp"))  # this orbax's naming
-    _fake_interrupted_save(
-        complete, str(run / "4.orbax-checkpoint-tmp-1795316521571")
-    )  # timestamped
+    # timestamped
+    _fake_interrupted_save(complete, str(run / "4.orbax-checkpoint-tmp-1795316521571"))
 
     target = saved.trainer.abstract_state(EXAMPLE)
     checkpointer = Checkpointer(str(run), save_every=1)

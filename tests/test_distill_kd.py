@@ -74,9 +74,9 @@ def test_kd_loss_matches_hand_computed_kl(lam, temperature, t_squared):
         t_squared=t_squared,
         z_loss=1e-4,
     )
-    apply = lambda m, p: m.apply(
+    apply = lambda m, p: m.apply(  # noqa: E731
         {"params": p}, batch["encoder_input_tokens"], batch["decoder_input_tokens"]
-    )  # noqa: E731
+    )
     expected, kl = _reference(
         apply(student, s_params), apply(teacher, t_params), batch, lam, temperature, t_squared, 1e-4
     )

@@ -1,5 +1,5 @@
-"""Model FLOP formulas in t5x_rationale/flops.py against hand-enumerated matmuls, the jaxpr's
-dot_generals, and XLA's own cost analysis of the compiled forward pass."""
+"""Model FLOP formulas in t5x_rationale/runtime/flops.py against hand-enumerated matmuls, the
+jaxpr's dot_generals, and XLA's own cost analysis of the compiled forward pass."""
 
 from __future__ import annotations
 
@@ -123,32 +123,40 @@ def test_t5_formula_equals_hand_enumerated_matmuls():
     hd = h * d
     enc, dec = b * s, b * t
     encoder = [
+        # q, k, v
         _matmul(enc, e, hd),
         _matmul(enc, e, hd),
-        _matmul(enc, e, hd),  # q, k, v
+        _matmul(enc, e, hd),
+        # scores, values
         _matmul(s, d, s, batch=b * h),
-        _matmul(s, s, d, batch=b * h),  # scores, values
+        _matmul(s, s, d, batch=b * h),
         _matmul(enc, hd, e),  # out
+        # gated-GELU MLP
         _matmul(enc, e, f),
         _matmul(enc, e, f),
-        _matmul(enc, f, e),  # gated-GELU MLP
+        _matmul(enc, f, e),
     ]
     decoder = [
+        # self q, k, v
         _matmul(dec, e, hd),
         _matmul(dec, e, hd),
-        _matmul(dec, e, hd),  # self q, k, v
+        _matmul(dec, e, hd),
+        # self scores, values
         _matmul(t, d, t, batch=b * h),
-        _matmul(t, t, d, batch=b * h),  # self scores, values
+        _matmul(t, t, d, batch=b * h),
         _matmul(dec, hd, e),  # self out
         _matmul(dec, e, hd),  # cross q
+        # cross k, v (encoder tokens)
         _matmul(enc, e, hd),
-        _matmul(enc, e, hd),  # cross k, v (encoder tokens)
+        _matmul(enc, e, hd),
+        # cross scores, values
         _matmul(t, d, s, batch=b * h),
-        _matmul(t, s, d, batch=b * h),  # cross scores, values
+        _matmul(t, s, d, batch=b * h),
         _matmul(dec, hd, e),  # cross out
+        # MLP
         _matmul(dec, e, f),
         _matmul(dec, e, f),
-        _matmul(dec, f, e),  # MLP
+        _matmul(dec, f, e),
         _matmul(dec, e, v),  # logits
     ]
     assert t5_forward_flops(c, b, s, t) == sum(encoder) + sum(decoder)
@@ -189,8 +197,8 @@ def test_t5_formula_vs_jaxpr_and_xla():
     ],
 )
 def test_decoder_formula_vs_jaxpr_variants(overrides):
-    """GQA/MQA, depth, tied embeddings, sliding windows (attention still counted over the full length),
-    scanned and rematerialised layers (the forward pass itself is unchanged)."""
+    """GQA/MQA, depth, tied embeddings, sliding windows (attention still counted over the full
+    length), scanned and rematerialised layers (the forward pass itself is unchanged)."""
     c = get_preset("decoder-tiny", **overrides)
     assert decoder_forward_flops(c, 3, 10) == _jaxpr_matmul_flops(c, 3, 10)
 
@@ -251,7 +259,7 @@ def test_quiet_star_formula_is_the_dense_forward_minus_its_masked_work():
         config, rows, length, num_ahead=n_a, num_talk=n_t, num_thoughts=1
     )
     assert needed == counted - attention_waste
-    thinking = dict(num_ahead=n_a, num_talk=n_t, num_thoughts=1)
+    thinking = ThinkingSpec(num_ahead=n_a, num_talk=n_t, num_thoughts=1)
     assert train_step_flops(config, rows, target_length=length, thinking=thinking) == 3 * needed
     with pytest.raises(ValueError, match="thinking"):
         train_step_flops(config, 1, target_length=length)

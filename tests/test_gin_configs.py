@@ -6,13 +6,14 @@ from pathlib import Path
 import gin
 import pytest
 
-import t5x_rationale.gin_configurables  # noqa: F401
-from t5x_rationale import gin_launch
+from t5x_rationale import evaluate, evaluate_thoughts, gin_launch, infer, inspect_thoughts, train
 from t5x_rationale.architectures import DecoderConfig, QuietStarConfig, T5Config
 from t5x_rationale.runtime.partitioning import MeshConfig
 
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
-ENTRY_POINTS = tuple(t5x_rationale.gin_configurables.ENTRY_POINTS)
+for _module in (train, evaluate, infer, inspect_thoughts, evaluate_thoughts):
+    gin_launch.register(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
+ENTRY_POINTS = gin_launch.ENTRY_POINTS
 # Macros that run files leave to the command line.
 REQUIRED_MACROS = [
     "TASK = 'synthetic_arith_cot'",
@@ -22,10 +23,11 @@ REQUIRED_MACROS = [
     "EVAL_TASK = 'synthetic_arith_cot'",
     "OUTPUT_DIR = '/tmp/unused'",
 ]
+# set by the gsm8k_* files over gsm8k_base.gin
 GSM8K_MACROS = [
     "TRAIN_KIND = 'cot'",
     "EVAL_KIND = 'cot'",
-]  # set by the gsm8k_* files over gsm8k_base.gin
+]
 GSM8K_ROW = (
     '{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\\n#### 5"}'
 )
@@ -67,9 +69,8 @@ def _model_file_for(run_file: Path) -> list[str]:
 def test_run_file_builds(run_file, tmp_path):
     files = _model_file_for(run_file) + [str(run_file)]
     text = _text_with_includes(run_file)
-    (tmp_path / "train.jsonl").write_text(
-        GSM8K_ROW + "\n"
-    )  # GSM8K runs register their copy when built
+    # GSM8K runs register their copy when built
+    (tmp_path / "train.jsonl").write_text(GSM8K_ROW + "\n")
     (tmp_path / "test.jsonl").write_text(GSM8K_ROW + "\n")
     required = REQUIRED_MACROS + GSM8K_MACROS + [f"GSM8K_DIR = '{tmp_path}'"]
     macros = [m for m in required if m.split(" =")[0] + " = %gin.REQUIRED" in text]

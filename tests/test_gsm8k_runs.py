@@ -14,6 +14,8 @@ from test_sources import gsm8k_dir
 
 from t5x_rationale import gin_launch
 from t5x_rationale.data import registry
+from t5x_rationale.evaluate import evaluate
+from t5x_rationale.train import train
 
 TINY = [
     "model_config.preset = 't5-tiny'",
@@ -46,13 +48,13 @@ def _launch(entry, run_file, run_dir, extra=()):
 
 
 def _train_and_evaluate(run_file, run_dir, eval_task, metric_keys, extra=()):
-    state = _launch("train", run_file, run_dir, extra)
+    state = _launch(train, run_file, run_dir, extra)
     assert int(state.step) == 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     for key in metric_keys:
         assert key in rows[-1], (run_file, key, sorted(rows[-1]))
-    results = _launch("evaluate", run_file, run_dir, extra)
+    results = _launch(evaluate, run_file, run_dir, extra)
     scores = results[eval_task]
     assert scores["examples"] == 8 and 0.0 <= scores["answer_accuracy"] <= 100.0
     assert (run_dir / "eval" / f"{eval_task}-test-step2.json").is_file()

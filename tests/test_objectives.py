@@ -307,9 +307,8 @@ def test_token_loss_matches_reference(preset, z_loss, label_smoothing):
     batch["decoder_loss_weights"] = weights
 
     loss, metrics, logits_again = run(params, batch, None, **kwargs)
-    np.testing.assert_array_equal(
-        np.asarray(logits_again), logits.astype(np.float32)
-    )  # targets do not feed the model
+    # targets do not feed the model
+    np.testing.assert_array_equal(np.asarray(logits_again), logits.astype(np.float32))
 
     per_token, z_terms = np_token_cross_entropy(
         logits, batch["decoder_target_tokens"], z_loss=z_loss, label_smoothing=label_smoothing
@@ -334,9 +333,8 @@ def test_token_loss_without_weights_uses_nonzero_targets():
     config, params, run = _setup("decoder-tiny")
     batch = _batch(config, seed=3)
     targets = batch["decoder_target_tokens"].copy()
-    targets[0, 1] = (
-        0  # a zero target inside the real tokens gets no weight without explicit weights
-    )
+    # a zero target inside the real tokens gets no weight without explicit weights
+    targets[0, 1] = 0
     batch["decoder_target_tokens"] = targets
     del batch["decoder_loss_weights"]
 

@@ -1,4 +1,5 @@
-"""Schedules and optimizers in t5x_rationale/optimizers.py against closed forms and numpy references."""
+"""Schedules and optimizers in t5x_rationale/optimizers.py against closed forms and numpy
+references."""
 
 from __future__ import annotations
 
@@ -338,9 +339,10 @@ def test_scanned_model_norm_scales_are_not_decayed(name):
 def np_adafactor(
     params, grads_seq, *, lrs, wd, decay, min_dim=128, decay_exponent=0.8, eps=1e-30, min_scale=1e-3
 ):
-    """Adafactor (Shazeer & Stern 2018) as configured here: factored second moments for leaves whose
-    two largest dims are >= 128, beta2_t = 1 - t^-0.8, no update clipping, no momentum, step scaled by
-    lr * max(rms(param), 1e-3), plus (unscaled) weight decay wd * param on `decay` leaves."""
+    """Adafactor (Shazeer & Stern 2018) as configured here: factored second moments for leaves
+    whose two largest dims are >= 128, beta2_t = 1 - t^-0.8, no update clipping, no momentum,
+    step scaled by lr * max(rms(param), 1e-3), plus (unscaled) weight decay wd * param on
+    `decay` leaves."""
     params = {k: np.asarray(v, np.float64) for k, v in params.items()}
     stats = {}
     for t, grads in enumerate(grads_seq, start=1):
@@ -400,8 +402,8 @@ def test_adafactor_matches_reference():
 
 
 def test_adamw_clipping_happens_before_the_update_rule():
-    """Adam's update is nearly invariant to the gradient scale, so check clipping on its first moment:
-    after one step mu = (1 - b1) * g * clip / ||g||."""
+    """Adam's update is nearly invariant to the gradient scale, so check clipping on its first
+    moment: after one step mu = (1 - b1) * g * clip / ||g||."""
     tx, _ = make_optimizer(
         OptimizerConfig(name="adamw", learning_rate=0.1, b1=0.9, clip_grad_norm=0.5)
     )

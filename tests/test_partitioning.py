@@ -1,5 +1,5 @@
-"""Mesh configuration, logical-axis resolution and the Partitioner (t5x_rationale/partitioning.py,
-t5x_rationale/architectures/axes.py).
+"""Mesh configuration, logical-axis resolution and the Partitioner
+(t5x_rationale/runtime/partitioning.py, t5x_rationale/architectures/axes.py).
 
 Expected PartitionSpecs are written out by hand from the rules in the module docstrings, not
 recomputed with the code under test.

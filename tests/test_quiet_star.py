@@ -10,10 +10,11 @@ import pytest
 from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
 
 from t5x_rationale.architectures import DecoderOnly, build_model
-from t5x_rationale.objectives.quiet_star import advantages, quiet_star_loss, quiet_star_terms
+from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.append_scan import append_scan, replayed
 from t5x_rationale.quiet_star.sampling import sample_token
 from t5x_rationale.quiet_star.spec import RECORDABLE, Context, ThinkingSpec
+from t5x_rationale.quiet_star.terms import advantages, quiet_star_terms
 from t5x_rationale.quiet_star.think import think
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
@@ -239,7 +240,7 @@ def test_objective_terms_match_a_hand_computation():
     spec = ThinkingSpec(N_A, N_T)
     terms = jax.jit(
         lambda p: quiet_star_terms(
-            config, spec, p, batch, jax.random.PRNGKey(2), num_thoughts=2, clip_advantage=True
+            config, spec, p, batch, jax.random.PRNGKey(2), clip_advantage=True
         )
     )(params)
     valid = np.asarray(terms["valid"])
@@ -262,8 +263,7 @@ def test_objective_terms_match_a_hand_computation():
         params,
         batch,
         jax.random.PRNGKey(2),
-        num_ahead=N_A,
-        num_talk=N_T,
+        spec=ThinkingSpec(N_A, N_T),
         beta=10.0,
     )
     base_ce = -(base_lp * valid).sum() / valid.sum()
@@ -287,16 +287,13 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
     batch = _batch(seed=8)
     results = {}
     for impl in ("streams", "dense_mask"):
-        fn = lambda p, impl=impl: quiet_star_loss(
+        fn = lambda p, impl=impl: quiet_star_loss(  # noqa: E731
             model,
             p,
             batch,
             jax.random.PRNGKey(3),
-            num_ahead=N_A,  # noqa: E731
-            num_talk=N_T,
+            spec=ThinkingSpec(N_A, N_T, implementation=impl, record=record),
             beta=1.0,
-            implementation=impl,
-            record=record,
         )
         results[impl] = jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
     (loss_s, m_s), g_s = results["streams"]
@@ -328,15 +325,13 @@ def test_remat_policy_keeps_loss_and_gradients(implementation, remat_policy):
     for policy in ("none", remat_policy):
         config = tiny_config(remat_policy=policy)
         params = tiny_params(config, mixing_random=True)
-        fn = lambda p, c=config: quiet_star_loss(
+        fn = lambda p, c=config: quiet_star_loss(  # noqa: E731
             build_model(c),
             p,
             batch,
-            jax.random.PRNGKey(4),  # noqa: E731
-            num_ahead=N_A,
-            num_talk=N_T,
+            jax.random.PRNGKey(4),
+            spec=ThinkingSpec(N_A, N_T, implementation=implementation),
             beta=1.0,
-            implementation=implementation,
         )
         results.append(jax.jit(jax.value_and_grad(fn, has_aux=True))(params))
     (loss, _), grads = results[0]
@@ -409,7 +404,7 @@ def _train_steps(mesh, devices, steps=2):
     config = tiny_config()
     tx, _ = make_optimizer(OptimizerConfig(name="sgd", learning_rate=0.1))
     partitioner = Partitioner(create_mesh(MeshConfig.parse(mesh), devices))
-    objective = functools.partial(quiet_star_loss, num_ahead=N_A, num_talk=N_T, beta=1.0)
+    objective = functools.partial(quiet_star_loss, spec=ThinkingSpec(N_A, N_T), beta=1.0)
     trainer = Trainer(build_model(config), objective, tx, partitioner)
     batch = _batch(n=8, t=12, seed=9)
     state = trainer.init_state(0, batch)

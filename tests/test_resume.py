@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL and restarted reaches bitwise the same state as an uninterrupted run."""
+"""A run killed with SIGKILL and restarted reaches bitwise the same state as an uninterrupted
+run."""
 
 import os
 import signal
@@ -85,7 +86,7 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    start = [l for l in resumed.stdout.splitlines() if l.startswith("start:")][0]
+    start = [line for line in resumed.stdout.splitlines() if line.startswith("start:")][0]
     resumed_from = int(start.rsplit(" ", 1)[1])
     assert 3 <= resumed_from <= 5, start  # resumed from a checkpoint, not from scratch
 

@@ -62,9 +62,8 @@ def test_stream_attention_and_gradients_match_a_plain_softmax(heads, kv_heads, s
 
     rng = np.random.default_rng(1)
     d_out = jnp.asarray(rng.normal(size=out.shape), jnp.float32)
-    d_lse = jnp.asarray(
-        rng.normal(size=lse.shape), jnp.float32
-    )  # lse's own gradient is exercised too
+    # lse's own gradient is exercised too
+    d_lse = jnp.asarray(rng.normal(size=lse.shape), jnp.float32)
 
     def pulled_back(fn):
         _, vjp = jax.vjp(lambda *x: fn(*x, slot, mask), *inputs)
@@ -105,9 +104,9 @@ def test_stream_attention_without_slots_equals_all_slots_masked():
         out, lse = fn(*x)
         return jnp.sum(out * d_out) + jnp.sum(jnp.sin(lse))
 
-    without = lambda q, ck, cv, nk, nv: stream_attention(
+    without = lambda q, ck, cv, nk, nv: stream_attention(  # noqa: E731
         q, ck, cv, none(slot_k), none(slot_v), nk, nv, 0, mask
-    )  # noqa: E731
+    )
     masked = lambda q, ck, cv, nk, nv: stream_attention(q, ck, cv, slot_k, slot_v, nk, nv, 0, mask)  # noqa: E731
     args = (q, ctx_k, ctx_v, new_k, new_v)
     for a, b in zip(jax.jit(without)(*args), jax.jit(masked)(*args)):

@@ -59,7 +59,7 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
         config,
         params,
         padded,
-        ThoughtDecodeConfig(max_decode_length=steps, num_ahead=N_A, eos_id=None),
+        ThoughtDecodeConfig(max_decode_length=steps, thinking=ThinkingSpec(N_A), eos_id=None),
     )
     for r, p in enumerate(prompts):
         tokens, thoughts, weights = _uncached(config, params, p, steps)
@@ -83,7 +83,7 @@ def test_thought_ids_are_never_emitted_and_eos_stops_a_row():
         prompt,
         ThoughtDecodeConfig(
             max_decode_length=6,
-            num_ahead=N_A,
+            thinking=ThinkingSpec(N_A),
             thought_temperature=1.0,
             temperature=1.0,
             eos_id=None,
@@ -99,11 +99,17 @@ def test_thought_ids_are_never_emitted_and_eos_stops_a_row():
     assert not np.isin(np.asarray(out.thoughts), banned).any()
 
     greedy = generate_with_thoughts(
-        config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A, eos_id=None)
+        config,
+        params,
+        prompt,
+        ThoughtDecodeConfig(max_decode_length=6, thinking=ThinkingSpec(N_A), eos_id=None),
     )
     eos = int(greedy.tokens[0, 2])  # row 0 emits this third: stop there
     stopped = generate_with_thoughts(
-        config, params, prompt, ThoughtDecodeConfig(max_decode_length=6, num_ahead=N_A, eos_id=eos)
+        config,
+        params,
+        prompt,
+        ThoughtDecodeConfig(max_decode_length=6, thinking=ThinkingSpec(N_A), eos_id=eos),
     )
     first = int(np.argmax(np.asarray(greedy.tokens[0]) == eos))
     assert int(stopped.lengths[0]) == first + 1

@@ -7,9 +7,17 @@ import pytest
 
 from t5x_rationale.data import synthetic
 from t5x_rationale.data.vocab import get_vocabulary
-from t5x_rationale.evaluate_thoughts import answer_mass, answer_rows, perplexity_by_difficulty
+from t5x_rationale.evaluate_thoughts import (
+    answer_mass,
+    answer_rows,
+    evaluate_thoughts,
+    perplexity_by_difficulty,
+)
 from t5x_rationale.gin_launch import run
+from t5x_rationale.infer import infer
 from t5x_rationale.inference.thought_scoring import ThoughtScores
+from t5x_rationale.inspect_thoughts import inspect_thoughts
+from t5x_rationale.train import train
 
 N_A = 5  # small thoughts keep the run short; every step kind is still there
 TINY = ["--gin_file=models/quiet_star_tiny.gin"]
@@ -19,7 +27,7 @@ TINY = ["--gin_file=models/quiet_star_tiny.gin"]
 def checkpoint(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("quiet_star")
     run(
-        "train",
+        train,
         [
             "--gin_file=runs/quiet_star.gin",
             f"--gin.RUN_DIR='{run_dir}'",
@@ -28,8 +36,8 @@ def checkpoint(tmp_path_factory):
             "--gin.train.save_every=2",
             "--gin.train.log_every=1",
             "--gin.OptimizerConfig.warmup_steps=1",
-            f"--gin.quiet_star_loss.num_ahead={N_A}",
-            "--gin.quiet_star_loss.num_talk=2",
+            f"--gin.ThinkingSpec.num_ahead={N_A}",
+            "--gin.ThinkingSpec.num_talk=2",
             "--gin.train.console=False",
         ],
     )
@@ -47,15 +55,15 @@ def test_quiet_star_run_logs_thinking_flops(checkpoint):
 def test_inspect_writes_html_png_and_consistent_numbers(checkpoint, tmp_path):
     text = "Tom has 3 boxes of 4 pens. The answer is 12."
     rows = run(
-        "inspect_thoughts",
+        inspect_thoughts,
         TINY
         + [
             "--gin_file=runs/inspect_thoughts.gin",
             f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
             f"--gin.OUTPUT_DIR='{tmp_path}'",
             f"--gin.inspect_thoughts.text='{text}'",
-            f"--gin.inspect_thoughts.num_ahead={N_A}",
-            "--gin.inspect_thoughts.num_talk=2",
+            f"--gin.ThinkingSpec.num_ahead={N_A}",
+            "--gin.ThinkingSpec.num_talk=2",
         ],
     )
     vocab = get_vocabulary()
@@ -71,13 +79,13 @@ def test_inspect_writes_html_png_and_consistent_numbers(checkpoint, tmp_path):
     assert json.loads((tmp_path / "thoughts.json").read_text()) == rows
 
     report = run(
-        "evaluate_thoughts",
+        evaluate_thoughts,
         TINY
         + [
             "--gin_file=runs/evaluate_thoughts.gin",
             f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
             f"--gin.OUTPUT_DIR='{tmp_path}'",
-            f"--gin.evaluate_thoughts.num_ahead={N_A}",
+            f"--gin.ThinkingSpec.num_ahead={N_A}",
             "--gin.evaluate_thoughts.max_examples=4",
             "--gin.evaluate_thoughts.num_questions=4",
             "--gin.evaluate_thoughts.length=64",
@@ -137,14 +145,15 @@ def test_infer_generates_with_thoughts(checkpoint, tmp_path):
     )
     out = tmp_path / "predictions.jsonl"
     rows = run(
-        "infer",
+        infer,
         TINY
         + [
             "--gin_file=runs/infer.gin",
             f"--gin.CHECKPOINT_PATH='{checkpoint}/checkpoints'",
             "--gin.infer.model_config=@quiet_star_config()",
             "--gin.infer.thoughts=@ThoughtDecodeConfig()",
-            f"--gin.ThoughtDecodeConfig.num_ahead={N_A}",
+            "--gin.ThoughtDecodeConfig.thinking=@ThinkingSpec()",
+            f"--gin.ThinkingSpec.num_ahead={N_A}",
             f"--gin.infer.input_file='{questions}'",
             f"--gin.infer.output_file='{out}'",
             "--gin.INPUT_LENGTH=32",

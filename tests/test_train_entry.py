@@ -188,7 +188,7 @@ def test_users_jsonl_task_trains_from_a_gin_file(tmp_path, monkeypatch):
     )
     (tmp_path / "my_run.gin").write_text(USER_GIN.format(run_dir=tmp_path / "run"))
     monkeypatch.syspath_prepend(str(tmp_path))
-    state = gin_launch.run("train", [f"--gin_file={tmp_path / 'my_run.gin'}"])
+    state = gin_launch.run(train_mod.train, [f"--gin_file={tmp_path / 'my_run.gin'}"])
     assert int(state.step) == 2
     assert "my_teacher_cot" in (tmp_path / "run" / "config.gin").read_text()
 

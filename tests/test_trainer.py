@@ -1,4 +1,4 @@
-"""The sharded train step in t5x_rationale/trainer.py against hand-written references.
+"""The sharded train step in t5x_rationale/runtime/trainer.py against hand-written references.
 
 XLA compilation dominates the cost on CPU, so trainers are built once per module and a train
 state initialised once is copied (host -> device) into every trainer that needs a fresh one.
@@ -121,7 +121,8 @@ def _global_norm(tree):
 
 @pytest.fixture(scope="module")
 def reference_step(setup):
-    """params - lr * clip(grad), with the gradient from jax.grad of the objective outside the trainer."""
+    """params - lr * clip(grad), with the gradient from jax.grad of the objective outside the
+    trainer."""
     params = setup.host_state.params
     rng = jax.random.fold_in(jnp.asarray(setup.host_state.rng), 0)  # the trainer's rng for step 0
     batch = setup.batch
@@ -136,9 +137,8 @@ def reference_step(setup):
             jax.nn.logsumexp(logits, -1)
             - jnp.take_along_axis(logits, batch["decoder_target_tokens"][..., None], -1)[..., 0]
         )
-        per_token = (
-            per_token + 1e-4 * jax.nn.logsumexp(logits, -1) ** 2
-        )  # token_loss's default z_loss
+        # token_loss's default z_loss
+        per_token = per_token + 1e-4 * jax.nn.logsumexp(logits, -1) ** 2
         return loss, metrics, grads, per_token
 
     loss, metrics, grads, per_token = jax.device_get(reference(params))
@@ -271,11 +271,13 @@ NAN_TOTAL = 10
 
 
 def _flagged_objective(model, params, batch, rng):
-    """token_loss, made non-finite on request by batch['flag'] (1: NaN loss, 2: NaN gradient only)."""
+    """token_loss, made non-finite on request by batch['flag'] (1: NaN loss, 2: NaN gradient
+    only)."""
     loss, metrics = token_loss(model, params, batch, rng)
     flag = batch["flag"][0]
     loss = loss * jnp.where(flag == NAN_LOSS, jnp.nan, 1.0)
-    # Adds exactly 0 to the loss; d/ds sqrt((s - s0)^2 + c) at s = s0 is 0 / sqrt(c): 0 for c = 1, nan for c = 0.
+    # Adds exactly 0 to the loss; d/ds sqrt((s - s0)^2 + c) at s = s0 is 0 / sqrt(c): 0 for c = 1,
+    # nan for c = 0.
     scale = params["decoder"]["decoder_norm"]["scale"]
     offset = jnp.where(flag == NAN_GRAD, 0.0, 1.0)
     probe = jnp.sum(jnp.sqrt(jnp.square(scale - jax.lax.stop_gradient(scale)) + offset))

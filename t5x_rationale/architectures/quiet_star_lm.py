@@ -36,7 +36,8 @@ class QuietStarConfig:
     def __post_init__(self):
         if not isinstance(self.decoder, DecoderConfig):
             raise TypeError(
-                f"QuietStarConfig.decoder must be a DecoderConfig, got {type(self.decoder).__name__}"
+                "QuietStarConfig.decoder must be a DecoderConfig, got "
+                f"{type(self.decoder).__name__}"
             )
         for name in ("thought_init_ids", "thought_token_ids"):
             ids = getattr(self, name)
@@ -60,7 +61,8 @@ class QuietStarConfig:
 
     @property
     def architecture(self) -> str:
-        return "decoder"
+        """ "quiet_star": a decoder-only LM (batches, decoding) that also thinks."""
+        return "quiet_star"
 
 
 class MixingHead(nn.Module):

@@ -99,9 +99,10 @@ def dense_mask_parts(
     for k in range(1, spec.num_steps + 1):
         mask = dense_step_mask(context_mask(fd.config, None, t, k), k)
         earlier = [kv] * k
-        layer_step = lambda p, x, ek, ev, k=k, mask=mask: dense_layer_step(
-            fd, p, x, ek, ev, mask, k
-        )  # noqa: E731
+
+        def layer_step(p, x, ek, ev, k=k, mask=mask):
+            return dense_layer_step(fd, p, x, ek, ev, mask, k)
+
         parts[f"layer_{k}"] = _time_vjp(layer_step, (layer, x, earlier, earlier), repeats)
 
         def head(params, h_base, x, k=k):

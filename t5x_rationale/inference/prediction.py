@@ -13,12 +13,10 @@ from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
-import optax
 import seqio
 from jax.experimental import multihost_utils
 
-from t5x_rationale.architectures import T5Config, build_model
-from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.architectures import build_model
 from t5x_rationale.inference.decoding import DecodeConfig, decode
 from t5x_rationale.inference.thought_generation import (
     ThoughtDecodeConfig,
@@ -27,7 +25,7 @@ from t5x_rationale.inference.thought_generation import (
 )
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import Partitioner
-from t5x_rationale.runtime.trainer import Trainer, abstract_params
+from t5x_rationale.runtime.trainer import abstract_params
 
 
 def load_examples(
@@ -97,14 +95,13 @@ class Predictor:
         thoughts: Optional[ThoughtDecodeConfig] = None,
     ):
         partitioner.check_global_batch_size(batch_size)
-        if thoughts is not None and not isinstance(model_config, QuietStarConfig):
+        thinks = model_config.architecture == "quiet_star"
+        if thoughts is not None and not thinks:
             raise ValueError(
-                f"thought generation needs a QuietStarConfig, got {type(model_config).__name__}"
+                f"thought generation needs a Quiet-STaR model, got a {model_config.architecture}"
             )
         self.thoughts = (
-            from_decode_config(decode_config, thoughts or ThoughtDecodeConfig())
-            if isinstance(model_config, QuietStarConfig)
-            else None
+            from_decode_config(decode_config, thoughts or ThoughtDecodeConfig()) if thinks else None
         )
         self.model_config, self.partitioner, self.vocabulary = model_config, partitioner, vocabulary
         self.decode_config, self.batch_size, self.input_length = (
@@ -112,11 +109,8 @@ class Predictor:
             batch_size,
             input_length,
         )
-        self.encoder_decoder = isinstance(model_config, T5Config)
+        self.encoder_decoder = model_config.architecture == "encoder_decoder"
         self.model = build_model(model_config)
-        self._shell = Trainer(
-            self.model, None, optax.identity(), partitioner
-        )  # for its mesh context
         self.params, self.step = restore_params(
             checkpoint_path, abstract_params(self.model, partitioner, self._shape_batch())
         )
@@ -152,7 +146,7 @@ class Predictor:
             chunk = rows[start : start + self.batch_size]
             padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
             batch = self.partitioner.host_batch_to_global({key: padded[host]})
-            with self._shell.context():
+            with self.partitioner.context():
                 if self.thoughts is not None:
                     result = generate_with_thoughts(
                         self.model_config,

@@ -34,6 +34,7 @@ from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.inference.decoding import DecodeConfig, prompt_lengths
 from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
 from t5x_rationale.quiet_star.sampling import sample_token, token_logp
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.quiet_star.steps import context_forward
 from t5x_rationale.quiet_star.stream_attention import stream_attention
 
@@ -43,19 +44,23 @@ class ThoughtDecodeConfig:
     """Settings of thought generation (inference: n_t = 1, P = 1, near-zero thought temperature)."""
 
     max_decode_length: int = 32
-    num_ahead: int = 12  # as in training: base + start + (num_ahead - 3) thought tokens + end
+    # the training run's thinking settings; only num_ahead is used (base + start +
+    # num_ahead - 3 thought tokens + end), with n_t = 1 and P = 1 at inference
+    thinking: ThinkingSpec = ThinkingSpec()
     thought_temperature: float = 0.0  # 0: argmax thoughts
     temperature: float = 0.0  # emitted tokens; 0: greedy
     eos_id: Optional[int] = 1  # a row stops after emitting it (then emits 0); None: never
     forbidden_ids: tuple[int, ...] = ()  # never emitted (the thought ids never are either)
 
     def __post_init__(self):
-        if self.num_ahead < 4:
-            raise ValueError(f"num_ahead must be >= 4, got {self.num_ahead}")
         if self.max_decode_length < 1:
             raise ValueError(f"max_decode_length must be >= 1, got {self.max_decode_length}")
         if self.thought_temperature < 0 or self.temperature < 0:
             raise ValueError("thought_temperature and temperature must be >= 0")
+
+    @property
+    def num_ahead(self) -> int:
+        return self.thinking.num_ahead
 
 
 def from_decode_config(
@@ -95,9 +100,9 @@ def generate_with_thoughts(
     rng: Optional[jax.Array] = None,
 ) -> ThoughtDecodeResult:
     """Emits `decode.max_decode_length` tokens after each right-padded prompt row."""
-    if not isinstance(config, QuietStarConfig):
+    if config.architecture != "quiet_star":
         raise TypeError(
-            f"generate_with_thoughts needs a QuietStarConfig, got {type(config).__name__}"
+            f"generate_with_thoughts needs a Quiet-STaR model, got {config.architecture}"
         )
     rng = jax.random.PRNGKey(0) if rng is None else rng
     return _compiled(config, decode)(params, jnp.asarray(prompt, jnp.int32), rng)
@@ -237,7 +242,8 @@ def _logits(fd: FunctionalDecoder, params, hidden):
 
 
 def _append(fd: FunctionalDecoder, params, cache: _Cache, token) -> _Cache:
-    """One cached decoder step: `token` at each row's `pos` joins the cache; its h is the new h_last."""
+    """One cached decoder step: `token` at each row's `pos` joins the cache; its h is the new
+    h_last."""
     rows = token.shape[0]
     x = fd.embed(params, token[:, None])
     mask = _cache_mask(fd.config, cache, cache.pos, cache.pos)

@@ -22,16 +22,15 @@ from typing import Any, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 
 from t5x_rationale.architectures import build_model
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
-from t5x_rationale.objectives.quiet_star import quiet_star_terms
 from t5x_rationale.quiet_star.spec import ThinkingSpec
+from t5x_rationale.quiet_star.terms import quiet_star_terms
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import Partitioner
-from t5x_rationale.runtime.trainer import Trainer, abstract_params
+from t5x_rationale.runtime.trainer import abstract_params
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,20 +51,20 @@ def score_rows(
     params: Any,
     targets: jax.Array,
     *,
-    num_ahead: int,
-    num_talk: int,
-    thought_temperature: float,
+    spec: ThinkingSpec,
     rng: jax.Array,
 ) -> dict:
-    """The per-position scores above (jnp arrays) of right-padded target rows [N, T]."""
-    spec = ThinkingSpec(num_ahead, num_talk, sample_temperature=thought_temperature)
+    """The per-position scores above (jnp arrays) of right-padded target rows [N, T], one
+    thought per position (`spec.num_thoughts` is not used) sampled at `spec.sample_temperature`."""
+    spec = dataclasses.replace(spec, num_thoughts=1)
+    num_ahead = spec.num_ahead
     inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
     batch = {
         "decoder_target_tokens": targets,
         "decoder_input_tokens": inputs,
         "decoder_loss_weights": (targets > 0).astype(jnp.float32),
     }
-    terms = quiet_star_terms(config, spec, params, batch, rng, num_thoughts=1, clip_advantage=False)
+    terms = quiet_star_terms(config, spec, params, batch, rng, clip_advantage=False)
     return {
         "base_logp": terms["base_logp"],
         "mixed_logp": terms["talk_logp"][0],
@@ -82,8 +81,8 @@ class ThoughtScorer:
       model_config: the `QuietStarConfig` the checkpoint was trained with.
       checkpoint_path: a run's `checkpoints/` directory (latest step) or one step directory.
       partitioner: mesh + rules; params are restored sharded onto it.
-      num_ahead, num_talk: thinking steps and true future tokens scored (as in training).
-      thought_temperature: 0 gives argmax thoughts (inference).
+      spec: the thinking settings of training; thoughts are sampled at its
+        `sample_temperature` (0: argmax, as at inference) and `num_talk` true tokens scored.
     """
 
     def __init__(
@@ -92,32 +91,20 @@ class ThoughtScorer:
         checkpoint_path: str,
         partitioner: Partitioner,
         *,
-        num_ahead: int = 12,
-        num_talk: int = 4,
-        thought_temperature: float = 0.0,
+        spec: ThinkingSpec,
     ):
-        if not isinstance(model_config, QuietStarConfig):
+        if model_config.architecture != "quiet_star":
             raise TypeError(
-                f"thought scoring needs a QuietStarConfig (model_config = @quiet_star_config()), "
-                f"got {type(model_config).__name__}"
+                f"thought scoring needs a Quiet-STaR model (model_config = @quiet_star_config()), "
+                f"got a {model_config.architecture} model"
             )
-        self.config, self.partitioner = model_config, partitioner
-        self.num_ahead, self.num_talk = num_ahead, num_talk
+        self.config, self.partitioner, self.spec = model_config, partitioner, spec
         model = build_model(model_config)
-        self._shell = Trainer(model, None, optax.identity(), partitioner)  # for its mesh context
         shape_batch = {"decoder_input_tokens": np.ones((partitioner.batch_shards, 8), np.int32)}
         self.params, self.step = restore_params(
             checkpoint_path, abstract_params(model, partitioner, shape_batch)
         )
-        self._score = jax.jit(
-            functools.partial(
-                score_rows,
-                model_config,
-                num_ahead=num_ahead,
-                num_talk=num_talk,
-                thought_temperature=thought_temperature,
-            )
-        )
+        self._score = jax.jit(functools.partial(score_rows, model_config, spec=spec))
 
     def score(self, targets: np.ndarray, rng: Optional[jax.Array] = None) -> ThoughtScores:
         """Scores right-padded target rows [N, T] (0 = pad), the same rows on every process."""
@@ -129,7 +116,7 @@ class ThoughtScorer:
             {"targets": padded[self.partitioner.host_rows(len(padded))]}
         )
         rng = jax.random.PRNGKey(0) if rng is None else rng
-        with self._shell.context():
+        with self.partitioner.context():
             out = self._score(self.params, batch["targets"], rng=rng)
         out = {
             k: np.asarray(multihost_utils.process_allgather(v, tiled=True))[:rows]

@@ -73,9 +73,8 @@ def dense_mask_steps(
         functools.partial(dense_step_head, fd, spec), remat_policy, static_argnums=(3,)
     )
     layers = fd.layer_params(params)
-    step_keys = [
-        [keys[layer]] for layer in range(len(layers))
-    ]  # per layer: context, then each step
+    # per layer: context, then each step
+    step_keys = [[keys[layer]] for layer in range(len(layers))]
     step_values = [[values[layer]] for layer in range(len(layers))]
     sampled = jnp.zeros((n, t), jnp.int32)
     per_step = []

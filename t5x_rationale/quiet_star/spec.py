@@ -1,4 +1,10 @@
-"""The static settings of a thinking forward (`ThinkingSpec`) and its per-batch inputs (`Context`)."""
+"""The settings of Quiet-STaR thinking (`ThinkingSpec`) and a forward's per-batch inputs
+(`Context`).
+
+`ThinkingSpec` is the one owner of n_a, n_t, P, the temperatures and the implementation: gin
+binds it once (`ThinkingSpec.num_ahead = 12`, ...) and the entry points hand the same object
+to the loss, the FLOP count, thought scoring and thought decoding.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ RECORDABLE = ("query", "attention", "out", "gate", "up", "down")
 
 @dataclasses.dataclass(frozen=True)
 class ThinkingSpec:
-    """Static settings of one thinking forward (reference defaults)."""
+    """Static settings of Quiet-STaR thinking (reference defaults)."""
 
     num_ahead: int = 12  # n_a: base step + start + sampled thought tokens + end
     num_talk: int = 4  # n_t: true future tokens scored
@@ -28,12 +34,17 @@ class ThinkingSpec:
     # streams: what each step keeps for the backward instead of recomputing it (projection
     # outputs, the attention output; keys and values always come from the buffer); RECORDABLE.
     record: tuple[str, ...] = ("query", "attention", "out", "down")
+    num_thoughts: int = 2  # P: thoughts per position (each row repeated P times, adjacent)
 
     def __post_init__(self):
+        object.__setattr__(self, "record", tuple(self.record))  # gin binds lists
         if self.num_ahead < 4:
             raise ValueError(
-                f"num_ahead must be >= 4 (base, start, >= 1 thought token, end), got {self.num_ahead}"
+                "num_ahead must be >= 4 (base, start, >= 1 thought token, end), "
+                f"got {self.num_ahead}"
             )
+        if self.num_thoughts < 1:
+            raise ValueError(f"num_thoughts must be >= 1, got {self.num_thoughts}")
         if self.num_talk < 1:
             raise ValueError(f"num_talk must be >= 1, got {self.num_talk}")
         if self.implementation not in IMPLEMENTATIONS:

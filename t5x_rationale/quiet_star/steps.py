@@ -32,7 +32,8 @@ def context_mask(config: QuietStarConfig, segment_ids, length: int, step: int | 
 
 
 def context_forward(fd: FunctionalDecoder, params, tokens, segment_ids):
-    """Step 0: (h_base [N,T,H], base logits [N,T,V], per-layer keys and values [N, T, kv_heads, d])."""
+    """Step 0: (h_base [N,T,H], base logits [N,T,V], per-layer keys and values
+    [N, T, kv_heads, d])."""
     n, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (n, t))
     mask = context_mask(fd.config, segment_ids, t)
@@ -166,5 +167,6 @@ def first_copies(x: Optional[jax.Array], copies: int) -> Optional[jax.Array]:
 
 
 def repeat_copies(x: jax.Array, copies: int) -> jax.Array:
-    """Each row `copies` times, copies adjacent: [B, ...] -> [B * copies, ...] (inverse of `first_copies`)."""
+    """Each row `copies` times, copies adjacent: [B, ...] -> [B * copies, ...] (inverse of
+    `first_copies`)."""
     return x if copies == 1 else jnp.repeat(x, copies, axis=0)

@@ -8,9 +8,10 @@ output (``sum_k P dP = dO . O``), as flash attention does. A step that recorded 
 and `lse` in the forward pass differentiates through `replayed_stream_attention`, which
 runs only that backward.
 
-Shapes: q [N, T, heads, d]; new_k/v [N, T, kv_heads, d]; slot_k/v [N, T, kv_heads, S, d] (S may be 0);
-ctx_k/v [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in training; the KV
-cache length when generating). lse is [N, T, kv_heads, group] (heads = kv_heads * group).
+Shapes: q [N, T, heads, d]; new_k/v [N, T, kv_heads, d]; slot_k/v [N, T, kv_heads, S, d]
+(S may be 0); ctx_k/v [N, C, kv_heads, d] with ctx_mask [N or 1, 1, T, C] (C = T in
+training; the KV cache length when generating). lse is [N, T, kv_heads, group]
+(heads = kv_heads * group).
 
 Layouts are chosen so every product is a batched matmul with no copy of the big operands:
 the context part heads-major ([N, kv, group * T, d], as in `softmax_attention`), the own
@@ -40,7 +41,8 @@ def _tokens_first(x):
 
 
 def _scores(q, ctx_k, slot_k, new_k, slot, ctx_mask):
-    """Scaled, masked scores: context [N, kv, g, T, C], own slots [N, T, kv, g, S], new [N, T, kv, g]."""
+    """Scaled, masked scores: context [N, kv, g, T, C], own slots [N, T, kv, g, S],
+    new [N, T, kv, g]."""
     n, t, heads, d = q.shape
     kv_heads, num_slots = ctx_k.shape[2], slot_k.shape[3]
     group = heads // kv_heads

@@ -83,9 +83,8 @@ def _first_step(
     steps' backward (it needs their cotangent of its keys and values).
     """
     n, t = keys[0].shape[:2]
-    no_slots = jnp.zeros(
-        keys[0].shape[:3] + (0,) + keys[0].shape[3:], keys[0].dtype
-    )  # no stream token yet
+    # no stream token yet
+    no_slots = jnp.zeros(keys[0].shape[:3] + (0,) + keys[0].shape[3:], keys[0].dtype)
     empty = (tuple(no_slots for _ in keys), tuple(no_slots for _ in values))
 
     def step(consts, statics, sampled, buffer, k, replay: Optional[Replay]):

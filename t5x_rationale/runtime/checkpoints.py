@@ -47,7 +47,10 @@ def _describe_mismatch(saved: dict, expected: dict, limit: int = 12) -> str:
     lines += [
         f"  {k}: checkpoint has {saved[k]}, model expects {expected[k]}" for k in changed[:limit]
     ]
-    counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(changed)} with other shape/dtype"
+    counts = (
+        f"{len(missing)} missing, {len(unexpected)} unexpected, "
+        f"{len(changed)} with other shape/dtype"
+    )
     return counts + "\n" + "\n".join(lines)
 
 

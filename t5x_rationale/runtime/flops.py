@@ -14,10 +14,11 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures.configs import DecoderConfig, T5Config
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.quiet_star.spec import ThinkingSpec
 
 
 def _mlp_params(c) -> int:
-    num_in = len(c.mlp_activations) if isinstance(c, T5Config) else 2
+    num_in = len(c.mlp_activations) if c.architecture == "encoder_decoder" else 2
     return num_in * c.emb_dim * c.mlp_dim + c.mlp_dim * c.emb_dim
 
 
@@ -39,7 +40,7 @@ def decoder_forward_flops(c: DecoderConfig, batch: int, length: int) -> int:
 def quiet_star_forward_flops(
     c: QuietStarConfig, batch: int, length: int, *, num_ahead: int, num_talk: int, num_thoughts: int
 ) -> int:
-    """Forward FLOPs the token-parallel decomposition needs (METHODS.md section 2).
+    """Forward FLOPs the token-parallel decomposition needs (docs/methods.md).
 
     Rows are the batch repeated `num_thoughts` times. The base step is an ordinary decoder
     forward, and step 1 (the start thought) sees only the context: both are the same for the
@@ -75,12 +76,11 @@ def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: 
         + 2 * proj  # cross-attention q, o
         + mlp
         + 4 * target_length * d_attn  # self-attention scores/values
-        + 4 * input_length * d_attn
-    )  # cross-attention scores/values
+        + 4 * input_length * d_attn  # cross-attention scores/values
+    )
     decoder = dec_tokens * c.num_decoder_layers * decoder_per_token
-    cross_kv = (
-        enc_tokens * c.num_decoder_layers * 2 * proj
-    )  # cross-attention k, v of the encoder output
+    # cross-attention k, v of the encoder output
+    cross_kv = enc_tokens * c.num_decoder_layers * 2 * proj
     logits = dec_tokens * 2 * c.emb_dim * c.vocab_size
     return encoder + decoder + cross_kv + logits
 
@@ -91,20 +91,24 @@ def train_step_flops(
     *,
     target_length: int,
     input_length: int = 0,
-    thinking: dict | None = None,
+    thinking: ThinkingSpec | None = None,
 ) -> int:
     """Model FLOPs of one training step (forward + backward = 3x forward).
 
-    `thinking` (num_ahead, num_talk, num_thoughts) is required for a `QuietStarConfig`.
+    `thinking` (n_a, n_t, P) is required for a Quiet-STaR model.
     """
-    if isinstance(config, QuietStarConfig):
+    if config.architecture == "quiet_star":
         if thinking is None:
-            raise ValueError(
-                "train_step_flops of a QuietStarConfig needs thinking=dict(num_ahead=, num_talk=, "
-                "num_thoughts=)"
-            )
-        return 3 * quiet_star_forward_flops(config, batch, target_length, **thinking)
-    if isinstance(config, T5Config):
+            raise ValueError("train_step_flops of a Quiet-STaR model needs thinking=ThinkingSpec")
+        return 3 * quiet_star_forward_flops(
+            config,
+            batch,
+            target_length,
+            num_ahead=thinking.num_ahead,
+            num_talk=thinking.num_talk,
+            num_thoughts=thinking.num_thoughts,
+        )
+    if config.architecture == "encoder_decoder":
         return 3 * t5_forward_flops(config, batch, input_length, target_length)
     return 3 * decoder_forward_flops(config, batch, target_length)
 

@@ -8,10 +8,12 @@ split over ``fsdp`` along ``embed`` (ZeRO-3 style) and over ``tensor`` along hea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Any, Optional, Sequence
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -104,6 +106,12 @@ class Partitioner:
         self.rules = list(standard_logical_axis_rules() if rules is None else rules)
         self.mesh_shape = dict(mesh.shape)
 
+    @contextlib.contextmanager
+    def context(self):
+        """Mesh + logical rules, active whenever model code is traced or run on this mesh."""
+        with jax.set_mesh(self.mesh), nn.logical_axis_rules(self.rules):
+            yield
+
     # ------------------------------------------------------------------ parameters
 
     def shardings_for(self, abstract_tree, logical_specs) -> tuple[Any, list[str]]:
@@ -115,9 +123,8 @@ class Partitioner:
         notes: list[str] = []
 
         def one(path, leaf, logical):
-            names = (
-                tuple(logical) if logical else (None,) * len(leaf.shape)
-            )  # unannotated: replicate
+            # unannotated: replicate
+            names = tuple(logical) if logical else (None,) * len(leaf.shape)
             try:
                 spec, leaf_notes = resolve_spec(names, leaf.shape, self.rules, self.mesh_shape)
             except ValueError as e:
@@ -165,7 +172,8 @@ class Partitioner:
         if (rows.stop - rows.start) * jax.process_count() != global_batch_size:
             raise ValueError(
                 f"this process's devices hold rows {starts}..{stops} of a batch of "
-                f"{global_batch_size}, which are not one contiguous block of 1/{jax.process_count()}"
+                f"{global_batch_size}, which are not one contiguous block of "
+                f"1/{jax.process_count()}"
             )
         return rows
 
@@ -193,8 +201,10 @@ class Partitioner:
         for (path, leaf), sharding, logical in zip(leaves, flat_shard, flat_logical):
             total += math.prod(leaf.shape)
             rows.append(
-                f"{jax.tree_util.keystr(path):80s} {str(tuple(leaf.shape)):20s} {str(leaf.dtype):9s} "
-                f"logical={tuple(logical) if logical is not None else ()} mesh={tuple(sharding.spec)}"
+                f"{jax.tree_util.keystr(path):80s} {str(tuple(leaf.shape)):20s} "
+                f"{str(leaf.dtype):9s} "
+                f"logical={tuple(logical) if logical is not None else ()} "
+                f"mesh={tuple(sharding.spec)}"
             )
         rows.append(f"total parameters: {total:,}  mesh: {self.mesh_shape}")
         return "\n".join(rows)

@@ -22,3 +22,13 @@ def write_run_info(run_dir: str, *, config_gin: str, model_info: str) -> None:
     os.makedirs(run_dir, exist_ok=True)
     write_text_atomic(os.path.join(run_dir, "config.gin"), config_gin)
     write_text_atomic(os.path.join(run_dir, "model-info.txt"), model_info)
+
+
+def model_info(trainer, example_batch: dict, model_config) -> str:
+    """`model-info.txt`: the config, then every param with shape, logical axes and sharding."""
+    abstract, specs, shardings, notes = trainer.layout(example_batch)
+    table = trainer.partitioner.describe(abstract.params, shardings.params, specs.params)
+    lines = [f"model: {model_config}", f"mesh: {dict(trainer.partitioner.mesh.shape)}", "", table]
+    if notes:
+        lines += ["", "replicated because the mesh axes do not divide the dimension:", *notes]
+    return "\n".join(lines) + "\n"

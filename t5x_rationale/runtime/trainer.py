@@ -9,7 +9,6 @@ argument of every step, sharded by the caller, never differentiated, updated or 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any, Callable, Optional
@@ -87,7 +86,7 @@ class Trainer:
 
     def context(self):
         """Mesh + logical rules, active whenever model code is traced or run."""
-        return _contexts(self.partitioner)
+        return self.partitioner.context()
 
     # --------------------------------------------------------------------- layout
 
@@ -299,12 +298,6 @@ def _optimizer_specs(optimizer, abstract_opt_state, param_specs):
         transform_non_params=lambda _: PartitionSpec(),
         is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None,
     )
-
-
-@contextlib.contextmanager
-def _contexts(partitioner: Partitioner):
-    with jax.set_mesh(partitioner.mesh), nn.logical_axis_rules(partitioner.rules):
-        yield
 
 
 @dataclasses.dataclass
