@@ -14,25 +14,16 @@ from typing import Optional
 
 import gin
 import jax
-import seqio
 
+from t5x_rationale.data.examples import load_examples, score_task, scored_tasks, text_of
 from t5x_rationale.data.run_inputs import check_task, load_vocabulary
 from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.decoding import DecodeConfig
-from t5x_rationale.inference.prediction import Predictor, load_examples, score_task, text_of
+from t5x_rationale.inference.prediction import Predictor
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import write_text_atomic
-
-
-def _tasks_with_metrics(name: str) -> list[seqio.Task]:
-    tasks = seqio.get_mixture_or_task(name)
-    tasks = tasks.tasks if isinstance(tasks, seqio.Mixture) else [tasks]
-    scored = [t for t in tasks if t.metric_fns]
-    if not scored:
-        raise ValueError(f"{name!r} has no task with metric_fns to evaluate")
-    return scored
 
 
 def evaluate(
@@ -72,7 +63,7 @@ def evaluate(
     checkpoint_path = checkpoint_path or os.path.join(run_dir, "checkpoints")
     vocabulary = load_vocabulary(vocabulary_path, model_config)
     check_task(mixture_or_task_name, vocabulary)
-    tasks = _tasks_with_metrics(mixture_or_task_name)
+    tasks = scored_tasks(mixture_or_task_name)
     predictor = Predictor(
         model_config,
         checkpoint_path,

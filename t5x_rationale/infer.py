@@ -16,10 +16,11 @@ from typing import Optional
 import gin
 import jax
 
+from t5x_rationale.data.examples import load_examples, text_of
 from t5x_rationale.data.run_inputs import check_task, load_vocabulary
 from t5x_rationale.gin_launch import run
 from t5x_rationale.inference.decoding import DecodeConfig
-from t5x_rationale.inference.prediction import Predictor, load_examples, text_of
+from t5x_rationale.inference.prediction import Predictor
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh

@@ -50,6 +50,7 @@ def test_layer_contract_holds():
         ("inference/prediction.py", "from t5x_rationale.objectives import lm"),
         ("runtime/flops.py", "from t5x_rationale import train"),
         ("quiet_star/spec.py", "from t5x_rationale.objectives import quiet_star"),
+        ("inference/prediction.py", "import seqio"),
     ],
 )
 def test_layer_contract_catches_an_upward_import(tmp_path, module, upward_import):

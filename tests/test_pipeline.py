@@ -5,8 +5,8 @@ import pytest
 
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
 from t5x_rationale.data.converters import EncDecConverter, MultiTaskEncDecConverter
+from t5x_rationale.data.examples import load_examples
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
-from t5x_rationale.inference.prediction import load_examples
 
 LENGTHS = {"inputs": 64, "targets": 96}
 

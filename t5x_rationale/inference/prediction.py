@@ -1,19 +1,19 @@
 """Batched, sharded prediction over task examples: the engine behind evaluate and infer.
 
-Examples come from a seqio task (`inputs`, `targets` and their `_pretokenized` text),
-unshuffled and unpacked. Inputs longer than `input_length` are truncated and counted. For a
-decoder-only model the prompt is `[0] + inputs`, as the training converter feeds it (the
-decoder's inputs are its targets shifted right with 0).
+Examples are dicts with `inputs` token ids (from `data.examples.load_examples`: a seqio
+task split, unshuffled and unpacked); `vocabulary` is any object with `decode(ids)`. Inputs
+longer than `input_length` are truncated and counted. For a decoder-only model the prompt is
+`[0] + inputs`, as the training converter feeds it (the decoder's inputs are its targets
+shifted right with 0).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
 import numpy as np
-import seqio
 from jax.experimental import multihost_utils
 
 from t5x_rationale.architectures import build_model
@@ -26,36 +26,6 @@ from t5x_rationale.inference.thought_generation import (
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import Partitioner
 from t5x_rationale.runtime.trainer import abstract_params
-
-
-def load_examples(
-    task_name: str, split: str, *, max_examples: Optional[int] = None, unique_ids: bool = True
-) -> list[dict]:
-    """A task split's examples in file order, as NumPy/bytes dicts (after preprocessing).
-
-    With `unique_ids`, only the first row of each `id` is kept: a chain-of-thought task has
-    one row per teacher rationale, but a question is answered (and scored) once.
-    """
-    task = seqio.get_mixture_or_task(task_name)
-    ds = task.get_dataset(
-        sequence_length=None,
-        split=split,
-        shuffle=False,
-        num_epochs=1,
-        use_cached=False,
-        trim_output_features=False,
-    )
-    examples, seen = [], set()
-    for ex in ds.as_numpy_iterator():
-        key = ex.get("id")
-        if unique_ids and key is not None:
-            if key in seen:
-                continue
-            seen.add(key)
-        examples.append(ex)
-        if max_examples is not None and len(examples) == max_examples:
-            break
-    return examples
 
 
 @dataclasses.dataclass
@@ -87,7 +57,7 @@ class Predictor:
         model_config,
         checkpoint_path: str,
         partitioner: Partitioner,
-        vocabulary: seqio.Vocabulary,
+        vocabulary,
         decode_config: DecodeConfig,
         *,
         batch_size: int,
@@ -171,27 +141,3 @@ class Predictor:
         eos = np.flatnonzero(tokens == self.decode_config.eos_id)
         tokens = tokens[: eos[0]] if len(eos) else tokens
         return self.vocabulary.decode([int(t) for t in tokens if t > 0])
-
-
-def score_task(
-    task: seqio.Task, examples: Sequence[dict], predictions: Sequence[str]
-) -> dict[str, float]:
-    """The task's metric_fns over postprocessed predictions and targets."""
-    targets = [
-        task.postprocess_fn(ex["targets_pretokenized"], example=ex, is_target=True)
-        for ex in examples
-    ]
-    outputs = [
-        task.postprocess_fn(p, example=ex, is_target=False) for p, ex in zip(predictions, examples)
-    ]
-    scores: dict[str, float] = {}
-    for metric_fn in task.metric_fns:
-        scores.update(metric_fn(targets, outputs))
-    return scores
-
-
-def text_of(value: Any) -> str:
-    """bytes/str/NumPy scalar -> str."""
-    if isinstance(value, (bytes, np.bytes_)):
-        return value.decode("utf-8")
-    return str(value)
