@@ -30,17 +30,17 @@ __all__ = [
 ]
 
 
-def build_model(config: T5Config | DecoderConfig):
-    """The Flax module for a config."""
-    if isinstance(config, T5Config):
-        return EncoderDecoder(config)
-    if isinstance(config, QuietStarConfig):
-        return QuietStarLM(config)
-    if isinstance(config, DecoderConfig):
-        return DecoderOnly(config)
-    raise TypeError(
-        f"expected a T5Config, DecoderConfig or QuietStarConfig, got {type(config).__name__}"
-    )
+MODELS = {"encoder_decoder": EncoderDecoder, "decoder": DecoderOnly, "quiet_star": QuietStarLM}
+
+
+def build_model(config: T5Config | DecoderConfig | QuietStarConfig):
+    """The Flax module for a config, chosen by its `architecture`."""
+    architecture = getattr(config, "architecture", None)
+    if architecture not in MODELS:
+        raise TypeError(
+            f"expected a T5Config, DecoderConfig or QuietStarConfig, got {type(config).__name__}"
+        )
+    return MODELS[architecture](config)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -67,7 +67,7 @@ def dummy_batch(
         "decoder_target_tokens": ones(target_length),
         "decoder_loss_weights": ones(target_length).astype(np.float32),
     }
-    if isinstance(config, T5Config):
+    if config.architecture == "encoder_decoder":
         if input_length <= 0:
             raise ValueError("an encoder-decoder batch needs input_length > 0")
         batch["encoder_input_tokens"] = ones(input_length)

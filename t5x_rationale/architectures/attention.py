@@ -1,12 +1,13 @@
 """One attention function with explicit masks, and the multi-head attention layer.
 
 Masks are boolean, rank 4 and broadcastable to [batch, heads, q_len, k_len], True = may
-attend. Biases are additive, rank 4, broadcastable to the same shape. The implementation is pluggable:
-``xla`` (everywhere), ``cudnn`` (fused flash attention on NVIDIA GPUs) and ``auto``.
+attend. Biases are additive, rank 4, broadcastable to the same shape. The implementation is
+pluggable: ``xla`` (everywhere), ``cudnn`` (fused flash attention on NVIDIA GPUs) and ``auto``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax.linen as nn
@@ -15,7 +16,6 @@ import jax.numpy as jnp
 
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.layers import DenseGeneral, Dtype
-from t5x_rationale.architectures.position import apply_rope
 from t5x_rationale.architectures.softmax_attention import (
     heads_major,
     probabilities,
@@ -139,15 +139,18 @@ class MultiHeadAttention(nn.Module):
     """Multi-head / grouped-query attention with optional RoPE and a KV cache for decoding.
 
     Params: query [embed, heads, kv], key/value [embed, kv_heads, kv], out [heads, kv, embed].
-    In decode mode the layer keeps `cached_key`/`cached_value` [batch, max_len, kv_heads, kv]
-    in the 'cache' collection; the caller supplies the write position (`cache_index`) and the
-    mask over all max_len keys, so one index lives in the stack rather than in every layer.
-    Writing past max_len is not checked inside the jitted step: decoders cap their length.
+    `__call__` is `qkv`, `attend`, then the `out` projection; callers with an attention of
+    their own use the pieces. In decode mode the layer keeps `cached_key`/`cached_value`
+    [batch, max_len, kv_heads, kv] in the 'cache' collection; the caller supplies the write
+    position (`cache_index`) and the mask over all max_len keys, so one index lives in the
+    stack rather than in every layer. Writing past max_len is not checked inside the jitted
+    step: decoders cap their length.
     """
 
     num_heads: int
     num_kv_heads: int
     head_dim: int
+    out_features: int  # the embedding width the `out` projection returns to
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
     dropout_rate: float = 0.0
@@ -156,7 +159,18 @@ class MultiHeadAttention(nn.Module):
     implementation: str = "xla"
     query_init_scale: float = 1.0
 
-    @nn.compact
+    def setup(self):
+        dense = functools.partial(DenseGeneral, dtype=self.dtype, param_dtype=self.param_dtype)
+        heads, kv_heads = (self.num_heads, self.head_dim), (self.num_kv_heads, self.head_dim)
+        q_init = nn.initializers.variance_scaling(
+            self.query_init_scale, "fan_in", "truncated_normal"
+        )
+        rope = self.rope_theta
+        self.query = dense(heads, ("embed", "heads", "kv"), kernel_init=q_init, rope_theta=rope)
+        self.key = dense(kv_heads, ("embed", "kv_heads", "kv"), rope_theta=rope)
+        self.value = dense(kv_heads, ("embed", "kv_heads", "kv"))
+        self.out = dense(self.out_features, ("heads", "kv", "embed"), axis=(-2, -1))
+
     def __call__(
         self,
         inputs_q: jax.Array,
@@ -170,27 +184,37 @@ class MultiHeadAttention(nn.Module):
         cache_index: Optional[jax.Array] = None,
         deterministic: bool = True,
     ) -> jax.Array:
-        dense = lambda features, axes, name, **kw: DenseGeneral(  # noqa: E731
-            features, axes, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw
+        query, key, value = self.qkv(inputs_q, inputs_kv, query_positions, key_positions)
+        out = self.attend(
+            query,
+            key,
+            value,
+            mask=mask,
+            bias=bias,
+            decode=decode,
+            cache_index=cache_index,
+            deterministic=deterministic,
         )
-        q_init = nn.initializers.variance_scaling(
-            self.query_init_scale, "fan_in", "truncated_normal"
+        return self.out(out)
+
+    def qkv(self, inputs_q, inputs_kv, query_positions=None, key_positions=None):
+        """Queries [batch, q_len, heads, kv], keys and values [batch, k_len, kv_heads, kv];
+        queries and keys rotated at their positions when `rope_theta` is set."""
+        query = self.query(inputs_q, query_positions)
+        key = self.key(inputs_kv, key_positions)
+        value = self.value(inputs_kv)
+        return (
+            constrain(query, ("batch", "length", "heads", "kv")),
+            constrain(key, ("batch", "length", "kv_heads", "kv")),
+            constrain(value, ("batch", "length", "kv_heads", "kv")),
         )
-        query = dense(
-            (self.num_heads, self.head_dim), ("embed", "heads", "kv"), "query", kernel_init=q_init
-        )(inputs_q)
-        key = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "key")(
-            inputs_kv
-        )
-        value = dense((self.num_kv_heads, self.head_dim), ("embed", "kv_heads", "kv"), "value")(
-            inputs_kv
-        )
-        if self.rope_theta is not None:
-            query = apply_rope(query, query_positions, self.rope_theta)
-            key = apply_rope(key, key_positions, self.rope_theta)
-        query = constrain(query, ("batch", "length", "heads", "kv"))
-        key = constrain(key, ("batch", "length", "kv_heads", "kv"))
-        value = constrain(value, ("batch", "length", "kv_heads", "kv"))
+
+    @nn.compact  # the decode cache's variables are created here
+    def attend(
+        self, query, key, value, *, mask, bias, decode, cache_index, deterministic
+    ) -> jax.Array:
+        """Attention of projected queries over keys and values (and the cache when decoding):
+        [batch, q_len, heads, kv], before the `out` projection."""
         if decode:
             key, value = self._update_cache(key, value, cache_index)
         dropout_rng = None
@@ -207,8 +231,7 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=dropout_rng,
             dropout_rate=self.dropout_rate,
         )
-        out = constrain(out, ("batch", "length", "heads", "kv"))
-        return dense(inputs_q.shape[-1], ("heads", "kv", "embed"), "out", axis=(-2, -1))(out)
+        return constrain(out, ("batch", "length", "heads", "kv"))
 
     def _update_cache(self, key, value, cache_index):
         """Writes this call's keys/values at `cache_index`; returns the whole cache."""

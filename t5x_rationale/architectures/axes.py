@@ -47,14 +47,8 @@ def resolve_spec(
     """
     if len(logical_axes) != len(shape):
         raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
-    known = {name for name, _ in rules}
     if strict:
-        missing = [a for a in logical_axes if a is not None and a not in known]
-        if missing:
-            raise ValueError(
-                f"logical axis name(s) {missing} (of {tuple(logical_axes)}) have no partitioning "
-                f"rule; rules cover {sorted(known)}"
-            )
+        _check_rules_cover(logical_axes, rules)
     assigned: list[tuple[str, ...]] = [() for _ in logical_axes]
     done = [a is None for a in logical_axes]
     used: set[str] = set()
@@ -73,6 +67,24 @@ def resolve_spec(
                 )
             assigned[dim], done[dim] = mesh_axes, True
             used.update(mesh_axes)
+    notes = _drop_indivisible(assigned, logical_axes, shape, mesh_shape)
+    entries = [None if not a else (a[0] if len(a) == 1 else a) for a in assigned]
+    return PartitionSpec(*entries), notes
+
+
+def _check_rules_cover(logical_axes: Sequence[Optional[str]], rules: LogicalRules) -> None:
+    known = {name for name, _ in rules}
+    missing = [a for a in logical_axes if a is not None and a not in known]
+    if missing:
+        raise ValueError(
+            f"logical axis name(s) {missing} (of {tuple(logical_axes)}) have no partitioning "
+            f"rule; rules cover {sorted(known)}"
+        )
+
+
+def _drop_indivisible(assigned, logical_axes, shape, mesh_shape) -> list[str]:
+    """Drops mesh axes from the end of each dimension's `assigned` (in place) until the
+    dimension divides evenly; returns a note per dimension that lost any."""
     notes = []
     for dim, mesh_axes in enumerate(assigned):
         kept = list(mesh_axes)
@@ -84,8 +96,7 @@ def resolve_spec(
                 f"mesh axes {mesh_axes}: sharded over {tuple(kept) or 'nothing'}"
             )
         assigned[dim] = tuple(kept)
-    entries = [None if not a else (a[0] if len(a) == 1 else a) for a in assigned]
-    return PartitionSpec(*entries), notes
+    return notes
 
 
 def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:

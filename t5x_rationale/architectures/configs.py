@@ -117,97 +117,52 @@ class DecoderConfig(_CommonConfig):
 T5_VOCAB = 32128
 LLAMA_VOCAB = 32000
 
+
+def _t5(emb_dim: int, num_heads: int, mlp_dim: int, layers: int, **fields) -> T5Config:
+    """A T5 v1.1 shape with `layers` encoder and as many decoder layers."""
+    fields = {"vocab_size": T5_VOCAB, "head_dim": 64, **fields}
+    return T5Config(
+        emb_dim=emb_dim,
+        num_heads=num_heads,
+        mlp_dim=mlp_dim,
+        num_encoder_layers=layers,
+        num_decoder_layers=layers,
+        **fields,
+    )
+
+
+def _decoder(emb_dim: int, num_heads: int, mlp_dim: int, num_layers: int, **fields):
+    """A Llama-style decoder shape."""
+    fields = {"vocab_size": LLAMA_VOCAB, "head_dim": 64, **fields}
+    return DecoderConfig(
+        emb_dim=emb_dim, num_heads=num_heads, mlp_dim=mlp_dim, num_layers=num_layers, **fields
+    )
+
+
+# Tiny sizes for tests: every sharded dimension divides 8 except kv heads (4), which
+# exercises the replicate-when-indivisible path of the partitioner.
+_TINY = {"vocab_size": 256, "head_dim": 8}
 PRESETS = {
-    # Tiny sizes for tests: every sharded dimension divides 8 except kv heads (4), which
-    # exercises the replicate-when-indivisible path of the partitioner.
-    "t5-tiny": T5Config(
-        vocab_size=256,
-        emb_dim=64,
-        num_heads=8,
-        head_dim=8,
-        mlp_dim=128,
-        num_encoder_layers=2,
-        num_decoder_layers=2,
+    "t5-tiny": _t5(
+        64,
+        8,
+        128,
+        2,
         relative_attention_num_buckets=16,
         relative_attention_max_distance=32,
+        **_TINY,
     ),
-    "t5-small": T5Config(
-        vocab_size=T5_VOCAB,
-        emb_dim=512,
-        num_heads=6,
-        head_dim=64,
-        mlp_dim=1024,
-        num_encoder_layers=8,
-        num_decoder_layers=8,
-    ),
-    "t5-base": T5Config(
-        vocab_size=T5_VOCAB,
-        emb_dim=768,
-        num_heads=12,
-        head_dim=64,
-        mlp_dim=2048,
-        num_encoder_layers=12,
-        num_decoder_layers=12,
-    ),
-    "t5-large": T5Config(
-        vocab_size=T5_VOCAB,
-        emb_dim=1024,
-        num_heads=16,
-        head_dim=64,
-        mlp_dim=2816,
-        num_encoder_layers=24,
-        num_decoder_layers=24,
-    ),
-    "t5-xl": T5Config(
-        vocab_size=T5_VOCAB,
-        emb_dim=2048,
-        num_heads=32,
-        head_dim=64,
-        mlp_dim=5120,
-        num_encoder_layers=24,
-        num_decoder_layers=24,
-    ),
-    "t5-xxl": T5Config(
-        vocab_size=T5_VOCAB,
-        emb_dim=4096,
-        num_heads=64,
-        head_dim=64,
-        mlp_dim=10240,
-        num_encoder_layers=24,
-        num_decoder_layers=24,
-    ),
-    "decoder-tiny": DecoderConfig(
-        vocab_size=256,
-        emb_dim=64,
-        num_heads=8,
-        num_kv_heads=4,
-        head_dim=8,
-        mlp_dim=128,
-        num_layers=2,
-    ),
-    "decoder-125m": DecoderConfig(
-        vocab_size=LLAMA_VOCAB, emb_dim=768, num_heads=12, head_dim=64, mlp_dim=2048, num_layers=12
-    ),
-    "decoder-1b": DecoderConfig(
-        vocab_size=LLAMA_VOCAB,
-        emb_dim=2048,
-        num_heads=32,
-        num_kv_heads=4,
-        head_dim=64,
-        mlp_dim=5632,
-        num_layers=22,
-    ),
+    "t5-small": _t5(512, 6, 1024, 8),
+    "t5-base": _t5(768, 12, 2048, 12),
+    "t5-large": _t5(1024, 16, 2816, 24),
+    "t5-xl": _t5(2048, 32, 5120, 24),
+    "t5-xxl": _t5(4096, 64, 10240, 24),
+    "decoder-tiny": _decoder(64, 8, 128, 2, num_kv_heads=4, **_TINY),
+    "decoder-125m": _decoder(768, 12, 2048, 12),
+    "decoder-1b": _decoder(2048, 32, 5632, 22, num_kv_heads=4),
     # Mistral-7B v0.1 shape.
-    "decoder-7b": DecoderConfig(
-        vocab_size=LLAMA_VOCAB,
-        emb_dim=4096,
-        num_heads=32,
-        num_kv_heads=8,
-        head_dim=128,
-        mlp_dim=14336,
-        num_layers=32,
-        sliding_window=4096,
-        rope_theta=10000.0,
+    "decoder-7b": _decoder(
+        4096, 32, 14336, 32, num_kv_heads=8, head_dim=128, sliding_window=4096, rope_theta=10000.0
     ),
 }
 

@@ -22,45 +22,62 @@ _ACT = ("batch", "length", "embed")
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm layer: self-attention, then a gated SiLU MLP, each added to the residual.
+
+    `__call__` is `attention_inputs`, the attention, then `finish`; Quiet-STaR's thinking
+    steps call the two halves around an attention of their own.
+    """
+
     config: DecoderConfig
     deterministic: bool = True
     decode: bool = False
 
-    @nn.compact
-    def __call__(self, x, mask, positions, cache_index):
+    def setup(self):
         c = self.config
         dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
-        dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
-        h = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype, name="pre_self_attention_layer_norm")(
-            x
-        )
-        h = attn.MultiHeadAttention(
+        self.pre_self_attention_layer_norm = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype)
+        self.self_attention = attn.MultiHeadAttention(
             num_heads=c.num_heads,
             num_kv_heads=c.kv_heads,
             head_dim=c.head_dim,
+            out_features=c.emb_dim,
             dtype=dtype,
             param_dtype=param_dtype,
             dropout_rate=c.dropout_rate,
             rope_theta=c.rope_theta,
             implementation=c.attention_impl,
-            name="self_attention",
-        )(
-            h,
-            h,
+        )
+        self.pre_mlp_layer_norm = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype)
+        self.mlp = GatedMlp(c.mlp_dim, ("silu", "linear"), c.dropout_rate, dtype, param_dtype)
+        self.dropout = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))
+
+    def __call__(self, x, mask, positions, cache_index):
+        query, key, value = self.attention_inputs(x, positions)
+        out = self.self_attention.attend(
+            query,
+            key,
+            value,
             mask=mask,
-            query_positions=positions,
-            key_positions=positions,
+            bias=None,
             decode=self.decode,
             cache_index=cache_index,
             deterministic=self.deterministic,
         )
-        x = constrain(x + dropout(h, deterministic=self.deterministic), _ACT)
-        h = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype, name="pre_mlp_layer_norm")(x)
-        h = GatedMlp(c.mlp_dim, ("silu", "linear"), c.dropout_rate, dtype, param_dtype, name="mlp")(
-            h, deterministic=self.deterministic
-        )
-        x = constrain(x + dropout(h, deterministic=self.deterministic), _ACT)
-        return x, None
+        return self.finish(x, out), None
+
+    def attention_inputs(self, x, positions):
+        """Queries, keys and values of the normed input, rotated at `positions`."""
+        h = self.pre_self_attention_layer_norm(x)
+        return self.self_attention.qkv(h, h, positions, positions)
+
+    def finish(self, x, attention_out):
+        """The layer after its attention: out projection, residual, MLP, residual."""
+        x = self._residual(x, self.self_attention.out(attention_out))
+        h = self.mlp(self.pre_mlp_layer_norm(x), deterministic=self.deterministic)
+        return self._residual(x, h)
+
+    def _residual(self, x, h):
+        return constrain(x + self.dropout(h, deterministic=self.deterministic), _ACT)
 
 
 def _training_mask(c: DecoderConfig, positions, segment_ids, causal_attention):
@@ -76,9 +93,39 @@ def _training_mask(c: DecoderConfig, positions, segment_ids, causal_attention):
     return mask
 
 
+def _check_decode_inputs(segment_ids, positions, causal_attention):
+    named = (
+        ("segment_ids", segment_ids),
+        ("positions", positions),
+        ("causal_attention", causal_attention),
+    )
+    given = [n for n, v in named if v is not None]
+    if given:  # the cache holds one unpacked, causal sequence per row
+        raise ValueError(
+            f"decode=True does not support {given}; prefill packed or prefix-LM "
+            "prompts without the cache"
+        )
+
+
 class DecoderStack(nn.Module):
+    """Embedding, the layers, the final norm and the logits (`embedder` is shared: tied
+    logits use its table)."""
+
     config: DecoderConfig
     embedder: Embed
+
+    def setup(self):
+        c = self.config
+        dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
+        self.decoder_norm = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype)
+        if not c.tie_embeddings:
+            self.logits_dense = DenseGeneral(
+                c.vocab_size,
+                ("embed", "vocab"),
+                dtype=dtype,
+                param_dtype=param_dtype,
+                out_float32=True,
+            )
 
     @nn.compact
     def __call__(
@@ -92,32 +139,15 @@ class DecoderStack(nn.Module):
     ):
         c = self.config
         if decode:
-            given = [
-                n
-                for n, v in (
-                    ("segment_ids", segment_ids),
-                    ("positions", positions),
-                    ("causal_attention", causal_attention),
-                )
-                if v is not None
-            ]
-            if given:  # the cache holds one unpacked, causal sequence per row
-                raise ValueError(
-                    f"decode=True does not support {given}; prefill packed or prefix-LM "
-                    "prompts without the cache"
-                )
-            q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
-            mask = attn.causal_mask(q_pos, k_pos)
-            if c.sliding_window is not None:
-                mask = mask & attn.sliding_window_mask(q_pos, k_pos, c.sliding_window)
-            positions = jnp.broadcast_to(q_pos, tokens.shape)
+            _check_decode_inputs(segment_ids, positions, causal_attention)
+            positions, mask, cache_index = self._decode_positions(tokens)
         else:
             if positions is None:
                 positions = jnp.broadcast_to(
                     jnp.arange(tokens.shape[1], dtype=jnp.int32), tokens.shape
                 )
-            cache_index = None
             mask = _training_mask(c, positions, segment_ids, causal_attention)
+            cache_index = None
         x = self.embedder(tokens)
         x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
         x = constrain(x, _ACT)
@@ -130,23 +160,22 @@ class DecoderStack(nn.Module):
             x=x,
             args=(mask, positions, cache_index),
         )
-        x = RMSNorm(
-            c.layer_norm_epsilon,
-            resolve_dtype(c.dtype),
-            resolve_dtype(c.param_dtype),
-            name="decoder_norm",
-        )(x)
-        if c.tie_embeddings:
-            logits = self.embedder.attend(x)
+        return self.logits(self.decoder_norm(x))
+
+    def _decode_positions(self, tokens):
+        """(positions, mask over the cache, write index) of this decode call."""
+        q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
+        mask = attn.causal_mask(q_pos, k_pos)
+        if self.config.sliding_window is not None:
+            mask = mask & attn.sliding_window_mask(q_pos, k_pos, self.config.sliding_window)
+        return jnp.broadcast_to(q_pos, tokens.shape), mask, cache_index
+
+    def logits(self, h):
+        """Float32 logits [batch, length, vocab] of final-normed hidden states."""
+        if self.config.tie_embeddings:
+            logits = self.embedder.attend(h)
         else:
-            logits = DenseGeneral(
-                c.vocab_size,
-                ("embed", "vocab"),
-                dtype=resolve_dtype(c.dtype),
-                param_dtype=resolve_dtype(c.param_dtype),
-                out_float32=True,
-                name="logits_dense",
-            )(x)
+            logits = self.logits_dense(h)
         return constrain(logits, ("batch", "length", "vocab"))
 
 
@@ -156,8 +185,12 @@ class DecoderOnly(nn.Module):
     config: DecoderConfig
 
     def setup(self):
-        c = self.config
-        self.token_embedder = Embed(
+        self.token_embedder, self.decoder = self.language_model(self.config)
+
+    @staticmethod
+    def language_model(c: DecoderConfig) -> tuple[Embed, DecoderStack]:
+        """The token embedder and the stack (call from `setup`; subclasses add to them)."""
+        embedder = Embed(
             c.vocab_size,
             c.emb_dim,
             resolve_dtype(c.dtype),
@@ -165,7 +198,7 @@ class DecoderOnly(nn.Module):
             embedding_init=nn.initializers.normal(stddev=0.02),
             name="token_embedder",
         )
-        self.decoder = DecoderStack(c, self.token_embedder)
+        return embedder, DecoderStack(c, embedder, name="decoder")
 
     def __call__(
         self,

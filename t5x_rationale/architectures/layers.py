@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from t5x_rationale.architectures.axes import constrain
+from t5x_rationale.architectures.position import apply_rope
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -87,6 +88,8 @@ class DenseGeneral(nn.Module):
       kernel_axes: logical names of every kernel dimension (inputs then outputs).
       axis: input axes to contract.
       out_float32: accumulate and return float32 (used for logits).
+      rope_theta: rotate the output [..., heads, head_dim] by RoPE at the given positions
+        (queries and keys), so that the projection's output is the rotated value.
     """
 
     features: int | Sequence[int]
@@ -96,12 +99,12 @@ class DenseGeneral(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = default_kernel_init
     out_float32: bool = False
+    rope_theta: Optional[float] = None
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+    def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
         axis = _normalize_axes(self.axis, x.ndim)
-        kernel_shape = tuple(x.shape[a] for a in axis) + features
+        kernel_shape = tuple(x.shape[a] for a in axis) + self._features()
         if len(self.kernel_axes) != len(kernel_shape):
             raise ValueError(
                 f"{self.name}: kernel_axes {self.kernel_axes} do not match kernel "
@@ -115,17 +118,28 @@ class DenseGeneral(nn.Module):
             kernel_shape,
             self.param_dtype,
         )
+        return self.project(x, kernel, positions)
+
+    def project(self, x: jax.Array, kernel: jax.Array, positions=None) -> jax.Array:
+        """The layer as a function of its kernel: the one method to intercept for taking a
+        projection's output from elsewhere (Quiet-STaR records and replays them)."""
+        features, axis = self._features(), _normalize_axes(self.axis, x.ndim)
         out_type = jnp.float32 if self.out_float32 else None
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
         if axis == tuple(range(x.ndim - len(axis), x.ndim)):  # trailing axes: a 2-D matmul
-            k, f = math.prod(kernel_shape[: len(axis)]), math.prod(features)
+            k, f = math.prod(kernel.shape[: len(axis)]), math.prod(features)
             y = token_matmul(x.reshape(-1, k), kernel.reshape(k, f), out_type).reshape(
                 x.shape[: x.ndim - len(axis)] + features
             )
         else:
             contract = (axis, tuple(range(len(axis))))
             y = lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_type)
-        return y if self.out_float32 else y.astype(self.dtype)
+        y = y if self.out_float32 else y.astype(self.dtype)
+        return y if self.rope_theta is None else apply_rope(y, positions, self.rope_theta)
+
+    @nn.nowrap
+    def _features(self) -> tuple[int, ...]:
+        return (self.features,) if isinstance(self.features, int) else tuple(self.features)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

@@ -19,8 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.architectures.configs import DecoderConfig, resolve_dtype
-from t5x_rationale.architectures.decoder import DecoderStack
-from t5x_rationale.architectures.layers import Embed
+from t5x_rationale.architectures.decoder import DecoderOnly
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,48 +97,24 @@ class MixingHead(nn.Module):
         return x[..., 0]
 
 
-class QuietStarLM(nn.Module):
+class QuietStarLM(DecoderOnly):
     """`DecoderOnly` plus thought embeddings and the mixing head (see the module docstring)."""
 
     config: QuietStarConfig
 
     def setup(self):
         c = self.config
-        dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
-        self.token_embedder = Embed(
-            c.vocab_size,
-            c.emb_dim,
-            dtype,
-            param_dtype,
-            embedding_init=nn.initializers.normal(stddev=0.02),
-            name="token_embedder",
-        )
-        self.decoder = DecoderStack(c.decoder, self.token_embedder)
-        self.mixing_head = MixingHead(c.emb_dim, param_dtype)
+        self.token_embedder, self.decoder = self.language_model(c.decoder)
+        self.mixing_head = MixingHead(c.emb_dim, resolve_dtype(c.param_dtype))
         init = lambda rng: thought_init(self.token_embedder.embedding, c)  # noqa: E731
         self.start_thought = self.param(
             "start_thought", nn.with_logical_partitioning(init, ("embed",))
         )
         self.end_thought = self.param("end_thought", nn.with_logical_partitioning(init, ("embed",)))
 
-    def __call__(
-        self,
-        decoder_input_tokens: jax.Array,
-        *,
-        decoder_segment_ids=None,
-        decoder_positions=None,
-        decoder_causal_attention=None,
-        deterministic: bool = True,
-        decode: bool = False,
-    ) -> jax.Array:
-        logits = self.decoder(
-            decoder_input_tokens,
-            decoder_segment_ids,
-            decoder_positions,
-            decoder_causal_attention,
-            deterministic,
-            decode,
-        )
+    def __call__(self, decoder_input_tokens: jax.Array, **kwargs) -> jax.Array:
+        """The base LM's logits (`DecoderOnly.__call__`'s keyword arguments)."""
+        logits = super().__call__(decoder_input_tokens, **kwargs)
         if self.is_initializing():  # create the added params alongside the LM's
             h = jnp.zeros((1, self.config.emb_dim), jnp.float32)
             self.mixing_head(h, h)

@@ -74,6 +74,7 @@ class _T5Block(nn.Module):
             num_heads=c.num_heads,
             num_kv_heads=c.num_heads,
             head_dim=c.head_dim,
+            out_features=c.emb_dim,
             dtype=resolve_dtype(c.dtype),
             param_dtype=resolve_dtype(c.param_dtype),
             dropout_rate=c.dropout_rate,
@@ -190,16 +191,9 @@ class T5Decoder(nn.Module):
         decode=False,
     ):
         c = self.config
-        if decode:
-            q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
-            self_mask = attn.causal_mask(q_pos, k_pos)
-        else:
-            q_pos = k_pos = _default_positions(tokens, positions)
-            cache_index = None
-            self_mask = attn.combine_masks(
-                attn.causal_mask(q_pos, k_pos),
-                None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids),
-            )
+        q_pos, k_pos, cache_index, self_mask = self._self_attention_mask(
+            tokens, segment_ids, positions, decode
+        )
         if encoder_segment_ids is not None and segment_ids is not None:
             cross_mask = attn.segment_mask(segment_ids, encoder_segment_ids)
         else:
@@ -239,6 +233,19 @@ class T5Decoder(nn.Module):
                 name="logits_dense",
             )(x)
         return constrain(logits, ("batch", "length", "vocab"))
+
+    def _self_attention_mask(self, tokens, segment_ids, positions, decode):
+        """(query positions, key positions, cache write index, causal self-attention mask);
+        in decode mode the positions come from the cache."""
+        if decode:
+            q_pos, k_pos, cache_index = advance_decode_positions(self, tokens)
+            return q_pos, k_pos, cache_index, attn.causal_mask(q_pos, k_pos)
+        q_pos = k_pos = _default_positions(tokens, positions)
+        mask = attn.combine_masks(
+            attn.causal_mask(q_pos, k_pos),
+            None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids),
+        )
+        return q_pos, k_pos, None, mask
 
 
 class EncoderDecoder(nn.Module):
