@@ -39,7 +39,7 @@ from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
-from t5x_rationale.quiet_star.spec import RECORDABLE, ThinkingSpec
+from t5x_rationale.quiet_star.spec import IMPLEMENTATIONS, RECORDABLE, ThinkingSpec
 from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
 from t5x_rationale.runtime.host_memory import huge_pages_enabled, reexec_with_huge_pages
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
@@ -76,10 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="token: plain cross-entropy; step_by_step: per-task means over label + rationale "
         "spans; quiet_star: thoughts at every position (decoder presets)",
     )
-    p.add_argument("--implementation", default="streams", choices=["streams", "dense_mask"])
-    p.add_argument("--num_ahead", type=int, default=12)
-    p.add_argument("--num_talk", type=int, default=4)
-    p.add_argument("--num_thoughts", type=int, default=2)
+    p.add_argument("--implementation", default=ThinkingSpec.implementation, choices=IMPLEMENTATIONS)
+    p.add_argument("--num_ahead", type=int, default=ThinkingSpec.num_ahead)
+    p.add_argument("--num_talk", type=int, default=ThinkingSpec.num_talk)
+    p.add_argument("--num_thoughts", type=int, default=ThinkingSpec.num_thoughts)
     p.add_argument(
         "--record",
         default=",".join(ThinkingSpec.record),
