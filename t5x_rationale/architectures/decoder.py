@@ -16,7 +16,7 @@ from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.configs import DecoderConfig, resolve_dtype
 from t5x_rationale.architectures.decode_cache import advance_decode_positions
 from t5x_rationale.architectures.layers import DenseGeneral, Embed, GatedMlp, RMSNorm
-from t5x_rationale.architectures.stack import repeat_layer
+from t5x_rationale.architectures.stack import embedded_stack
 
 _ACT = ("batch", "length", "embed")
 
@@ -148,17 +148,15 @@ class DecoderStack(nn.Module):
                 )
             mask = _training_mask(c, positions, segment_ids, causal_attention)
             cache_index = None
-        x = self.embedder(tokens)
-        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
-        x = constrain(x, _ACT)
-        x = repeat_layer(
+        x = embedded_stack(
+            self.embedder,
+            tokens,
             DecoderLayer,
             c.num_layers,
-            scan=c.scan_layers,
-            remat_policy=c.remat_policy,
-            layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
-            x=x,
+            c,
+            deterministic=deterministic,
             args=(mask, positions, cache_index),
+            decode=decode,
         )
         return self.logits(self.decoder_norm(x))
 

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 
+from t5x_rationale.architectures.axes import constrain
+
 _POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.checkpoint_dots,
@@ -56,3 +58,32 @@ def repeat_layer(
     for i in range(num_layers):
         x, _ = cls(**layer_kwargs, name=f"layers_{i}")(x, *args)
     return x
+
+
+def embedded_stack(
+    embedder: nn.Module,
+    tokens: jax.Array,
+    layer_cls: type[nn.Module],
+    num_layers: int,
+    config: Any,
+    *,
+    deterministic: bool,
+    args: Sequence[Any],
+    **layer_kwargs,
+) -> jax.Array:
+    """Token embeddings with dropout, then `num_layers` copies of `layer_cls(config=config,
+    deterministic=..., **layer_kwargs)`, scanned and rematerialised as `config` says (its
+    `dropout_rate`, `scan_layers`, `remat_policy`); call inside a compact method."""
+    x = embedder(tokens)
+    x = nn.Dropout(config.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
+    x = constrain(x, ("batch", "length", "embed"))
+    layer_kwargs = dict(config=config, deterministic=deterministic, **layer_kwargs)
+    return repeat_layer(
+        layer_cls,
+        num_layers,
+        scan=config.scan_layers,
+        remat_policy=config.remat_policy,
+        layer_kwargs=layer_kwargs,
+        x=x,
+        args=args,
+    )

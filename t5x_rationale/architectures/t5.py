@@ -22,7 +22,7 @@ from t5x_rationale.architectures.configs import T5Config, resolve_dtype
 from t5x_rationale.architectures.decode_cache import advance_decode_positions
 from t5x_rationale.architectures.layers import DenseGeneral, Embed, GatedMlp, RMSNorm
 from t5x_rationale.architectures.position import RelativePositionBias
-from t5x_rationale.architectures.stack import repeat_layer
+from t5x_rationale.architectures.stack import embedded_stack
 
 _ACT = ("batch", "length", "embed")
 
@@ -152,16 +152,13 @@ class T5Encoder(nn.Module):
             None if segment_ids is None else attn.segment_mask(segment_ids, segment_ids),
         )
         bias = _relative_bias(c, True, tokens.shape[1], positions, positions)
-        x = self.embedder(tokens)
-        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
-        x = constrain(x, _ACT)
-        x = repeat_layer(
+        x = embedded_stack(
+            self.embedder,
+            tokens,
             T5EncoderLayer,
             c.num_encoder_layers,
-            scan=c.scan_layers,
-            remat_policy=c.remat_policy,
-            layer_kwargs=dict(config=c, deterministic=deterministic),
-            x=x,
+            c,
+            deterministic=deterministic,
             args=(mask, bias),
         )
         x = RMSNorm(
@@ -202,17 +199,15 @@ class T5Decoder(nn.Module):
         self_bias = _relative_bias(
             c, False, tokens.shape[1], q_pos if explicit else None, k_pos if explicit else None
         )
-        x = self.embedder(tokens)
-        x = nn.Dropout(c.dropout_rate, broadcast_dims=(-2,))(x, deterministic=deterministic)
-        x = constrain(x, _ACT)
-        x = repeat_layer(
+        x = embedded_stack(
+            self.embedder,
+            tokens,
             T5DecoderLayer,
             c.num_decoder_layers,
-            scan=c.scan_layers,
-            remat_policy=c.remat_policy,
-            layer_kwargs=dict(config=c, deterministic=deterministic, decode=decode),
-            x=x,
+            c,
+            deterministic=deterministic,
             args=(encoded, self_mask, self_bias, cross_mask, cache_index),
+            decode=decode,
         )
         x = RMSNorm(
             c.layer_norm_epsilon,
