@@ -1,118 +1,37 @@
-"""Checkpoints (t5x_rationale/runtime/checkpoints.py) and the checkpointing parts of the training
-loop.
-
-One decoder-tiny Trainer on a 2x2x2 mesh is built, trained and saved once per module (its
-train step compiles once); every other test restores from those checkpoints, writes small
-ones of its own, or reuses the compiled step through `train_loop`.
-"""
+"""Checkpoint save and restore: other meshes, restore order, other models, partial saves, keep-N."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import signal
-import types
 
 import jax
 import numpy as np
 import pytest
+from checkpoint_setup import (
+    BATCH,
+    EXAMPLE,
+    LENGTH,
+    VOCAB,
+    assert_bitwise_equal,
+    assert_not_equal,
+    leaves_with_paths,
+    make_trainer,
+    no_init,
+    saved_checkpoints,
+)
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t5x_rationale.architectures import build_model, dummy_batch, get_preset
-from t5x_rationale.benchmarks.random_batches import RandomBatches
-from t5x_rationale.objectives import token_loss
+from t5x_rationale.architectures import dummy_batch, get_preset
 from t5x_rationale.runtime.checkpoints import Checkpointer, CheckpointMismatchError
-from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.runtime.trainer import Trainer
-from t5x_rationale.runtime.training_loop import Preempted, train_loop
-
-BATCH, LENGTH, VOCAB = 8, 8, 256
-SAVE_MESH = MeshConfig(2, 2, 2)
-# Example batch: fixes the shapes of the state (its values are never used).
-EXAMPLE = next(RandomBatches(vocab_size=VOCAB, batch_size=BATCH, target_length=LENGTH))
-
-
-def make_trainer(mesh, preset: str = "decoder-tiny", **overrides) -> Trainer:
-    config = get_preset(preset, **overrides)
-    tx, schedule = make_optimizer(OptimizerConfig(name="adamw", learning_rate=1e-2))
-    return Trainer(
-        build_model(config), token_loss, tx, Partitioner(mesh), learning_rate_fn=schedule
-    )
-
-
-def make_data(position: int = 0) -> RandomBatches:
-    return RandomBatches(
-        vocab_size=VOCAB, batch_size=BATCH, target_length=LENGTH, seed=1, position=position
-    )
-
-
-def no_init():
-    pytest.fail("init_fn must not be called when a checkpoint is restored")
-
-
-def leaves_with_paths(tree):
-    return [(jax.tree_util.keystr(p), x) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
-
-
-def assert_bitwise_equal(actual, expected):
-    """Same tree structure, and every leaf has the same shape, dtype and bytes."""
-    a, e = leaves_with_paths(actual), leaves_with_paths(expected)
-    assert [p for p, _ in a] == [p for p, _ in e]
-    for (path, x), (_, y) in zip(a, e):
-        x, y = np.asarray(jax.device_get(x)), np.asarray(jax.device_get(y))
-        assert (x.shape, x.dtype) == (y.shape, y.dtype), path
-        assert x.tobytes() == y.tobytes(), f"{path} differs"
-
-
-def assert_not_equal(a, b):
-    assert any(
-        np.asarray(x).tobytes() != np.asarray(y).tobytes()
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
-    )
+from t5x_rationale.runtime.partitioning import MeshConfig, create_mesh
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    """A 2-step state saved in run_a (step 2) and its 3-step successor saved in run_b (step 3)."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    trainer = make_trainer(create_mesh(SAVE_MESH))
-    partitioner = trainer.partitioner
-    state = trainer.init_state(0, EXAMPLE)
-    initial = jax.device_get(state)
-    data = make_data()
-    losses = {}
-    for step in (1, 2):
-        state, metrics = trainer.train_step(state, partitioner.host_batch_to_global(next(data)))
-        losses[step] = float(metrics["loss"])
-    host2, data2 = jax.device_get(state), data.get_state()
-    run_a = root / "run_a"
-    checkpointer = Checkpointer(str(run_a), save_every=1)
-    assert checkpointer.save(2, state, data2)
-    checkpointer.wait()
-    checkpointer.close()
-
-    state, _ = trainer.train_step(state, partitioner.host_batch_to_global(next(data)))
-    host3, data3 = jax.device_get(state), data.get_state()
-    run_b = root / "run_b"
-    checkpointer = Checkpointer(str(run_b), save_every=1)
-    assert checkpointer.save(3, state, data3)
-    checkpointer.wait()
-    checkpointer.close()
-    return types.SimpleNamespace(
-        root=root,
-        trainer=trainer,
-        initial=initial,
-        host2=host2,
-        host3=host3,
-        data2=data2,
-        data3=data3,
-        run_a=run_a,
-        run_b=run_b,
-        losses=losses,
-    )
+    return saved_checkpoints(tmp_path_factory)
 
 
 def test_saved_state_is_nontrivial(saved):
@@ -407,146 +326,3 @@ def test_first_save_respects_save_every(saved, tmp_path):
     assert checkpointer.save(1, _small_state(saved.trainer.partitioner.mesh, 1)) is False
     checkpointer.wait()
     assert checkpointer.all_steps() == []
-
-
-# ====================================================================== (f) the training loop
-
-
-def _fresh_state(saved):
-    """The step-0 state on the save mesh, without compiling init again."""
-    _, _, shardings, _ = saved.trainer.layout(EXAMPLE)
-    return jax.device_put(saved.initial, shardings)
-
-
-def _recorder(losses: dict, sigterm_at=None):
-    def on_metrics(step, metrics):
-        losses[step] = metrics["loss"]
-        if step == sigterm_at:
-            signal.raise_signal(signal.SIGTERM)
-
-    return on_metrics
-
-
-@pytest.fixture
-def sigterm_guard():
-    """Catches SIGTERM if the loop fails to install its own handler (instead of killing pytest)."""
-    caught = []
-    guard = lambda *_: caught.append(1)  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, guard)
-    yield guard, caught
-    signal.signal(signal.SIGTERM, previous)
-
-
-def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
-    trainer, num_steps = saved.trainer, 4
-
-    # Uninterrupted run; save_every=3 so the final step 4 is only saved because it is last.
-    full_losses = {}
-    full_run = tmp_path / "full"
-    checkpointer = Checkpointer(str(full_run), save_every=3, keep=None)
-    final = train_loop(
-        trainer,
-        _fresh_state(saved),
-        make_data(),
-        num_steps=num_steps,
-        checkpointer=checkpointer,
-        on_metrics=_recorder(full_losses),
-    )
-    final_host = jax.device_get(final)
-    assert sorted(full_losses) == [1, 2, 3, 4]
-    assert full_losses[1] == saved.losses[1] and full_losses[2] == saved.losses[2]
-    assert int(final_host.step) == num_steps
-    assert checkpointer.latest_step == 4
-    assert {3, 4} <= set(checkpointer.all_steps()) and 2 not in checkpointer.all_steps()
-    restored, data_state = checkpointer.restore(4, trainer.abstract_state(EXAMPLE))
-    assert data_state == {"position": 4, "seed": 1}
-    assert_bitwise_equal(restored, final_host)
-    # Step 3 was saved asynchronously and its state then donated to step 4: the checkpoint
-    # must still hold the step-3 state (the fixture computed the same 3 steps by hand).
-    restored, data_state = checkpointer.restore(3, trainer.abstract_state(EXAMPLE))
-    assert data_state == saved.data3
-    assert_bitwise_equal(restored, saved.host3)
-    checkpointer.close()
-
-    # Interrupted run: SIGTERM during step 2 saves step 2 and raises Preempted.
-    guard, caught = sigterm_guard
-    run = tmp_path / "preempted"
-    losses = {}
-    checkpointer = Checkpointer(str(run), save_every=100, keep=None)
-    with pytest.raises(Preempted, match="step 2"):
-        train_loop(
-            trainer,
-            _fresh_state(saved),
-            make_data(),
-            num_steps=num_steps,
-            checkpointer=checkpointer,
-            on_metrics=_recorder(losses, sigterm_at=2),
-        )
-    assert caught == [], "SIGTERM reached the previous handler: the loop did not catch it"
-    assert signal.getsignal(signal.SIGTERM) is guard, (
-        "the loop must restore the previous SIGTERM handler"
-    )
-    assert sorted(losses) == [1, 2]
-    assert checkpointer.latest_step == 2
-    assert not {3, 4} & set(checkpointer.all_steps())
-    checkpointer.close()
-
-    # Restart from the run directory and finish.
-    checkpointer = Checkpointer(str(run), save_every=100, keep=None)
-    state, data_state, source = checkpointer.restore_or_init(
-        trainer.abstract_state(EXAMPLE), no_init
-    )
-    assert source == f"{run}/2" and data_state == {"position": 2, "seed": 1}
-    assert int(state.step) == 2
-    data = make_data()
-    data.set_state(data_state)
-    resumed_losses = {}
-    resumed = train_loop(
-        trainer,
-        state,
-        data,
-        num_steps=num_steps,
-        checkpointer=checkpointer,
-        on_metrics=_recorder(resumed_losses),
-    )
-    assert sorted(resumed_losses) == [3, 4]
-    for step in (1, 2):
-        assert losses[step] == full_losses[step], step
-    for step in (3, 4):
-        assert resumed_losses[step] == full_losses[step], (
-            step,
-            resumed_losses[step],
-            full_losses[step],
-        )
-    assert_bitwise_equal(resumed, final_host)
-    assert checkpointer.latest_step == 4
-    checkpointer.close()
-
-
-def test_train_loop_without_work_still_waits_and_returns(saved, tmp_path):
-    """A run restored at num_steps does no steps and writes nothing."""
-    run = tmp_path / "done"
-    checkpointer = Checkpointer(str(run), save_every=1)
-    state = _fresh_state(saved)
-    out = train_loop(saved.trainer, state, make_data(), num_steps=0, checkpointer=checkpointer)
-    assert out is state
-    assert checkpointer.all_steps() == []
-    checkpointer.close()
-
-
-def test_train_loop_sigterm_without_checkpointer_stops(saved, sigterm_guard):
-    guard, caught = sigterm_guard
-    losses = {}
-    try:
-        train_loop(
-            saved.trainer,
-            _fresh_state(saved),
-            make_data(),
-            num_steps=3,
-            on_metrics=_recorder(losses, sigterm_at=1),
-        )
-    except Preempted:
-        pass
-    assert caught == []
-    assert signal.getsignal(signal.SIGTERM) is guard
-    assert sorted(losses) == [1], f"SIGTERM at step 1 was ignored; steps run: {sorted(losses)}"

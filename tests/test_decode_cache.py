@@ -46,7 +46,7 @@ def run_schedule(step, cache, tokens, full, schedule):
     "overrides",
     [
         dict(),  # 2 layers, 8 heads / 4 kv heads
-        # Window < length (test_architectures checks that the window changes these logits).
+        # Window < length (test_decoder checks that the window changes these logits).
         dict(num_kv_heads=2, sliding_window=3, scan_layers=True),
     ],
 )

@@ -1,8 +1,4 @@
-"""The sharded train step in t5x_rationale/runtime/trainer.py against hand-written references.
-
-XLA compilation dominates the cost on CPU, so trainers are built once per module and a train
-state initialised once is copied (host -> device) into every trainer that needs a fresh one.
-"""
+"""The sharded train step against hand-written references; microbatches, throughput, init."""
 
 from __future__ import annotations
 
@@ -14,106 +10,25 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec
+from trainer_setup import (
+    CLIP,
+    LR,
+    _assert_trees_close,
+    _assert_trees_equal,
+    _global_norm,
+    _partitioner,
+    _Setup,
+)
 
-from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.runtime import trainer as trainer_lib
-from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.runtime.trainer import NonFiniteLossError, Throughput, Trainer, host_metrics
-
-BATCH, LENGTH = 16, 8
-LR, CLIP = 0.5, 2.0
-
-
-# ==================================================================== shared setup
-
-
-def _partitioner(data, fsdp, tensor):
-    n = data * fsdp * tensor
-    return Partitioner(create_mesh(MeshConfig(data, fsdp, tensor), jax.devices()[:n]))
-
-
-class _Setup:
-    """Lazily built trainers that share one model, one batch and one initial state."""
-
-    def __init__(self):
-        self.config = get_preset("decoder-tiny", num_layers=1)
-        self.model = build_model(self.config)
-        self.batch = next(
-            RandomBatches(
-                vocab_size=self.config.vocab_size, batch_size=BATCH, target_length=LENGTH, seed=0
-            )
-        )
-        self.opt_config = OptimizerConfig(name="sgd", learning_rate=LR, clip_grad_norm=CLIP)
-        self._trainers = {}
-        self._host_state = None
-
-    def trainer(self, mesh=(1, 1, 1), num_microbatches=1):
-        key = (mesh, num_microbatches)
-        if key not in self._trainers:
-            tx, schedule = make_optimizer(self.opt_config)
-            self._trainers[key] = Trainer(
-                self.model,
-                token_loss,
-                tx,
-                _partitioner(*mesh),
-                learning_rate_fn=schedule,
-                num_microbatches=num_microbatches,
-            )
-        return self._trainers[key]
-
-    @property
-    def host_state(self):
-        """init_state(seed 0) on the 1-device mesh, fetched to the host (numpy)."""
-        if self._host_state is None:
-            self._host_state = jax.device_get(self.trainer().init_state(0, self.batch))
-        return self._host_state
-
-    def fresh_state(self, trainer):
-        _, _, shardings, _ = trainer.layout(self.batch)
-        return jax.tree.map(lambda x, s: jax.device_put(np.array(x), s), self.host_state, shardings)
-
-    def step(self, trainer, batch=None):
-        batch = self.batch if batch is None else batch
-        state = self.fresh_state(trainer)
-        new_state, metrics = trainer.train_step(
-            state, trainer.partitioner.host_batch_to_global(batch)
-        )
-        return jax.device_get(new_state), host_metrics(metrics)
+from t5x_rationale.runtime.optimizers import make_optimizer
+from t5x_rationale.runtime.trainer import Throughput, Trainer
 
 
 @pytest.fixture(scope="module")
 def setup():
     return _Setup()
-
-
-def _leaves(tree):
-    return {
-        jax.tree_util.keystr(p): np.asarray(x)
-        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def _assert_trees_close(a, b, rtol, atol):
-    la, lb = _leaves(a), _leaves(b)
-    assert la.keys() == lb.keys()
-    for k in la:
-        np.testing.assert_allclose(la[k], lb[k], rtol=rtol, atol=atol, err_msg=k)
-
-
-def _assert_trees_equal(a, b):
-    la, lb = _leaves(a), _leaves(b)
-    assert la.keys() == lb.keys()
-    for k in la:
-        np.testing.assert_array_equal(la[k], lb[k], err_msg=k)
-
-
-def _global_norm(tree):
-    return math.sqrt(
-        sum(float(np.sum(np.asarray(x, np.float64) ** 2)) for x in jax.tree.leaves(tree))
-    )
 
 
 # =========================================================== (a) one step vs reference
@@ -260,123 +175,6 @@ def test_microbatches_must_divide_batch(setup):
         trainer.train_step(
             setup.fresh_state(trainer), trainer.partitioner.host_batch_to_global(batch)
         )
-
-
-# ================================================================== (c) NaN guard
-
-NAN_LOSS, NAN_GRAD = 1, 2
-NAN_LR = 1.0
-NAN_CLIP = 1e-3  # far below the gradient norm: every applied update has norm lr * clip
-NAN_TOTAL = 10
-
-
-def _flagged_objective(model, params, batch, rng):
-    """token_loss, made non-finite on request by batch['flag'] (1: NaN loss, 2: NaN gradient
-    only)."""
-    loss, metrics = token_loss(model, params, batch, rng)
-    flag = batch["flag"][0]
-    loss = loss * jnp.where(flag == NAN_LOSS, jnp.nan, 1.0)
-    # Adds exactly 0 to the loss; d/ds sqrt((s - s0)^2 + c) at s = s0 is 0 / sqrt(c): 0 for c = 1,
-    # nan for c = 0.
-    scale = params["decoder"]["decoder_norm"]["scale"]
-    offset = jnp.where(flag == NAN_GRAD, 0.0, 1.0)
-    probe = jnp.sum(jnp.sqrt(jnp.square(scale - jax.lax.stop_gradient(scale)) + offset))
-    loss = loss + (probe - jax.lax.stop_gradient(probe))
-    return loss, dict(metrics, loss=loss)
-
-
-@pytest.fixture(scope="module")
-def nan_trainer(setup):
-    config = OptimizerConfig(
-        name="sgd",
-        learning_rate=NAN_LR,
-        schedule="linear",
-        total_steps=NAN_TOTAL,
-        clip_grad_norm=NAN_CLIP,
-    )
-    tx, schedule = make_optimizer(config)
-    return Trainer(
-        setup.model,
-        _flagged_objective,
-        tx,
-        _partitioner(1, 1, 1),
-        learning_rate_fn=schedule,
-        max_bad_steps=3,
-    )
-
-
-def _flagged(setup, flag):
-    return dict(setup.batch, flag=np.full((BATCH,), flag, np.int32))
-
-
-def _update_norm(before, after):
-    return _global_norm(
-        jax.tree.map(
-            lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64),
-            after.params,
-            before.params,
-        )
-    )
-
-
-def test_nan_guard_skips_bad_steps_and_stops_after_streak(setup, nan_trainer):
-    trainer = nan_trainer
-    state = setup.fresh_state(trainer)
-    # good, NaN loss, NaN grad, good, bad, bad, bad (-> stop, max_bad_steps=3)
-    flags = [0, NAN_LOSS, NAN_GRAD, 0, NAN_LOSS, NAN_GRAD, NAN_LOSS]
-    want_skipped = [0, 1, 2, 2, 3, 4, 5]
-    want_streak = [0, 1, 2, 0, 1, 2, 3]
-    good_updates = 0
-    for i, flag in enumerate(flags):
-        before = jax.device_get(state)
-        state, metrics = trainer.train_step(
-            state, trainer.partitioner.host_batch_to_global(_flagged(setup, flag))
-        )
-        after = jax.device_get(state)
-        values = host_metrics(metrics)
-        assert int(after.step) == i + 1
-        assert int(after.skipped_steps) == want_skipped[i] == values["skipped_steps"]
-        assert int(after.bad_streak) == want_streak[i] == values["bad_streak"]
-        assert values["skipped"] == float(flag != 0)
-        if flag:
-            if flag == NAN_LOSS:
-                assert math.isnan(values["loss"])
-            else:
-                assert math.isfinite(values["loss"])  # only the gradient is bad
-                assert not math.isfinite(values["grad_norm"])
-            _assert_trees_equal(after.params, before.params)
-            _assert_trees_equal(after.opt_state, before.opt_state)
-        else:
-            assert math.isfinite(values["loss"]) and values["grad_norm"] > NAN_CLIP
-            # The optimizer only counts applied updates: lr = schedule(number of good steps so far).
-            lr = NAN_LR * (1 - good_updates / NAN_TOTAL)
-            np.testing.assert_allclose(_update_norm(before, after), lr * NAN_CLIP, rtol=1e-4)
-            good_updates += 1
-            assert not np.array_equal(
-                np.asarray(after.params["decoder"]["logits_dense"]["kernel"]),
-                np.asarray(before.params["decoder"]["logits_dense"]["kernel"]),
-            )
-        np.testing.assert_array_equal(after.rng, before.rng)
-        if want_streak[i] < 3:
-            trainer.check_finite(values)
-        else:
-            with pytest.raises(NonFiniteLossError, match="3 consecutive"):
-                trainer.check_finite(values)
-
-
-def test_reported_learning_rate_is_the_applied_one_after_a_skipped_step(setup, nan_trainer):
-    trainer = nan_trainer
-    state = setup.fresh_state(trainer)
-    state, _ = trainer.train_step(
-        state, trainer.partitioner.host_batch_to_global(_flagged(setup, NAN_LOSS))
-    )
-    before = jax.device_get(state)
-    state, metrics = trainer.train_step(
-        state, trainer.partitioner.host_batch_to_global(_flagged(setup, 0))
-    )
-    values = host_metrics(metrics)
-    applied = _update_norm(before, jax.device_get(state)) / NAN_CLIP
-    np.testing.assert_allclose(values["learning_rate"], applied, rtol=1e-4)
 
 
 # ================================================================== (d) throughput
