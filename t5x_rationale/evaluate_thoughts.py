@@ -158,14 +158,15 @@ def evaluate_thoughts(
     num_questions: int = 64,
     answer_prefix: str = " The answer is",
     thinking: ThinkingSpec = ThinkingSpec(),
-    thought_temperature: float = 0.0,
+    thought_temperature: float = 1.0,
     mesh: MeshConfig = MeshConfig(),
     vocabulary_path: Optional[str] = None,
 ) -> dict:
     """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it.
 
-    `thinking` is the training run's `@ThinkingSpec()`; thoughts are decoded at
-    `thought_temperature` (0: argmax) and scored on the next token (n_t = 1).
+    `thinking` is the training run's `@ThinkingSpec()`; thoughts are drawn at
+    `thought_temperature` (default 1, as the reference's evaluation samples them; 0: argmax)
+    and scored on the next token (n_t = 1).
     """
     vocabulary = load_vocabulary(vocabulary_path, model_config)
     check_task(mixture_or_task_name, vocabulary)

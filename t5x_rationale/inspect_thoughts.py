@@ -156,15 +156,16 @@ def inspect_thoughts(
     text_file: Optional[str] = None,
     max_length: int = 256,
     thinking: ThinkingSpec = ThinkingSpec(),
-    thought_temperature: float = 0.0,
+    thought_temperature: float = 1.0,
     mesh: MeshConfig = MeshConfig(),
     vocabulary_path: Optional[str] = None,
     seed: int = 0,
 ) -> list[dict]:
     """Writes thoughts.html, thoughts.png and thoughts.json for `text` (or `text_file`).
 
-    `thinking` is the training run's `@ThinkingSpec()`; thoughts are decoded at
-    `thought_temperature` (0: argmax) and judged on the next `thinking.num_talk` tokens.
+    `thinking` is the training run's `@ThinkingSpec()`; thoughts are drawn at
+    `thought_temperature` (default 1, as the reference's evaluation samples them; 0: argmax)
+    and judged on the next `thinking.num_talk` tokens.
     """
     if (text is None) == (text_file is None):
         raise ValueError("give exactly one of inspect_thoughts.text and inspect_thoughts.text_file")

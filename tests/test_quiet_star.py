@@ -25,8 +25,10 @@ def _think(config, params, tokens, ctx, implementation):
     return jax.jit(lambda p: think(config, spec, p, tokens, ctx))(params)
 
 
-def _naive_step_logits(config, params, tokens, targets, thoughts):
-    """For each position separately: context, start, thoughts, end, true tokens through DecoderOnly.
+def _naive_step_logits(config, params, tokens, targets, thoughts, segment_ids=None):
+    """For each position separately: its document's tokens up to it, then start, thoughts,
+    end and true tokens, through DecoderOnly (its own causal mask, positions and sliding
+    window). Positions of a packed row's padding (segment 0) are left at zero.
 
     The start/end thoughts become two extra vocabulary rows so the ordinary decoder embeds
     them; the extra logit columns are zero and dropped.
@@ -45,27 +47,33 @@ def _naive_step_logits(config, params, tokens, targets, thoughts):
     )
     kernel = params["decoder"]["logits_dense"]["kernel"]
     p["decoder"] = dict(p["decoder"], logits_dense={"kernel": jnp.pad(kernel, ((0, 0), (0, 2)))})
-    model = DecoderOnly(wide)
-    apply = jax.jit(lambda seq: model.apply({"params": p}, seq))
+    apply = jax.jit(lambda seq: DecoderOnly(wide).apply({"params": p}, seq))
     n, t = tokens.shape
+    segments = np.ones((n, t), np.int32) if segment_ids is None else np.asarray(segment_ids)
     padded_targets = np.concatenate([np.asarray(targets), np.zeros((n, N_T), np.int32)], axis=1)
     out = np.zeros((N_A + N_T - 2, n, t, vocab), np.float32)
-    for i in range(t):
-        stream = np.concatenate(
-            [
-                np.full((n, 1), vocab),
-                np.asarray(thoughts[:, i]),
-                np.full((n, 1), vocab + 1),
-                padded_targets[:, i : i + N_T - 1],
-            ],
-            axis=1,
-        )
-        seq = jnp.asarray(
-            np.concatenate([np.asarray(tokens[:, : i + 1]), stream], axis=1), jnp.int32
-        )
-        logits = np.asarray(apply(seq))[:, i + 1 :, :vocab]  # predictions after each stream token
-        out[:, :, i] = np.moveaxis(logits, 1, 0)
+    for r in range(n):
+        for i in range(t):
+            if segments[r, i] == 0:
+                continue
+            start = i
+            while start > 0 and segments[r, start - 1] == segments[r, i]:
+                start -= 1
+            stream = [vocab, *np.asarray(thoughts[r, i]), vocab + 1]
+            stream += list(padded_targets[r, i : i + N_T - 1])
+            seq = np.concatenate([np.asarray(tokens[r, start : i + 1]), stream])[None]
+            logits = np.asarray(apply(jnp.asarray(seq, jnp.int32)))[0, i - start + 1 :, :vocab]
+            out[:, r, i] = logits  # the predictions after each stream token
     return out
+
+
+def _thought_only(params):
+    """`params` with a mixing head that outputs w = 1 everywhere, so the scored steps carry
+    the thought's own logits (with w = 0 they would carry the base logits)."""
+    mixing = jax.tree.map(jnp.zeros_like, params["mixing_head"])
+    mixing["hidden_1_bias"] = jnp.ones_like(mixing["hidden_1_bias"])  # every unit ReLU(1) = 1
+    mixing["out_kernel"] = mixing["out_kernel"].at[0, 0].set(1.0)  # so w = 1
+    return dict(params, mixing_head=mixing)
 
 
 @pytest.mark.parametrize("kv_heads", [4, 8])
@@ -83,11 +91,8 @@ def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
     np.testing.assert_array_equal(
         streams["next_token"][: N_A - 3], np.moveaxis(np.asarray(thoughts), 2, 0)
     )
-    # Unmixed step logits: with the mixing weight zero the scored steps carry the base
-    # logits, so compare the naive loop with a head that mixes in only the thought (w = 1).
-    mixed_out = dict(params, mixing_head=jax.tree.map(jnp.zeros_like, params["mixing_head"]))
-    mixed_out["mixing_head"]["out_bias"] = jnp.ones((1,))
-    thought_only = _think(config, mixed_out, tokens, ctx, "streams")
+    # Unmixed step logits: compare the naive loop with a head that mixes in only the thought.
+    thought_only = _think(config, _thought_only(params), tokens, ctx, "streams")
     naive = _naive_step_logits(config, params, tokens, ctx.targets, thoughts)
     _close(thought_only["logits"], naive)
 
@@ -127,16 +132,29 @@ def test_copied_rows_share_the_context_and_start_step_exactly(implementation):
         think(config, spec, params, tokens, ctx, copies=4)
 
 
-def test_packed_rows_and_sliding_window_match_dense_mask():
-    config = tiny_config(sliding_window=5)
+@pytest.mark.parametrize("implementation", ["streams", "dense_mask"])
+def test_packed_rows_and_sliding_window_match_the_naive_loop(implementation):
+    """Two documents and padding in a row, grouped-query attention, and a sliding window
+    (8) that cuts the context but covers a whole thought (7 steps): every stream equals its
+    document's prefix and thought run through the ordinary decoder."""
+    config = tiny_config(sliding_window=8)
     params = tiny_params(config, mixing_random=True)
-    tokens = _tokens(2, 16, seed=3)
+    n, t = 2, 16
+    tokens = _tokens(n, t, seed=3)
     segments = jnp.asarray([[1] * 9 + [2] * 5 + [0] * 2, [1] * 16], jnp.int32)
-    ctx = _context(tokens, segment_ids=segments)
-    streams = _think(config, params, tokens, ctx, "streams")
-    dense = _think(config, params, tokens, ctx, "dense_mask")
-    np.testing.assert_array_equal(streams["next_token"], dense["next_token"])
-    _close(streams["logits"], dense["logits"])
+    thoughts = _tokens(n * t, N_A - 3, seed=2).reshape(n, t, N_A - 3)
+    ctx = _context(tokens, thoughts, segment_ids=segments)
+    got = _think(config, _thought_only(params), tokens, ctx, implementation)
+    naive = _naive_step_logits(config, params, tokens, ctx.targets, thoughts, segments)
+    real = np.asarray(segments) > 0
+    _close(np.asarray(got["logits"])[:, real], naive[:, real])
+
+
+def test_a_window_shorter_than_a_thought_is_refused():
+    config = tiny_config(sliding_window=N_A + N_T - 3)  # one position short of a thought
+    tokens = _tokens(1, 8)
+    with pytest.raises(ValueError, match="sliding_window"):
+        _think(config, tiny_params(config), tokens, _context(tokens), "streams")
 
 
 def test_mixed_logits_equal_base_logits_at_initialisation():

@@ -5,8 +5,8 @@ checkpoint's params drop in, plus
 - `start_thought`, `end_thought` [embed]: stored divided by `thought_scale` and multiplied
   back on use (an effectively `thought_scale`-times larger learning rate), initialised from
   the mean embedding of `thought_init_ids` (the pieces of "---");
-- `mixing_head/{hidden_0, hidden_1, out}`: MLP 2H -> H -> H -> 1 with ReLU, `out` zero-
-  initialised so the mixed prediction starts exactly at the base prediction.
+- `mixing_head/{hidden_0, hidden_1, out}`: MLP 2H -> H -> H -> 1 with ReLU, `out` bias-free
+  and zero-initialised so the mixed prediction starts exactly at the base prediction.
 `__call__` is the base LM, so evaluation, decoding and checkpoints work as for `DecoderOnly`.
 """
 
@@ -65,7 +65,9 @@ class QuietStarConfig:
 
 
 class MixingHead(nn.Module):
-    """Scalar mixing weight per position from concat(h_base, h_thought)."""
+    """Scalar mixing weight per position from concat(h_base, h_thought): 2H -> H -> H -> 1
+    with ReLU, as the reference builds it (hidden kernels N(0, 0.02) with zero biases; the
+    output layer has no bias and starts at zero, so the mix starts at the base prediction)."""
 
     hidden: int
     param_dtype: jnp.dtype = jnp.float32
@@ -73,28 +75,28 @@ class MixingHead(nn.Module):
     @nn.compact
     def __call__(self, h_base: jax.Array, h_thought: jax.Array) -> jax.Array:
         x = jnp.concatenate([h_base, h_thought], axis=-1).astype(jnp.float32)
-        init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
-        for name, axes, out, kernel_init in (
-            ("hidden_0", ("embed", "mlp"), self.hidden, init),
-            ("hidden_1", ("mlp", "embed"), self.hidden, init),
-            ("out", ("embed", None), 1, nn.initializers.zeros),
-        ):
-            kernel = self.param(
-                f"{name}_kernel",
-                nn.with_logical_partitioning(kernel_init, axes),
-                (x.shape[-1], out),
-                self.param_dtype,
-            )
-            bias = self.param(
-                f"{name}_bias",
-                nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
-                (out,),
-                self.param_dtype,
-            )
-            x = x @ kernel.astype(jnp.float32) + bias.astype(jnp.float32)
-            if name != "out":
-                x = jax.nn.relu(x)
-        return x[..., 0]
+        x = jax.nn.relu(self._dense(x, "hidden_0", ("embed", "mlp"), self.hidden))
+        x = jax.nn.relu(self._dense(x, "hidden_1", ("mlp", "embed"), self.hidden))
+        return self._dense(x, "out", ("embed", None), 1, bias=False)[..., 0]
+
+    def _dense(self, x, name: str, axes, features: int, bias: bool = True):
+        init = nn.initializers.normal(stddev=0.02) if bias else nn.initializers.zeros
+        kernel = self.param(
+            f"{name}_kernel",
+            nn.with_logical_partitioning(init, axes),
+            (x.shape[-1], features),
+            self.param_dtype,
+        )
+        y = x @ kernel.astype(jnp.float32)
+        if not bias:
+            return y
+        b = self.param(
+            f"{name}_bias",
+            nn.with_logical_partitioning(nn.initializers.zeros, axes[1:]),
+            (features,),
+            self.param_dtype,
+        )
+        return y + b.astype(jnp.float32)
 
 
 class QuietStarLM(DecoderOnly):

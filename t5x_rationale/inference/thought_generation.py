@@ -37,6 +37,7 @@ from t5x_rationale.quiet_star.sampling import sample_token, token_logp
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.quiet_star.steps import context_forward
 from t5x_rationale.quiet_star.stream_attention import stream_attention
+from t5x_rationale.quiet_star.think import check_window
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +48,9 @@ class ThoughtDecodeConfig:
     # the training run's thinking settings; only num_ahead is used (base + start +
     # num_ahead - 3 thought tokens + end), with n_t = 1 and P = 1 at inference
     thinking: ThinkingSpec = ThinkingSpec()
-    thought_temperature: float = 0.0  # 0: argmax thoughts
+    # 0: argmax thoughts, so greedy decoding with thoughts is deterministic; the reference
+    # samples them at 1 (its hard Gumbel draw ignores its tiny tau): set 1.0 to match it
+    thought_temperature: float = 0.0
     temperature: float = 0.0  # emitted tokens; 0: greedy
     eos_id: Optional[int] = 1  # a row stops after emitting it (then emits 0); None: never
     forbidden_ids: tuple[int, ...] = ()  # never emitted (the thought ids never are either)
@@ -104,6 +107,7 @@ def generate_with_thoughts(
         raise TypeError(
             f"generate_with_thoughts needs a Quiet-STaR model, got {config.architecture}"
         )
+    check_window(config, decode.num_ahead - 1)  # start, thought tokens, end, one talk step
     rng = jax.random.PRNGKey(0) if rng is None else rng
     return _compiled(config, decode)(params, jnp.asarray(prompt, jnp.int32), rng)
 

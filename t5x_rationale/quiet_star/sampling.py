@@ -12,6 +12,13 @@ def token_logp(logits, ids, temperature: float = 1.0):
     return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
 
 
+def without_ids(logits, ids):
+    """`logits` with the columns `ids` set to -1e10, out of any softmax's normaliser (the
+    reference masks the thought ids so before sampling and before the policy term)."""
+    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(ids, jnp.int32)].set(True)
+    return jnp.where(banned, jnp.asarray(-1e10, logits.dtype), logits)
+
+
 def sample_token(logits, banned_ids, temperature: float, rng):
     """A token drawn from softmax(logits / temperature) (0: argmax); `banned_ids` are never drawn.
 

@@ -13,7 +13,7 @@ from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.architectures.stack import checkpointed
 from t5x_rationale.quiet_star.functional_decoder import ACT, FunctionalDecoder
-from t5x_rationale.quiet_star.sampling import sample_token, token_logp
+from t5x_rationale.quiet_star.sampling import sample_token, token_logp, without_ids
 from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
 
 # ------------------------------------------------------------------------ masks
@@ -119,7 +119,9 @@ def step_head(
         logits = repeat_copies(fd.lm_head(params, hidden), copies)
         token = _sample(fd, spec, ctx, k, logits)
         return result(
-            policy_logp=token_logp(logits, token, spec.score_temperature),
+            policy_logp=token_logp(
+                without_ids(logits, fd.config.thought_token_ids), token, spec.score_temperature
+            ),
             next_token=token,
             logits=logits,
         )

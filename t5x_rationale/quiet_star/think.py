@@ -56,6 +56,7 @@ def think(
     axis (index k - 1 for step k): `true_logp`, `policy_logp`, `mixing_weight`,
     `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
     """
+    check_window(config, spec.num_steps)
     if copies < 1 or tokens.shape[0] % copies:
         raise ValueError(
             f"copies must be a positive divisor of the {tokens.shape[0]} rows, got {copies}"
@@ -66,3 +67,15 @@ def think(
     run = streams_steps if spec.implementation == "streams" else dense_mask_steps
     outputs = run(fd, spec, params, h_base, keys, values, ctx, segment_ids, copies)
     return dict(outputs, h_base=repeat_copies(h_base, copies), base_logits=base_logits)
+
+
+def check_window(config: QuietStarConfig, num_steps: int) -> None:
+    """A sliding window must cover a whole thought: a stream's token then always sees every
+    earlier token of its own stream (at most `num_steps - 1` positions back), as the same
+    tokens fed through the ordinary decoder would, and the window only limits the context."""
+    window = config.sliding_window
+    if window is not None and window < num_steps:
+        raise ValueError(
+            f"sliding_window {window} is shorter than a thought's {num_steps} steps "
+            "(num_ahead + num_talk - 2); use a window of at least that many positions"
+        )
