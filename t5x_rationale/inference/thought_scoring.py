@@ -1,7 +1,7 @@
 """Per-token scores of text under a Quiet-STaR model: base vs thought-mixed log-probabilities.
 
 `ThoughtScorer` restores a `QuietStarLM` checkpoint onto a mesh and runs the token-parallel
-forward (P = 1, thoughts at `thought_temperature`, 0 = argmax) over right-padded rows of
+forward (P = 1, thoughts at the spec's `sample_temperature`, 0 = argmax) over right-padded rows of
 target tokens. For every position i, predicting y[i]:
 
   base_logp[i]      log p_base(y[i] | y[..i-1])
@@ -82,7 +82,7 @@ class ThoughtScorer:
       checkpoint_path: a run's `checkpoints/` directory (latest step) or one step directory.
       partitioner: mesh + rules; params are restored sharded onto it.
       spec: the thinking settings of training; thoughts are sampled at its
-        `sample_temperature` (0: argmax, as at inference) and `num_talk` true tokens scored.
+        `sample_temperature` (0: argmax) and `num_talk` true tokens scored.
     """
 
     def __init__(
