@@ -60,7 +60,7 @@ class QuietStarConfig:
 
     @property
     def architecture(self) -> str:
-        """ "quiet_star": a decoder-only LM (batches, decoding) that also thinks."""
+        """The name "quiet_star": a decoder-only LM (batches, decoding) that also thinks."""
         return "quiet_star"
 
 

@@ -15,8 +15,12 @@ def token_logp(logits, ids, temperature: float = 1.0):
 def without_ids(logits, ids):
     """`logits` with the columns `ids` set to -1e10, out of any softmax's normaliser (the
     reference masks the thought ids so before sampling and before the policy term)."""
-    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(ids, jnp.int32)].set(True)
-    return jnp.where(banned, jnp.asarray(-1e10, logits.dtype), logits)
+    return jnp.where(_is_id(logits, ids), jnp.asarray(-1e10, logits.dtype), logits)
+
+
+def _is_id(logits, ids):
+    """[vocab] bool: True at the columns `ids`."""
+    return jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(ids, jnp.int32)].set(True)
 
 
 def sample_token(logits, banned_ids, temperature: float, rng):
@@ -28,8 +32,8 @@ def sample_token(logits, banned_ids, temperature: float, rng):
     dominated a thinking step on CPU. A zero-mass (banned) id is never chosen: it adds
     nothing to a cumulative sum, so no threshold can fall on it.
     """
-    banned = jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(banned_ids, jnp.int32)].set(True)
-    logits = jnp.where(banned, -jnp.inf, jax.lax.stop_gradient(logits).astype(jnp.float32))
+    logits = jax.lax.stop_gradient(logits).astype(jnp.float32)
+    logits = jnp.where(_is_id(logits, banned_ids), -jnp.inf, logits)
     if temperature == 0:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     vocab = logits.shape[-1]
