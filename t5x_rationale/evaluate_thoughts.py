@@ -113,8 +113,12 @@ def answer_mass(
         base.append(s.base_logp[r, span].sum())
         mixed.append(s.mixed_logp[r, span].sum())
     base, mixed = np.asarray(base), np.asarray(mixed)
+    tokens = sum(answer_lengths)
     return {
         "questions": len(base),
+        "answer_tokens": tokens,
+        "base_nll_per_token": float(-base.sum() / tokens),
+        "mixed_nll_per_token": float(-mixed.sum() / tokens),
         "base_mass": float(np.exp(base).mean()),
         "mixed_mass": float(np.exp(mixed).mean()),
         "base_logp": float(base.mean()),
@@ -127,12 +131,17 @@ QUESTION_FORMATS = ("teacher", "gsm8k")
 
 
 def load_questions(
-    questions_file: Optional[str], num_questions: int, questions_format: str = "teacher"
+    questions_file: Optional[str],
+    num_questions: int,
+    questions_format: str = "teacher",
+    difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
 ) -> list[dict]:
     """Rows with `input` and `label`: from a teacher-JSONL or GSM8K file, else the shipped
-    corpus's validation questions."""
+    corpus's validation questions at `difficulty`."""
     if questions_file is None:
-        return synthetic.generate_split("validation", num_examples=num_questions)
+        return synthetic.generate_split(
+            "validation", num_examples=num_questions, difficulty=difficulty
+        )
     if questions_format not in QUESTION_FORMATS:
         raise ValueError(f"questions_format {questions_format!r} not in {QUESTION_FORMATS}")
     if questions_format == "gsm8k":
@@ -156,6 +165,7 @@ def evaluate_thoughts(
     questions_file: Optional[str] = None,
     questions_format: str = "teacher",
     num_questions: int = 64,
+    questions_difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
     answer_prefix: str = " The answer is",
     thinking: ThinkingSpec = ThinkingSpec(),
     thought_temperature: float = 1.0,
@@ -164,6 +174,8 @@ def evaluate_thoughts(
 ) -> dict:
     """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it.
 
+    Without a `questions_file` the questions are the shipped corpus's validation questions at
+    `questions_difficulty` (a level such as 1, the easy corpus, or a `Difficulty`).
     `thinking` is the training run's `@ThinkingSpec()`; thoughts are drawn at
     `thought_temperature` (default 1, as the reference's evaluation samples them; 0: argmax)
     and scored on the next token (n_t = 1).
@@ -195,7 +207,9 @@ def evaluate_thoughts(
         ),
     }
     rows, answer_lengths = answer_rows(
-        vocabulary, load_questions(questions_file, num_questions, questions_format), answer_prefix
+        vocabulary,
+        load_questions(questions_file, num_questions, questions_format, questions_difficulty),
+        answer_prefix,
     )
     report["answer_mass"] = answer_mass(
         _score_all(scorer, rows, batch_size, length), rows, answer_lengths, length
@@ -226,10 +240,14 @@ def format_report(report: dict) -> str:
             f"ppl base {b['base_ppl']:.3f}  mixed {b['mixed_ppl']:.3f}"
         )
     a = report["answer_mass"]
-    lines.append(
-        f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  "
-        f"mixed {a['mixed_mass']:.4f}  (mean log p {a['base_logp']:.3f} vs {a['mixed_logp']:.3f}; "
-        f"mixed higher on {100 * a['mixed_better_fraction']:.0f}%)"
+    lines.extend(
+        [
+            f"  answer mass on {a['questions']} questions: base {a['base_mass']:.4f}  "
+            f"mixed {a['mixed_mass']:.4f}  (mean log p {a['base_logp']:.3f} vs "
+            f"{a['mixed_logp']:.3f}; mixed higher on {100 * a['mixed_better_fraction']:.0f}%)",
+            f"  answer tokens ({a['answer_tokens']}): nll per token base "
+            f"{a['base_nll_per_token']:.3f}  mixed {a['mixed_nll_per_token']:.3f}",
+        ]
     )
     return "\n".join(lines)
 

@@ -35,6 +35,7 @@ from t5x_rationale.runtime.run_files import model_info, write_run_info
 from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
 from t5x_rationale.runtime.training_loop import train_loop
+from t5x_rationale.runtime.warm_start import warm_start
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def train(
     save_every: int = 500,
     keep_checkpoints: Optional[int] = 3,
     restore_path: Optional[str] = None,
+    init_from: Optional[str] = None,
     log_every: int = 10,
     vocabulary_path: Optional[str] = None,
     measure_mfu: bool = True,
@@ -85,6 +87,9 @@ def train(
       num_microbatches: gradient accumulation.
       save_every, keep_checkpoints, restore_path: checkpointing (restore order: latest in
         run_dir, then `restore_path`, then fresh init).
+      init_from: start a new run from this checkpoint's params (a run's checkpoints or a
+        step directory) with a fresh optimizer at step 0; a Quiet-STaR model may start from
+        a plain decoder LM's (runtime/warm_start.py). A run that has checkpoints resumes them.
       log_every: metrics rows every this many steps.
       vocabulary_path: SentencePiece model (default: the shipped one).
       measure_mfu: measure the matmul peak first and report MFU.
@@ -131,8 +136,10 @@ def train(
         os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints, save_every=save_every
     )
     state, data_state, source = checkpointer.restore_or_init(
-        abstract, lambda: trainer.init_state(seed, example), explicit_path=restore_path
+        abstract, _init(trainer, seed, example, init_from, model_config), explicit_path=restore_path
     )
+    if source == "fresh init" and init_from:
+        source = f"the params of {init_from}"
     stream.set_state(data_state if data_state else {"position": 0})
     _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
     throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
@@ -150,6 +157,13 @@ def train(
     finally:
         writer.close()
         checkpointer.close()
+
+
+def _init(trainer: Trainer, seed: int, example: dict, init_from: Optional[str], model_config):
+    """The fresh state of a new run: random, or with `init_from`'s params."""
+    if init_from is None:
+        return lambda: trainer.init_state(seed, example)
+    return lambda: warm_start(trainer.init_state(seed, example), init_from, model_config)
 
 
 def _with_thinking(objective: Callable, model_config, thinking: Optional[ThinkingSpec]):

@@ -73,17 +73,43 @@ def _hand_rewards_and_advantages(terms, segments):
 
 def test_policy_logp_scores_the_sampled_thought_without_the_thought_ids():
     """log softmax(logits / 3)[sampled] with the thought ids out of the normaliser (the
-    reference sets them to -1e10), recomputed in numpy from each thinking step's logits."""
+    reference sets them to -1e10), recomputed in numpy from each thinking step's logits; the
+    same at the sampling temperature 1 for `sample_logp` (the entropy estimate)."""
     config = tiny_config()
     terms = _terms(config, tiny_params(config, mixing_random=True), _batch())
     logits = np.asarray(terms["logits"])[: N_A - 3].astype(np.float64)  # steps that sample
     sampled = np.asarray(terms["next_token"])[: N_A - 3]
     logits[..., list(config.thought_token_ids)] = -np.inf
-    scaled = logits / 3.0
-    top = scaled.max(-1, keepdims=True)
-    lse = top[..., 0] + np.log(np.exp(scaled - top).sum(-1))
-    hand = np.take_along_axis(scaled, sampled[..., None], -1)[..., 0] - lse
-    np.testing.assert_allclose(terms["policy_logp"][: N_A - 3], hand, rtol=1e-5, atol=1e-5)
+    for key, temperature in (("policy_logp", 3.0), ("sample_logp", 1.0)):
+        scaled = logits / temperature
+        top = scaled.max(-1, keepdims=True)
+        lse = top[..., 0] + np.log(np.exp(scaled - top).sum(-1))
+        hand = np.take_along_axis(scaled, sampled[..., None], -1)[..., 0] - lse
+        np.testing.assert_allclose(terms[key][: N_A - 3], hand, rtol=1e-5, atol=1e-5)
+
+
+def test_thought_statistics_match_a_hand_computation():
+    """The logged share of positive advantages, thought entropy estimate and distinct-token
+    share, recomputed position by position from the terms."""
+    config = tiny_config()
+    params = tiny_params(config, mixing_random=True)
+    batch = _batch(packed=True)
+    terms = _terms(config, params, batch)
+    _, metrics = quiet_star_loss(
+        build_model(config), params, batch, jax.random.PRNGKey(2), spec=ThinkingSpec(N_A, N_T)
+    )
+    valid = np.asarray(terms["valid"])
+    tokens = np.asarray(terms["next_token"])[: N_A - 3]
+    sample_lp = np.asarray(terms["sample_logp"])[: N_A - 3]
+    positive, entropy, distinct = [], [], []
+    for r, i in zip(*np.nonzero(valid)):
+        positive.append(float(terms["advantages"][r, i] > 0))
+        entropy.append(-sample_lp[:, r, i].mean())
+        distinct.append(len(set(tokens[:, r, i].tolist())) / (N_A - 3))
+    assert 0 < np.mean(positive) < 1 and 1 / (N_A - 3) < np.mean(distinct) < 1
+    np.testing.assert_allclose(metrics["positive_advantage_share"], np.mean(positive), rtol=1e-6)
+    np.testing.assert_allclose(metrics["thought_entropy"], np.mean(entropy), rtol=1e-5)
+    np.testing.assert_allclose(metrics["thought_distinct"], np.mean(distinct), rtol=1e-6)
 
 
 @pytest.mark.parametrize("packed", [False, True], ids=["rows", "packed"])

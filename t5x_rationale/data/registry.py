@@ -4,6 +4,8 @@ Importing this module registers the shipped corpus (default seed and sizes) as
 
 - `synthetic_arith_{label,rationale,step_by_step,cot,cot_decoder,contrastive}` (see `tasks.py`),
 - `synthetic_arith_text`: the plain-text view (question + rationale + answer) for LM training,
+  `synthetic_arith_answer_text` the direct-answer view (question + answer) and
+  `synthetic_arith_text_and_answers` the two mixed 1:1 (the thinking study's text),
 - the same under `synthetic_arith_easy_*` at difficulty level 1 (two operations, small
   numbers; the quickstart's corpus) and `synthetic_arith_multistep_*` (three or four
   operations on numbers up to 12; the distillation comparison's corpus).
@@ -45,8 +47,11 @@ def _synthetic_rows(split: str, num_examples: int, seed: int, difficulty) -> tup
     )
 
 
-def _text_dataset(rows) -> tf.data.Dataset:
-    texts = [synthetic.plain_text(row) for row in rows]
+TEXT_VIEWS = {"rationale": synthetic.plain_text, "answer": synthetic.answer_text}
+
+
+def _text_dataset(rows, view: str) -> tf.data.Dataset:
+    texts = [TEXT_VIEWS[view](row) for row in rows]
     return tf.data.Dataset.from_tensor_slices({"text": tf.constant(texts, tf.string)})
 
 
@@ -55,9 +60,12 @@ def synthetic_source(
     sizes: Optional[dict] = None,
     seed: int = synthetic.DEFAULT_SEED,
     difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
-    text: bool = False,
+    text: Optional[str] = None,
 ) -> seqio.DataSource:
-    """The generated corpus as a seqio source (rationale rows, or `{"text"}` rows if `text`)."""
+    """The generated corpus as a seqio source: rationale rows, or `{"text"}` rows in the
+    `text` view (`TEXT_VIEWS`: "rationale" or "answer")."""
+    if text is not None and text not in TEXT_VIEWS:
+        raise ValueError(f"synthetic_source text view {text!r} not in {sorted(TEXT_VIEWS)}")
     sizes = dict(sizes or synthetic.DEFAULT_SIZES)
 
     corpus_seed = seed
@@ -67,7 +75,7 @@ def synthetic_source(
         rows = _synthetic_rows(
             split, sizes[split], corpus_seed, synthetic.as_difficulty(difficulty)
         )
-        return _text_dataset(rows) if text else sources.rows_to_dataset(rows)
+        return _text_dataset(rows, text) if text else sources.rows_to_dataset(rows)
 
     return seqio.FunctionDataSource(dataset_fn, splits=tuple(sizes), num_input_examples=sizes)
 
@@ -80,10 +88,17 @@ def register_synthetic(
     difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
     overwrite: bool = False,
 ) -> RationaleTaskNames:
-    """Registers a generated corpus (rationale tasks and `{name}_text`)."""
+    """Registers a generated corpus: its rationale tasks, the text views `{name}_text`
+    (rationale) and `{name}_answer_text` (direct answer), and their 1:1 mixture
+    `{name}_text_and_answers`."""
     kwargs = dict(sizes=sizes, seed=seed, difficulty=difficulty)
     names = register_rationale_tasks(name, synthetic_source(**kwargs), overwrite=overwrite)
-    register_text_task(f"{name}_text", synthetic_source(**kwargs, text=True), overwrite=overwrite)
+    texts = (f"{name}_text", f"{name}_answer_text")
+    for task, view in zip(texts, TEXT_VIEWS):
+        register_text_task(task, synthetic_source(**kwargs, text=view), overwrite=overwrite)
+    if overwrite and f"{name}_text_and_answers" in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.remove(f"{name}_text_and_answers")
+    seqio.MixtureRegistry.add(f"{name}_text_and_answers", list(texts), default_rate=1.0)
     return names
 
 

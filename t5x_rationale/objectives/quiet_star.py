@@ -111,5 +111,22 @@ def combine_terms(
             terms["mixing_weight"][-terms["talk_logp"].shape[0]], first_talk
         )[0],
         "denominator": denominator,
+        **thought_statistics(terms, valid),
     }
     return loss, metrics
+
+
+def thought_statistics(terms: dict, valid: jax.Array) -> dict:
+    """Means over real positions: the share with a positive advantage, the thoughts' entropy
+    (nats per token at the sampling temperature, estimated by the sampled tokens' -log p)
+    and their diversity (distinct tokens per thought over its length: 1/n for a repeated
+    token, 1 for all different)."""
+    tokens = jnp.sort(terms["thought_tokens"], axis=0)  # [n_a - 3, N, T]
+    distinct = 1 + jnp.sum(tokens[1:] != tokens[:-1], axis=0)
+    return {
+        "positive_advantage_share": weighted_mean(
+            (terms["advantages"] > 0).astype(jnp.float32), valid
+        )[0],
+        "thought_entropy": weighted_mean(-jnp.mean(terms["thought_sample_logp"], axis=0), valid)[0],
+        "thought_distinct": weighted_mean(distinct.astype(jnp.float32) / tokens.shape[0], valid)[0],
+    }

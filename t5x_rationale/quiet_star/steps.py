@@ -101,11 +101,17 @@ def step_head(
         raise ValueError(f"only step 1 takes one hidden row per {copies} copies, not step {k}")
 
     def result(
-        true_logp=zeros, policy_logp=zeros, next_token=None, mixing_weight=zeros, logits=None
+        true_logp=zeros,
+        policy_logp=zeros,
+        sample_logp=zeros,
+        next_token=None,
+        mixing_weight=zeros,
+        logits=None,
     ):
         out = {
             "true_logp": true_logp,
             "policy_logp": policy_logp,
+            "sample_logp": sample_logp,
             "mixing_weight": mixing_weight,
             "next_token": jnp.zeros(ctx.targets.shape, jnp.int32)
             if next_token is None
@@ -118,9 +124,13 @@ def step_head(
     def thinking():
         logits = repeat_copies(fd.lm_head(params, hidden), copies)
         token = _sample(fd, spec, ctx, k, logits)
+        allowed = without_ids(logits, fd.config.thought_token_ids)
         return result(
-            policy_logp=token_logp(
-                without_ids(logits, fd.config.thought_token_ids), token, spec.score_temperature
+            policy_logp=token_logp(allowed, token, spec.score_temperature),
+            sample_logp=jax.lax.stop_gradient(
+                token_logp(allowed, token, spec.sample_temperature)
+                if spec.sample_temperature > 0
+                else zeros
             ),
             next_token=token,
             logits=logits,

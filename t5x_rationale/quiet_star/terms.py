@@ -60,7 +60,8 @@ def quiet_star_terms(
 ) -> dict:
     """Every per-position quantity of the objective on the P-times repeated batch
     (P = `spec.num_thoughts`): base and talk log-probabilities, validity, rewards,
-    advantages, the summed thought log-probabilities and `think`'s outputs."""
+    advantages, the summed thought log-probabilities, the thought tokens [n_a - 3, N, T] with
+    their log-probabilities at the sampling temperature, and `think`'s outputs."""
     num_thoughts = spec.num_thoughts
     rows = repeat_rows(batch, num_thoughts)
     targets = rows["decoder_target_tokens"]
@@ -83,6 +84,8 @@ def quiet_star_terms(
     adv = jax.lax.stop_gradient(advantages(rewards, num_thoughts, clip_advantage))
     # steps 1 .. n_a - 3
     thought_logp = jnp.sum(out["policy_logp"][: spec.num_thought_tokens], axis=0)
+    # the thought tokens are sampled at steps 1 .. n_a - 3 and fed at steps 2 .. n_a - 2
+    thought_tokens = out["next_token"][: spec.num_thought_tokens]
     return dict(
         out,
         base_logp=base_logp,
@@ -92,5 +95,7 @@ def quiet_star_terms(
         rewards=rewards,
         advantages=adv,
         thought_logp=thought_logp,
+        thought_tokens=thought_tokens,
+        thought_sample_logp=out["sample_logp"][: spec.num_thought_tokens],
         targets=targets,
     )

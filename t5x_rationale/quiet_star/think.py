@@ -53,7 +53,8 @@ def think(
     and with `streams` so does step 1, the start thought, which sees only the context.
     Sampling stays per row. Returns a dict with `h_base` [N,T,H], `base_logits`
     [N/copies, T, V] (one row per group) and per-step outputs stacked along a leading step
-    axis (index k - 1 for step k): `true_logp`, `policy_logp`, `mixing_weight`,
+    axis (index k - 1 for step k): `true_logp`, `policy_logp`, `sample_logp` (the sampled
+    token's log-probability at the sampling temperature), `mixing_weight`,
     `next_token` ([steps, N, T]) and, with `collect_logits`, `logits`.
     """
     check_window(config, spec.num_steps)

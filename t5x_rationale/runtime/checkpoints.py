@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -179,11 +179,15 @@ class Checkpointer:
         return init_fn(), {}, "fresh init"
 
 
-def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
+def restore_params(
+    path: str, abstract_params: Any, *, optional: Sequence[str] = ()
+) -> tuple[Any, int]:
     """(params, step) of a checkpoint, without its optimizer state (for evaluation and export).
 
     `path` is a run's checkpoint directory (its latest complete step is used) or one step
     directory (`.../checkpoints/1200`). Params land on the shardings in `abstract_params`.
+    Top-level params named in `optional` may be missing from the checkpoint; the returned
+    tree then lacks them (a plain LM's checkpoint restored into a Quiet-STaR model).
     """
     path = os.path.abspath(path.rstrip("/"))
     if re.fullmatch(r"\d+", os.path.basename(path)):
@@ -204,8 +208,10 @@ def restore_params(path: str, abstract_params: Any) -> tuple[Any, int]:
         saved = manager.restore(step, args=ocp.args.Composite(signature=ocp.args.JsonRestore()))[
             "signature"
         ]
-        expected = {".params" + k: v for k, v in state_signature(abstract_params).items()}
         mine = {k: v for k, v in saved.items() if k.startswith(".params")}
+        absent = [n for n in optional if not any(k.startswith(f".params['{n}']") for k in mine)]
+        abstract_params = {k: v for k, v in abstract_params.items() if k not in absent}
+        expected = {".params" + k: v for k, v in state_signature(abstract_params).items()}
         if mine != expected:
             raise CheckpointMismatchError(
                 f"checkpoint {directory}/{step} does not match the model: "

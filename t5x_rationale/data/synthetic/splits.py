@@ -118,6 +118,12 @@ def plain_text(row: dict, rationale_index: int = 0) -> str:
     return " ".join(f"{row['input']} {rationale}".split())
 
 
+def answer_text(row: dict) -> str:
+    """The direct-answer view on one line: question and answer, no rationale (the text where
+    the computation is not spelled out: what Quiet-STaR's thoughts can supply)."""
+    return " ".join(f"{row['input']} The answer is {row['label']}.".split())
+
+
 def write_corpus(
     out_dir: str | os.PathLike,
     *,
