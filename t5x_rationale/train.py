@@ -10,9 +10,11 @@ batch, model, mesh) before the run directory is created, so bad input leaves not
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import sys
 from typing import Callable, Mapping, Optional
 
 import gin
@@ -32,9 +34,10 @@ from t5x_rationale.runtime.metrics_writer import MetricsWriter
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import model_info, write_run_info
+from t5x_rationale.runtime.run_lock import RunLock, check_config_unchanged
 from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
-from t5x_rationale.runtime.training_loop import train_loop
+from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted, train_loop
 from t5x_rationale.runtime.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,8 @@ def train(
     keep_checkpoints: Optional[int] = 3,
     restore_path: Optional[str] = None,
     init_from: Optional[str] = None,
+    allow_config_change: bool = False,
+    strict_restore: bool = False,
     log_every: int = 10,
     vocabulary_path: Optional[str] = None,
     measure_mfu: bool = True,
@@ -90,6 +95,10 @@ def train(
       init_from: start a new run from this checkpoint's params (a run's checkpoints or a
         step directory) with a fresh optimizer at step 0; a Quiet-STaR model may start from
         a plain decoder LM's (runtime/warm_start.py). A run that has checkpoints resumes them.
+      allow_config_change: resume checkpoints whose run was configured otherwise (by
+        default that stops with the difference; the step count may always change).
+      strict_restore: stop when the run's newest checkpoint cannot be read, instead of
+        moving it aside (`damaged-<step>`) and resuming from the previous one.
       log_every: metrics rows every this many steps.
       vocabulary_path: SentencePiece model (default: the shipped one).
       measure_mfu: measure the matmul peak first and report MFU.
@@ -129,22 +138,25 @@ def train(
         num_microbatches=num_microbatches,
         constants=constants,
     )
-    abstract = trainer.abstract_state(example)
-    info = model_info(trainer, example, model_config)
-    write_run_info(run_dir, config_gin=gin.config_str(), model_info=info)
-    checkpointer = Checkpointer(
-        os.path.join(run_dir, "checkpoints"), keep=keep_checkpoints, save_every=save_every
-    )
-    state, data_state, source = checkpointer.restore_or_init(
-        abstract, _init(trainer, seed, example, init_from, model_config), explicit_path=restore_path
-    )
-    if source == "fresh init" and init_from:
-        source = f"the params of {init_from}"
-    stream.set_state(data_state if data_state else {"position": 0})
-    _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
-    throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
-    writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
-    try:
+    with contextlib.ExitStack() as stack:
+        checkpointer = stack.enter_context(_locked(run_dir, keep_checkpoints, save_every))
+        state, data_state, source = _start(
+            checkpointer,
+            trainer,
+            example,
+            model_config,
+            run_dir=run_dir,
+            seed=seed,
+            init_from=init_from,
+            restore_path=restore_path,
+            allow_config_change=allow_config_change,
+            strict=strict_restore,
+        )
+        stream.set_state(data_state if data_state else {"position": 0})
+        _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
+        throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
+        writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
+        stack.enter_context(writer)
         return train_loop(
             trainer,
             state,
@@ -154,9 +166,41 @@ def train(
             throughput=throughput,
             on_metrics=lambda step, values: writer(step, {**values, **stream.stats()}),
         )
-    finally:
-        writer.close()
-        checkpointer.close()
+
+
+@contextlib.contextmanager
+def _locked(run_dir: str, keep: Optional[int], save_every: int):
+    """The run's checkpointer, with the run directory locked to this run while it is open."""
+    directory = os.path.join(run_dir, "checkpoints")
+    with (
+        RunLock(run_dir),
+        Checkpointer(directory, keep=keep, save_every=save_every) as checkpointer,
+    ):
+        yield checkpointer
+
+
+def _start(checkpointer, trainer, example, model_config, *, run_dir, seed, init_from, **restore):
+    """(state, data_state, source) of the run: its latest checkpoint (when its config is the
+    one they were trained with), else `restore_path`, else `init_from`'s params, else fresh;
+    writes the run's `config.gin` and `model-info.txt`."""
+    config = gin.config_str()
+    latest = checkpointer.latest_step
+    if latest is not None:
+        check_config_unchanged(
+            run_dir, config, step=latest, allow_change=restore["allow_config_change"]
+        )
+    write_run_info(
+        run_dir, config_gin=config, model_info=model_info(trainer, example, model_config)
+    )
+    state, data_state, source = checkpointer.restore_or_init(
+        trainer.abstract_state(example),
+        _init(trainer, seed, example, init_from, model_config),
+        explicit_path=restore["restore_path"],
+        strict=restore["strict"],
+    )
+    if source == "fresh init" and init_from:
+        source = f"the params of {init_from}"
+    return state, data_state, source
 
 
 def _init(trainer: Trainer, seed: int, example: dict, init_from: Optional[str], model_config):
@@ -216,7 +260,11 @@ def _throughput(
 
 
 def main() -> None:
-    run(train)
+    try:
+        run(train)
+    except Preempted as e:
+        print(f"train: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
 
 
 if __name__ == "__main__":

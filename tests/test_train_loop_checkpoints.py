@@ -23,26 +23,27 @@ def _fresh_state(saved):
     return jax.device_put(saved.initial, shardings)
 
 
-def _recorder(losses: dict, sigterm_at=None):
+def _recorder(losses: dict, signal_at=None, signum=signal.SIGTERM):
     def on_metrics(step, metrics):
         losses[step] = metrics["loss"]
-        if step == sigterm_at:
-            signal.raise_signal(signal.SIGTERM)
+        if step == signal_at:
+            signal.raise_signal(signum)
 
     return on_metrics
 
 
-@pytest.fixture
-def sigterm_guard():
-    """Catches SIGTERM if the loop fails to install its own handler (instead of killing pytest)."""
+@pytest.fixture(params=[signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def signal_guard(request):
+    """Catches the signal if the loop fails to install its own handler (instead of killing
+    pytest)."""
     caught = []
     guard = lambda *_: caught.append(1)  # noqa: E731
-    previous = signal.signal(signal.SIGTERM, guard)
-    yield guard, caught
-    signal.signal(signal.SIGTERM, previous)
+    previous = signal.signal(request.param, guard)
+    yield request.param, guard, caught
+    signal.signal(request.param, previous)
 
 
-def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
+def test_train_loop_preemption_and_resume(saved, tmp_path, signal_guard):
     trainer, num_steps = saved.trainer, 4
 
     # Uninterrupted run; save_every=3 so the final step 4 is only saved because it is last.
@@ -73,8 +74,8 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
     assert_bitwise_equal(restored, saved.host3)
     checkpointer.close()
 
-    # Interrupted run: SIGTERM during step 2 saves step 2 and raises Preempted.
-    guard, caught = sigterm_guard
+    # Interrupted run: SIGTERM or Ctrl-C during step 2 saves step 2 and raises Preempted.
+    signum, guard, caught = signal_guard
     run = tmp_path / "preempted"
     losses = {}
     checkpointer = Checkpointer(str(run), save_every=100, keep=None)
@@ -85,12 +86,10 @@ def test_train_loop_preemption_and_resume(saved, tmp_path, sigterm_guard):
             make_data(),
             num_steps=num_steps,
             checkpointer=checkpointer,
-            on_metrics=_recorder(losses, sigterm_at=2),
+            on_metrics=_recorder(losses, signal_at=2, signum=signum),
         )
-    assert caught == [], "SIGTERM reached the previous handler: the loop did not catch it"
-    assert signal.getsignal(signal.SIGTERM) is guard, (
-        "the loop must restore the previous SIGTERM handler"
-    )
+    assert caught == [], "the signal reached the previous handler: the loop did not catch it"
+    assert signal.getsignal(signum) is guard, "the loop must restore the previous handler"
     assert sorted(losses) == [1, 2]
     assert checkpointer.latest_step == 2
     assert not {3, 4} & set(checkpointer.all_steps())
@@ -139,8 +138,8 @@ def test_train_loop_without_work_still_waits_and_returns(saved, tmp_path):
     checkpointer.close()
 
 
-def test_train_loop_sigterm_without_checkpointer_stops(saved, sigterm_guard):
-    guard, caught = sigterm_guard
+def test_train_loop_signal_without_checkpointer_stops(saved, signal_guard):
+    signum, guard, caught = signal_guard
     losses = {}
     try:
         train_loop(
@@ -148,10 +147,10 @@ def test_train_loop_sigterm_without_checkpointer_stops(saved, sigterm_guard):
             _fresh_state(saved),
             make_data(),
             num_steps=3,
-            on_metrics=_recorder(losses, sigterm_at=1),
+            on_metrics=_recorder(losses, signal_at=1, signum=signum),
         )
     except Preempted:
         pass
     assert caught == []
-    assert signal.getsignal(signal.SIGTERM) is guard
-    assert sorted(losses) == [1], f"SIGTERM at step 1 was ignored; steps run: {sorted(losses)}"
+    assert signal.getsignal(signum) is guard
+    assert sorted(losses) == [1], f"the signal at step 1 was ignored; steps run: {sorted(losses)}"

@@ -100,22 +100,14 @@ def step_head(
     if copies > 1 and k != 1:
         raise ValueError(f"only step 1 takes one hidden row per {copies} copies, not step {k}")
 
-    def result(
-        true_logp=zeros,
-        policy_logp=zeros,
-        sample_logp=zeros,
-        next_token=None,
-        mixing_weight=zeros,
-        logits=None,
-    ):
+    def result(logits=None, **computed):
         out = {
-            "true_logp": true_logp,
-            "policy_logp": policy_logp,
-            "sample_logp": sample_logp,
-            "mixing_weight": mixing_weight,
-            "next_token": jnp.zeros(ctx.targets.shape, jnp.int32)
-            if next_token is None
-            else next_token,
+            "true_logp": zeros,
+            "policy_logp": zeros,
+            "sample_logp": zeros,
+            "mixing_weight": zeros,
+            "next_token": jnp.zeros(ctx.targets.shape, jnp.int32),
+            **computed,
         }
         if spec.collect_logits:  # a step without the LM head computes it only to be inspected
             out["logits"] = fd.lm_head(params, hidden) if logits is None else logits
@@ -127,11 +119,7 @@ def step_head(
         allowed = without_ids(logits, fd.config.thought_token_ids)
         return result(
             policy_logp=token_logp(allowed, token, spec.score_temperature),
-            sample_logp=jax.lax.stop_gradient(
-                token_logp(allowed, token, spec.sample_temperature)
-                if spec.sample_temperature > 0
-                else zeros
-            ),
+            sample_logp=_sample_logp(spec, allowed, token),
             next_token=token,
             logits=logits,
         )
@@ -159,6 +147,13 @@ def step_head(
         )
     next_token = outputs["next_token"]
     return next_token, outputs
+
+
+def _sample_logp(spec: ThinkingSpec, allowed_logits, token):
+    """log p(token) at the sampling temperature (0 under argmax), for the entropy estimate."""
+    if spec.sample_temperature == 0:
+        return jnp.zeros(token.shape, jnp.float32)
+    return jax.lax.stop_gradient(token_logp(allowed_logits, token, spec.sample_temperature))
 
 
 def _sample(fd: FunctionalDecoder, spec: ThinkingSpec, ctx: Context, k, logits):

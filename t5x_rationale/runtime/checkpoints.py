@@ -6,8 +6,9 @@ dtype of every state leaf, checked before restoring so a checkpoint of another m
 with a readable diff). Orbax writes into a temporary directory and renames it when the
 save is complete, so a partially written checkpoint is never listed or restored.
 
-Restore order (`restore_or_init`): latest complete step in the run directory, then an
-explicit checkpoint path, then a fresh init.
+Restore order (`restore_or_init`): latest readable step in the run directory (a damaged one
+is moved aside as `damaged-<step>` and the next older one tried), then an explicit
+checkpoint path, then a fresh init.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint holds a different model/optimizer than the one being restored."""
+
+
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint of the run cannot be read (and `strict_restore` forbids falling back)."""
 
 
 def state_signature(abstract_state: Any) -> dict[str, list]:
@@ -116,6 +121,12 @@ class Checkpointer:
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self._manager.close()
 
@@ -154,29 +165,59 @@ class Checkpointer:
         init_fn: Callable[[], Any],
         *,
         explicit_path: Optional[str] = None,
+        strict: bool = False,
     ) -> tuple[Any, dict, str]:
         """(state, data_state, source): latest in this run, else `explicit_path`, else `init_fn()`.
 
-        `explicit_path` is a step directory of any run (`.../checkpoints/1200`).
+        `explicit_path` is a step directory of any run (`.../checkpoints/1200`). A run's
+        checkpoint that cannot be read is reported by step and reason and moved aside
+        (`damaged-<step>`, never deleted), and the next older one is tried; with `strict`
+        the first such checkpoint stops the run instead.
         """
-        latest = self.latest_step
-        if latest is not None:
-            state, data = self.restore(latest, abstract_state)
-            return state, data, f"{self.directory}/{latest}"
-        if explicit_path:
-            parent, step = _split_step_path(explicit_path)
-            other = self._make_manager(parent, keep=None, async_save=False, read_only=True)
+        for step in sorted(self.all_steps(), reverse=True):
             try:
-                if step not in other.all_steps():
-                    raise FileNotFoundError(
-                        f"no complete checkpoint at {explicit_path} "
-                        f"(complete steps in {parent}: {list(other.all_steps())})"
-                    )
-                state, data = self.restore(step, abstract_state, manager=other)
-            finally:
-                other.close()
-            return state, data, explicit_path
+                state, data = self.restore(step, abstract_state)
+            except CheckpointMismatchError:
+                raise  # another model or optimizer: not damage, and no older one would fit
+            except Exception as e:  # any other failure to read it is damage
+                self._set_aside(step, e, strict)
+                continue
+            return state, data, f"{self.directory}/{step}"
+        if explicit_path:
+            return self._restore_explicit(explicit_path, abstract_state)
         return init_fn(), {}, "fresh init"
+
+    def _set_aside(self, step: int, error: Exception, strict: bool) -> None:
+        reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300]}"
+        path = os.path.join(self.directory, str(step))
+        if strict:
+            raise DamagedCheckpointError(
+                f"checkpoint {path} cannot be read ({reason}); train.strict_restore is set, so "
+                "the run stops (unset it to fall back to the previous checkpoint)"
+            ) from error
+        aside = os.path.join(self.directory, f"damaged-{step}")
+        if jax.process_index() == 0 and os.path.isdir(path):
+            os.replace(path, aside)
+        self._manager.reload()
+        message = (
+            f"checkpoint {path} cannot be read ({reason}); moved to {aside}, trying the previous"
+        )
+        log.warning(message)
+        print(f"WARNING: {message}", flush=True)
+
+    def _restore_explicit(self, explicit_path: str, abstract_state: Any) -> tuple[Any, dict, str]:
+        parent, step = _split_step_path(explicit_path)
+        other = self._make_manager(parent, keep=None, async_save=False, read_only=True)
+        try:
+            if step not in other.all_steps():
+                raise FileNotFoundError(
+                    f"no complete checkpoint at {explicit_path} "
+                    f"(complete steps in {parent}: {list(other.all_steps())})"
+                )
+            state, data = self.restore(step, abstract_state, manager=other)
+        finally:
+            other.close()
+        return state, data, explicit_path
 
 
 def restore_params(

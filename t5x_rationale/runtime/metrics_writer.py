@@ -75,6 +75,12 @@ class MetricsWriter:
         self.stream.write("  ".join(parts) + ("\n" if step == self.total_steps else ""))
         self.stream.flush()
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         if self._jsonl is not None:
             self._jsonl.close()

@@ -16,24 +16,40 @@ MetricsCallback = Callable[[int, dict], None]
 
 
 class Preempted(RuntimeError):
-    """The run saved a checkpoint and stopped because it was asked to (SIGTERM/preemption)."""
+    """The run saved a checkpoint and stopped because it was asked to (SIGTERM, Ctrl-C or a
+    multi-host preemption notice); the entry point exits with `PREEMPTED_EXIT_CODE`."""
+
+
+# EX_TEMPFAIL: "stopped, not failed; run the same command again to resume". A scheduler or a
+# retry loop tells it from success (0), a user error (2) and a crash (1).
+PREEMPTED_EXIT_CODE = 75
 
 
 class _StopFlag:
-    """Set by SIGTERM in the main thread; the loop saves and stops at the next step."""
+    """Set by SIGTERM (a preemption) or Ctrl-C (SIGINT) in the main thread: the loop saves
+    and stops after the current step. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.event = threading.Event()
-        self._previous = None
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.event.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.event.set()
+        name = signal.Signals(signum).name
+        print(f"\n{name}: saving a checkpoint after this step, then stopping", flush=True)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, lambda *_: self.event.set())
+            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
 
 
 def train_loop(
@@ -75,7 +91,10 @@ def train_loop(
                 )
                 if preempted:
                     checkpointer.wait()
-                    raise Preempted(f"stopped at step {step} after saving a checkpoint")
+                    raise Preempted(
+                        f"stopped at step {step} after saving a checkpoint in "
+                        f"{checkpointer.directory}; run the same command again to resume"
+                    )
             if preempted:
                 raise Preempted(f"stopped at step {step} (no checkpointer: nothing saved)")
     if checkpointer is not None:
