@@ -17,7 +17,7 @@ import jax
 
 from t5x_rationale.data.examples import load_examples, score_task, scored_tasks, text_of
 from t5x_rationale.data.run_inputs import check_task, load_vocabulary
-from t5x_rationale.gin_launch import run
+from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
@@ -116,7 +116,7 @@ def _write(output_dir, task_name, split, step, scores, examples, texts) -> None:
 
 
 def main() -> None:
-    run(evaluate)
+    gin_main(evaluate)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import numpy as np
 from t5x_rationale.data import sources, synthetic
 from t5x_rationale.data.examples import load_examples
 from t5x_rationale.data.run_inputs import check_task, load_vocabulary
-from t5x_rationale.gin_launch import run
+from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
@@ -253,7 +253,7 @@ def format_report(report: dict) -> str:
 
 
 def main() -> None:
-    run(evaluate_thoughts)
+    gin_main(evaluate_thoughts)
 
 
 if __name__ == "__main__":

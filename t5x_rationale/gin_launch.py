@@ -24,6 +24,9 @@ from typing import Callable, Sequence
 import gin
 
 import t5x_rationale.gin_configurables  # noqa: F401  (library objects gin files name)
+from t5x_rationale.runtime.checkpoints import DamagedCheckpointError
+from t5x_rationale.runtime.run_lock import RunDirectoryInUseError
+from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted
 
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Every entry point's gin name. A gin file may bind several (a run file binds `train` and
@@ -154,6 +157,45 @@ def register(entry_point: Callable) -> Callable:
 
 def _unregistered_entry_points() -> list[str]:
     return [name for name in ENTRY_POINTS if name not in _REGISTERED]
+
+
+# Errors the user fixes (a file, a binding, a setting, the run directory): one line, exit 2.
+# GinConfigError, DataFormatError, CheckpointMismatchError and ConfigChangedError are
+# ValueErrors.
+USER_ERRORS = (ValueError, FileNotFoundError, RunDirectoryInUseError, DamagedCheckpointError)
+USER_ERROR_EXIT_CODE = 2
+
+
+def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
+    """`run` for a command line: start-up noise of TensorFlow, absl and SentencePiece hidden,
+    a user error printed as one line with exit code 2 (`--verbose`: the traceback and the
+    noise), a preempted run's line printed with exit code `PREEMPTED_EXIT_CODE`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        quiet_libraries()
+    name = entry_point.__name__
+    try:
+        return run(entry_point, argv)
+    except Preempted as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except USER_ERRORS as e:
+        if verbose:
+            raise
+        print(f"{name}: error: {e}\n(--verbose shows the traceback)", file=sys.stderr, flush=True)
+        sys.exit(USER_ERROR_EXIT_CODE)
+
+
+def quiet_libraries() -> None:
+    """Hides the libraries' start-up lines: absl's Python logging (seqio's) below ERROR and
+    SentencePiece's C++ INFO lines. (TensorFlow's C++ lines at import still show: this
+    TensorFlow logs through absl's C++ logging, which `TF_CPP_MIN_LOG_LEVEL` does not reach.)"""
+    import sentencepiece
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    sentencepiece.set_min_log_level(1)
 
 
 def run(entry_point: Callable, argv: Sequence[str] | None = None) -> object:

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from t5x_rationale.data.run_inputs import load_vocabulary
-from t5x_rationale.gin_launch import run
+from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.thought_scoring import ThoughtScorer, ThoughtScores
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
@@ -204,7 +204,7 @@ def inspect_thoughts(
 
 
 def main() -> None:
-    run(inspect_thoughts)
+    gin_main(inspect_thoughts)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ import contextlib
 import functools
 import logging
 import os
-import sys
 from typing import Callable, Mapping, Optional
 
 import gin
@@ -24,7 +23,7 @@ import seqio
 from t5x_rationale.architectures import build_model
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.run_inputs import check_task, default_converter, load_vocabulary
-from t5x_rationale.gin_launch import run
+from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
@@ -37,7 +36,7 @@ from t5x_rationale.runtime.run_files import model_info, write_run_info
 from t5x_rationale.runtime.run_lock import RunLock, check_config_unchanged
 from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
-from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted, train_loop
+from t5x_rationale.runtime.training_loop import train_loop
 from t5x_rationale.runtime.warm_start import warm_start
 
 log = logging.getLogger(__name__)
@@ -260,11 +259,7 @@ def _throughput(
 
 
 def main() -> None:
-    try:
-        run(train)
-    except Preempted as e:
-        print(f"train: {e}", file=sys.stderr, flush=True)
-        sys.exit(PREEMPTED_EXIT_CODE)
+    gin_main(train)
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ class StreamSpec:
             raise ValueError(
                 f"host_sharding must be one of {HOST_SHARDING}, got {self.host_sharding!r}"
             )
-        if self.batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
 
 
 class TaskStream(Iterator[dict]):

@@ -1,0 +1,37 @@
+"""The entry points' console contract: a user error is one line and exit code 2 (`--verbose`
+shows the traceback), a preempted run one line and exit code 75."""
+
+import pytest
+
+from t5x_rationale import gin_launch
+from t5x_rationale import train as train_mod
+from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted
+
+BAD_BATCH = ["--gin_file=runs/quickstart.gin", "--gin.train.batch_size='eight'"]
+
+
+def test_a_user_error_is_one_message_and_exit_code_2(capsys):
+    with pytest.raises(SystemExit) as exited:
+        gin_launch.main(train_mod.train, BAD_BATCH)
+    assert exited.value.code == gin_launch.USER_ERROR_EXIT_CODE == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train: error: batch_size must be a positive integer, got 'eight'")
+    assert "Traceback" not in err and "--verbose" in err
+
+
+def test_verbose_shows_the_traceback():
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        gin_launch.main(train_mod.train, BAD_BATCH + ["--verbose"])
+
+
+def test_a_preempted_run_prints_one_line_and_exits_75(capsys, monkeypatch):
+    def preempted(entry_point, argv):
+        raise Preempted("stopped at step 7 after saving a checkpoint in /x/checkpoints")
+
+    monkeypatch.setattr(gin_launch, "run", preempted)
+    with pytest.raises(SystemExit) as exited:
+        gin_launch.main(train_mod.train, ["--gin_file=runs/quickstart.gin"])
+    assert exited.value.code == PREEMPTED_EXIT_CODE == 75
+    assert capsys.readouterr().err == (
+        "train: stopped at step 7 after saving a checkpoint in /x/checkpoints\n"
+    )
