@@ -2,7 +2,7 @@
 # The thinking study (docs/thinking_study.md) on this machine: the base LM, Quiet-STaR at
 # each policy weight beta given, evaluate_thoughts on every checkpoint, the curves PNG.
 #
-#   bash launch/thinking_study.sh OUT_DIR [BETA...]      (default betas: 1 100)
+#   bash launch/thinking_study.sh OUT_DIR [BETA...]      (default betas: 1 100; the base takes about 15 minutes, each Quiet-STaR run 300 steps)
 #
 # Runs share the CPU cores (one core each with taskset when there are two runs and cores).
 set -euo pipefail
@@ -31,8 +31,8 @@ for beta in "${betas[@]}"; do
       --gin_file=models/quiet_star_tiny.gin --gin_file=runs/evaluate_thoughts.gin \
       --gin.CHECKPOINT_PATH="'$out/beta$beta/checkpoints/$step'" \
       --gin.OUTPUT_DIR="'$out/beta$beta/eval/$step'" \
-      --gin.evaluate_thoughts.mixture_or_task_name="'synthetic_arith_easy_text'" \
-      --gin.evaluate_thoughts.questions_difficulty=1
+      --gin.evaluate_thoughts.mixture_or_task_name="'synthetic_arith_multistep_text'" \
+      --gin.evaluate_thoughts.questions_corpus="'synthetic_arith_multistep'"
   done
   runs+=(--run "beta$beta=$out/beta$beta")
 done

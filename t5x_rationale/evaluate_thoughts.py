@@ -27,7 +27,7 @@ import gin
 import jax
 import numpy as np
 
-from t5x_rationale.data import sources, synthetic
+from t5x_rationale.data import registry, sources, synthetic
 from t5x_rationale.data.examples import load_examples
 from t5x_rationale.data.run_inputs import check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
@@ -134,13 +134,18 @@ def load_questions(
     questions_file: Optional[str],
     num_questions: int,
     questions_format: str = "teacher",
-    difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
+    corpus: str = registry.SYNTHETIC,
 ) -> list[dict]:
-    """Rows with `input` and `label`: from a teacher-JSONL or GSM8K file, else the shipped
-    corpus's validation questions at `difficulty`."""
+    """Rows with `input` and `label`: from a teacher-JSONL or GSM8K file, else the validation
+    questions of the shipped `corpus` (`registry.SYNTHETIC_CORPORA`)."""
     if questions_file is None:
+        if corpus not in registry.SYNTHETIC_CORPORA:
+            raise ValueError(
+                f"evaluate_thoughts.questions_corpus {corpus!r} not in "
+                f"{sorted(registry.SYNTHETIC_CORPORA)}"
+            )
         return synthetic.generate_split(
-            "validation", num_examples=num_questions, difficulty=difficulty
+            "validation", num_examples=num_questions, difficulty=registry.SYNTHETIC_CORPORA[corpus]
         )
     if questions_format not in QUESTION_FORMATS:
         raise ValueError(f"questions_format {questions_format!r} not in {QUESTION_FORMATS}")
@@ -165,7 +170,7 @@ def evaluate_thoughts(
     questions_file: Optional[str] = None,
     questions_format: str = "teacher",
     num_questions: int = 64,
-    questions_difficulty: synthetic.DifficultyLike = synthetic.DEFAULT_DIFFICULTY,
+    questions_corpus: str = "synthetic_arith",
     answer_prefix: str = " The answer is",
     thinking: ThinkingSpec = ThinkingSpec(),
     thought_temperature: float = 1.0,
@@ -174,8 +179,9 @@ def evaluate_thoughts(
 ) -> dict:
     """Writes `thought_eval.json` (perplexity by difficulty, answer mass) and returns it.
 
-    Without a `questions_file` the questions are the shipped corpus's validation questions at
-    `questions_difficulty` (a level such as 1, the easy corpus, or a `Difficulty`).
+    Without a `questions_file` the questions are the validation questions of the shipped
+    corpus `questions_corpus` (`synthetic_arith`, `synthetic_arith_easy`,
+    `synthetic_arith_multistep`).
     `thinking` is the training run's `@ThinkingSpec()`; thoughts are drawn at
     `thought_temperature` (default 1, as the reference's evaluation samples them; 0: argmax)
     and scored on the next token (n_t = 1).
@@ -208,7 +214,7 @@ def evaluate_thoughts(
     }
     rows, answer_lengths = answer_rows(
         vocabulary,
-        load_questions(questions_file, num_questions, questions_format, questions_difficulty),
+        load_questions(questions_file, num_questions, questions_format, questions_corpus),
         answer_prefix,
     )
     report["answer_mass"] = answer_mass(

@@ -235,6 +235,21 @@ def test_plain_text_is_one_line_with_question_rationale_and_answer():
     assert text.endswith(f"The answer is {row['label']}.")
 
 
+def test_answer_text_is_the_question_and_answer_without_rationale():
+    row = rows_of("train", 10)[0]
+    assert synthetic.answer_text(row) == f"{row['input']} The answer is {row['label']}."
+
+
+def test_text_views_are_registered_and_mixed():
+    import seqio
+
+    from t5x_rationale.data import registry
+
+    for corpus in registry.SYNTHETIC_CORPORA:
+        mixture = seqio.get_mixture_or_task(f"{corpus}_text_and_answers")
+        assert sorted(t.name for t in mixture.tasks) == [f"{corpus}_answer_text", f"{corpus}_text"]
+
+
 def test_write_corpus(tmp_path):
     sizes = {"train": 40, "validation": 10, "test": 10}
     paths = synthetic.write_corpus(tmp_path, sizes=sizes, seed=1)

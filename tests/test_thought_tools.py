@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from t5x_rationale.data import synthetic
+from t5x_rationale.data import registry, synthetic
 from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.evaluate_thoughts import (
     answer_mass,
     answer_rows,
     evaluate_thoughts,
+    load_questions,
     perplexity_by_difficulty,
 )
 from t5x_rationale.gin_launch import run
@@ -136,6 +137,22 @@ def test_answer_mass_sums_the_answer_tokens_only():
     want_base = [base[r, len(t) - n : len(t)].sum() for r, (t, n) in enumerate(zip(rows, lengths))]
     assert out["base_mass"] == pytest.approx(np.mean(np.exp(want_base)))
     assert out["base_logp"] == pytest.approx(np.mean(want_base))
+    assert out["answer_tokens"] == sum(lengths)
+    assert out["base_nll_per_token"] == pytest.approx(-np.sum(want_base) / sum(lengths))
+    want_mixed = [
+        mixed[r, len(t) - n : len(t)].sum() for r, (t, n) in enumerate(zip(rows, lengths))
+    ]
+    assert out["mixed_nll_per_token"] == pytest.approx(-np.sum(want_mixed) / sum(lengths))
+
+
+def test_questions_come_from_the_named_corpus():
+    multistep = load_questions(None, 3, corpus="synthetic_arith_multistep")
+    want = synthetic.generate_split(
+        "validation", num_examples=3, difficulty=registry.MULTISTEP_DIFFICULTY
+    )
+    assert multistep == want and multistep != load_questions(None, 3)
+    with pytest.raises(ValueError, match="questions_corpus 'nope'"):
+        load_questions(None, 3, corpus="nope")
 
 
 def test_infer_generates_with_thoughts(checkpoint, tmp_path):

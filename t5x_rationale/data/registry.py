@@ -147,7 +147,13 @@ def register_jsonl(
     return register_rationale_tasks(name, source, overwrite=overwrite)
 
 
+# The shipped corpora by name, with their difficulty.
+SYNTHETIC_CORPORA = {
+    SYNTHETIC: synthetic.DEFAULT_DIFFICULTY,
+    SYNTHETIC_EASY: synthetic.as_difficulty(1),
+    SYNTHETIC_MULTISTEP: MULTISTEP_DIFFICULTY,
+}
+
 if SYNTHETIC + "_label" not in seqio.TaskRegistry.names():
-    register_synthetic()
-    register_synthetic(SYNTHETIC_EASY, difficulty=1)
-    register_synthetic(SYNTHETIC_MULTISTEP, difficulty=MULTISTEP_DIFFICULTY)
+    for corpus, corpus_difficulty in SYNTHETIC_CORPORA.items():
+        register_synthetic(corpus, difficulty=corpus_difficulty)
