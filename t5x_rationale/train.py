@@ -127,16 +127,7 @@ def train(
     objective, constants = attach_teacher(
         objective, teacher_config, teacher_checkpoint, partitioner, example
     )
-    tx, schedule = make_optimizer(optimizer)
-    trainer = Trainer(
-        build_model(model_config),
-        objective,
-        tx,
-        partitioner,
-        learning_rate_fn=schedule,
-        num_microbatches=num_microbatches,
-        constants=constants,
-    )
+    trainer = _trainer(model_config, objective, optimizer, partitioner, num_microbatches, constants)
     with contextlib.ExitStack() as stack:
         checkpointer = stack.enter_context(_locked(run_dir, keep_checkpoints, save_every))
         state, data_state, source = _start(
@@ -154,8 +145,15 @@ def train(
         stream.set_state(data_state if data_state else {"position": 0})
         _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
         throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
-        writer = MetricsWriter(run_dir, total_steps=num_steps, log_every=log_every, console=console)
-        stack.enter_context(writer)
+        writer = stack.enter_context(
+            MetricsWriter(
+                run_dir,
+                total_steps=num_steps,
+                log_every=log_every,
+                console=console,
+                resume_step=int(state.step),
+            )
+        )
         return train_loop(
             trainer,
             state,
@@ -165,6 +163,19 @@ def train(
             throughput=throughput,
             on_metrics=lambda step, values: writer(step, {**values, **stream.stats()}),
         )
+
+
+def _trainer(model_config, objective, optimizer, partitioner, num_microbatches, constants):
+    tx, schedule = make_optimizer(optimizer)
+    return Trainer(
+        build_model(model_config),
+        objective,
+        tx,
+        partitioner,
+        learning_rate_fn=schedule,
+        num_microbatches=num_microbatches,
+        constants=constants,
+    )
 
 
 @contextlib.contextmanager

@@ -62,19 +62,20 @@ def plot(runs: dict[str, str], out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 3, figsize=(15, 8))
-    for name, run_dir in runs.items():
+    for number, (name, run_dir) in enumerate(runs.items()):
+        color = f"C{number}"  # one colour per run; line styles tell a panel's series apart
         rows = read_metrics(run_dir)
         steps = [r["step"] for r in rows]
         for ax, (title, keys) in zip(axes.flat, TRAINING_PANELS):
-            for key in keys:
-                ax.plot(steps, [r[key] for r in rows], label=f"{name}: {key}")
+            for key, style in zip(keys, ("-", "--")):
+                ax.plot(steps, [r[key] for r in rows], style, color=color, label=f"{name}: {key}")
             ax.set_title(title)
         series = evaluation_series(read_evaluations(run_dir))
         ax = axes.flat[-1]
         for key in ("answer base", "answer mixed", "hard base", "hard mixed"):
-            style = "--" if "base" in key else "-"
-            ax.plot(series["step"], series[key], style, marker="o", label=f"{name}: {key}")
-        ax.set_title("held-out NLL: answer tokens, hardest quarter")
+            style = ("--" if "base" in key else "-") + ("o" if "answer" in key else "s")
+            ax.plot(series["step"], series[key], style, color=color, label=f"{name}: {key}")
+        ax.set_title("held-out NLL/token: answers (o), hardest quarter (s)")
     for ax in axes.flat:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)

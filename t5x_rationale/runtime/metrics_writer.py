@@ -1,7 +1,9 @@
 """Training metrics to a JSONL file, TensorBoard event files and a console progress line.
 
 Only process 0 writes. `metrics.jsonl` gets one object per logged step (appended, so a
-resumed run continues the same file); TensorBoard events go to `run_dir/tensorboard`.
+resumed run continues the same file; rows past the resumed step, which the run replays, and
+a row cut short by a kill are dropped first); TensorBoard events go to `run_dir/tensorboard`
+(TensorBoard itself discards the events past a step that a resumed run writes again).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class MetricsWriter:
       run_dir: the run directory (must exist).
       total_steps: for the progress bar.
       log_every: write JSONL/TensorBoard rows every this many steps (and the last step).
+      resume_step: the step the run starts from; earlier rows past it are dropped.
       stream: console stream (None: stderr); `console=False` silences it.
     """
 
@@ -34,6 +37,7 @@ class MetricsWriter:
         console: bool = True,
         stream: Optional[TextIO] = None,
         tensorboard: bool = True,
+        resume_step: int = 0,
     ):
         self.active = jax.process_index() == 0
         self.total_steps, self.log_every = total_steps, max(1, log_every)
@@ -42,7 +46,9 @@ class MetricsWriter:
         self._jsonl = self._tb = None
         self._start = time.perf_counter()
         if self.active:
-            self._jsonl = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+            path = os.path.join(run_dir, "metrics.jsonl")
+            _drop_rows_after(path, resume_step)
+            self._jsonl = open(path, "a", encoding="utf-8")
             if tensorboard:
                 from tensorboardX import SummaryWriter
 
@@ -89,3 +95,23 @@ class MetricsWriter:
         if self.console:
             self.stream.write("\n")
             self.stream.flush()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+    """Rewrites `path` without the rows past `step` and without a torn (unparsable) row."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            continue
+    if len(kept) != len(lines):
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
