@@ -33,12 +33,14 @@ def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"infer input file {path} does not exist")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            if not raw.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text: {e}") from e
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{line_no}: not valid JSON: {e}") from e
             if not isinstance(row, dict) or not isinstance(row.get("input"), str):

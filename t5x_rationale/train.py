@@ -65,6 +65,7 @@ def train(
     init_from: Optional[str] = None,
     allow_config_change: bool = False,
     strict_restore: bool = False,
+    max_bad_steps: int = 10,
     log_every: int = 10,
     vocabulary_path: Optional[str] = None,
     measure_mfu: bool = True,
@@ -98,6 +99,8 @@ def train(
         default that stops with the difference; the step count may always change).
       strict_restore: stop when the run's newest checkpoint cannot be read, instead of
         moving it aside (`damaged-<step>`) and resuming from the previous one.
+      max_bad_steps: stop after this many consecutive steps with a non-finite loss or
+        gradient (each is skipped: no update).
       log_every: metrics rows every this many steps.
       vocabulary_path: SentencePiece model (default: the shipped one).
       measure_mfu: measure the matmul peak first and report MFU.
@@ -128,6 +131,7 @@ def train(
         objective, teacher_config, teacher_checkpoint, partitioner, example
     )
     trainer = _trainer(model_config, objective, optimizer, partitioner, num_microbatches, constants)
+    trainer.max_bad_steps = max_bad_steps
     with contextlib.ExitStack() as stack:
         checkpointer = stack.enter_context(_locked(run_dir, keep_checkpoints, save_every))
         state, data_state, source = _start(

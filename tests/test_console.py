@@ -35,3 +35,13 @@ def test_a_preempted_run_prints_one_line_and_exits_75(capsys, monkeypatch):
     assert capsys.readouterr().err == (
         "train: stopped at step 7 after saving a checkpoint in /x/checkpoints\n"
     )
+
+
+def test_infer_input_that_is_not_utf8_names_file_and_line(tmp_path):
+    from t5x_rationale.data.vocab import get_vocabulary
+    from t5x_rationale.infer import read_input_file
+
+    path = tmp_path / "questions.jsonl"
+    path.write_bytes(b'{"input": "fine"}\n{"input": "caf\xe9"}\n')
+    with pytest.raises(ValueError, match=f"{path}:2: not UTF-8 text"):
+        read_input_file(str(path), get_vocabulary(), "")

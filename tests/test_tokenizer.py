@@ -127,6 +127,13 @@ def test_missing_model_names_the_path(tmp_path):
     assert "SentencePiece" in str(error.value)
 
 
+def test_a_file_that_is_not_a_model_is_named(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("a\nb\n")
+    with pytest.raises(ValueError, match=f"{path} is not a SentencePiece model"):
+        vocab.get_vocabulary(str(path))
+
+
 def test_user_model_with_t5_ids_loads_but_has_no_thought_pieces(tmp_path):
     path = tiny_model(tmp_path, "user.model", pad_id=0, eos_id=1, unk_id=2, bos_id=-1)
     user_vocab = vocab.get_vocabulary(path, extra_ids=3)

@@ -58,7 +58,13 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.Sent
 def _load_checked(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
     """Loads the vocabulary once per (path, extra_ids) and checks its special ids."""
     vocabulary = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
-    model = vocabulary.tokenizer
+    try:
+        model = vocabulary.tokenizer
+    except Exception as e:  # SentencePiece's parse error does not name the file
+        raise ValueError(
+            f"{path} is not a SentencePiece model ({type(e).__name__}: {e}); expected a .model "
+            "file written by the SentencePiece trainer"
+        ) from e
     found = {"pad": model.pad_id(), "eos": model.eos_id(), "unk": model.unk_id()}
     if found != REQUIRED_IDS:
         raise ValueError(
