@@ -12,7 +12,8 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 py=${PYTHON:-python}
 cd "$here/configs"
 mkdir -p "$out"
-[ -d "$out/base/checkpoints" ] || $py -m t5x_rationale.train \
+# Every step resumes where a killed study stopped (a finished run returns at once).
+$py -m t5x_rationale.train \
   --gin_file=runs/thinking_study_base.gin --gin.RUN_DIR="'$out/base'" --gin.train.console=False
 i=0
 for beta in "${betas[@]}"; do

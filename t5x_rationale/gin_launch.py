@@ -10,6 +10,8 @@ module (e.g. one that registers seqio tasks) from the working directory.
 Multi-host: `--coordinator_address=HOST:PORT --num_processes=N --process_id=I` initialise
 `jax.distributed` before anything touches a device (CPU processes talk over gloo). On TPU
 pods and SLURM/GPU clusters `--distributed` alone lets JAX detect the cluster.
+`--init_timeout_s` (300) bounds the wait for every process to join, `--heartbeat_timeout_s`
+(60) the time a dead or hung process goes unnoticed before every other one stops.
 """
 
 from __future__ import annotations
@@ -49,6 +51,15 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--process_id", type=int, help="this process's index")
     parser.add_argument(
         "--distributed", action="store_true", help="auto-detected jax.distributed cluster"
+    )
+    parser.add_argument(
+        "--init_timeout_s", type=int, default=300, help="wait this long for every process"
+    )
+    parser.add_argument(
+        "--heartbeat_timeout_s",
+        type=int,
+        default=60,
+        help="a process silent this long (killed, hung, host gone) ends the job on every host",
     )
     args, rest = parser.parse_known_args(argv)
     args.gin_bindings = []
@@ -138,9 +149,18 @@ def initialize_distributed(args: argparse.Namespace) -> None:
             raise GinConfigError("--coordinator_address needs --num_processes and --process_id")
         # CPU collectives (only the CPU backend reads this setting).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        jax.distributed.initialize(
+            args.coordinator_address, args.num_processes, args.process_id, **_timeouts(args)
+        )
     elif args.distributed:
-        jax.distributed.initialize()
+        jax.distributed.initialize(**_timeouts(args))
+
+
+def _timeouts(args: argparse.Namespace) -> dict:
+    return dict(
+        initialization_timeout=args.init_timeout_s,
+        heartbeat_timeout_seconds=args.heartbeat_timeout_s,
+    )
 
 
 def register(entry_point: Callable) -> Callable:
