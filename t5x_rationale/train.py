@@ -193,24 +193,34 @@ def _locked(run_dir: str, keep: Optional[int], save_every: int):
         yield checkpointer
 
 
-def _start(checkpointer, trainer, example, model_config, *, run_dir, seed, init_from, **restore):
+def _start(
+    checkpointer,
+    trainer,
+    example,
+    model_config,
+    *,
+    run_dir: str,
+    seed: int,
+    init_from: Optional[str],
+    restore_path: Optional[str],
+    allow_config_change: bool,
+    strict: bool,
+):
     """(state, data_state, source) of the run: its latest checkpoint (when its config is the
     one they were trained with), else `restore_path`, else `init_from`'s params, else fresh;
     writes the run's `config.gin` and `model-info.txt`."""
     config = gin.config_str()
     latest = checkpointer.latest_step
     if latest is not None:
-        check_config_unchanged(
-            run_dir, config, step=latest, allow_change=restore["allow_config_change"]
-        )
+        check_config_unchanged(run_dir, config, step=latest, allow_change=allow_config_change)
     write_run_info(
         run_dir, config_gin=config, model_info=model_info(trainer, example, model_config)
     )
     state, data_state, source = checkpointer.restore_or_init(
         trainer.abstract_state(example),
         _init(trainer, seed, example, init_from, model_config),
-        explicit_path=restore["restore_path"],
-        strict=restore["strict"],
+        explicit_path=restore_path,
+        strict=strict,
     )
     if source == "fresh init" and init_from:
         source = f"the params of {init_from}"
