@@ -94,7 +94,9 @@ def check_config_unchanged(
         if jax.process_index() == 0:
             os.replace(path, os.path.join(run_dir, f"config-before-step-{step}.gin"))
         return
-    diff = "\n".join(difflib.unified_diff(old, new, "checkpoints' config.gin", "this run", n=0))
+    diff = "\n".join(
+        difflib.unified_diff(old, new, "checkpoints' config.gin", "this run", n=0, lineterm="")
+    )
     raise ConfigChangedError(
         f"{path}: the checkpoints at step {step} were trained with another config; resuming "
         f"would continue them under settings they were not trained with:\n{diff}\n"
