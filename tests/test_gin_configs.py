@@ -22,6 +22,7 @@ REQUIRED_MACROS = [
     "TEACHER_CHECKPOINT = '/tmp/unused'",
     "EVAL_TASK = 'synthetic_arith_cot'",
     "OUTPUT_DIR = '/tmp/unused'",
+    "BASE = '/tmp/unused'",
 ]
 # set by the gsm8k_* files over gsm8k_base.gin
 GSM8K_MACROS = [
