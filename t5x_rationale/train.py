@@ -130,8 +130,9 @@ def train(
     objective, constants = attach_teacher(
         objective, teacher_config, teacher_checkpoint, partitioner, example
     )
-    trainer = _trainer(model_config, objective, optimizer, partitioner, num_microbatches, constants)
-    trainer.max_bad_steps = max_bad_steps
+    trainer = _trainer(
+        model_config, objective, optimizer, partitioner, num_microbatches, constants, max_bad_steps
+    )
     with contextlib.ExitStack() as stack:
         checkpointer = stack.enter_context(_locked(run_dir, keep_checkpoints, save_every))
         state, data_state, source = _start(
@@ -169,7 +170,9 @@ def train(
         )
 
 
-def _trainer(model_config, objective, optimizer, partitioner, num_microbatches, constants):
+def _trainer(
+    model_config, objective, optimizer, partitioner, num_microbatches, constants, max_bad_steps
+):
     tx, schedule = make_optimizer(optimizer)
     return Trainer(
         build_model(model_config),
@@ -178,6 +181,7 @@ def _trainer(model_config, objective, optimizer, partitioner, num_microbatches, 
         partitioner,
         learning_rate_fn=schedule,
         num_microbatches=num_microbatches,
+        max_bad_steps=max_bad_steps,
         constants=constants,
     )
 

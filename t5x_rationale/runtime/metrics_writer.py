@@ -16,6 +16,8 @@ from typing import Optional, TextIO
 
 import jax
 
+from t5x_rationale.runtime.run_files import write_text_atomic
+
 
 class MetricsWriter:
     """Writes every `log_every`-th step's metrics and keeps a one-line console progress bar.
@@ -111,7 +113,4 @@ def _drop_rows_after(path: str, step: int) -> None:
         except (ValueError, KeyError, TypeError):
             continue
     if len(kept) != len(lines):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write("".join(line + "\n" for line in kept))
-        os.replace(tmp, path)
+        write_text_atomic(path, "".join(line + "\n" for line in kept))

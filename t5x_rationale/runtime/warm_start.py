@@ -27,8 +27,8 @@ def warm_start(state: TrainState, checkpoint: str, model_config) -> TrainState:
     thinks = model_config.architecture == "quiet_star"
     restored, _ = restore_params(checkpoint, abstract, optional=QUIET_STAR_ADDED if thinks else ())
     params = dict(state.params, **restored)
-    for name in THOUGHT_PARAMS if thinks else ():
-        if name not in restored:
-            value = thought_init(restored["token_embedder"]["embedding"], model_config)
-            params[name] = jax.device_put(value, state.params[name].sharding)
+    missing = [name for name in THOUGHT_PARAMS if thinks and name not in restored]
+    if missing:
+        value = thought_init(restored["token_embedder"]["embedding"], model_config)
+        params.update({n: jax.device_put(value, state.params[n].sharding) for n in missing})
     return state.replace(params=params)
