@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import gin
 
 import t5x_rationale.gin_configurables  # noqa: F401  (library objects gin files name)
-from t5x_rationale.runtime.checkpoints import DamagedCheckpointError
+from t5x_rationale.runtime.checkpoints import CheckpointWriteError, DamagedCheckpointError
 from t5x_rationale.runtime.run_lock import RunDirectoryInUseError
 from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted
 
@@ -184,12 +184,15 @@ def _unregistered_entry_points() -> list[str]:
 # ValueErrors.
 USER_ERRORS = (ValueError, FileNotFoundError, RunDirectoryInUseError, DamagedCheckpointError)
 USER_ERROR_EXIT_CODE = 2
+# EX_IOERR: a checkpoint could not be written (full disk, quota); the earlier ones are intact.
+WRITE_ERROR_EXIT_CODE = 74
 
 
 def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
     """`run` for a command line: start-up noise of TensorFlow, absl and SentencePiece hidden,
     a user error printed as one line with exit code 2 (`--verbose`: the traceback and the
-    noise), a preempted run's line printed with exit code `PREEMPTED_EXIT_CODE`."""
+    noise), a preempted run's line printed with exit code `PREEMPTED_EXIT_CODE`, a failed
+    checkpoint write as one line with exit code 74."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
@@ -201,6 +204,11 @@ def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
     except Preempted as e:
         print(f"{name}: {e}", file=sys.stderr, flush=True)
         sys.exit(PREEMPTED_EXIT_CODE)
+    except CheckpointWriteError as e:
+        if verbose:
+            raise
+        print(f"{name}: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(WRITE_ERROR_EXIT_CODE)
     except USER_ERRORS as e:
         if verbose:
             raise
@@ -209,13 +217,31 @@ def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
 
 
 def quiet_libraries() -> None:
-    """Hides the libraries' start-up lines: absl's Python logging (seqio's) below ERROR and
-    SentencePiece's C++ INFO lines. (TensorFlow's C++ lines at import still show: this
-    TensorFlow logs through absl's C++ logging, which `TF_CPP_MIN_LOG_LEVEL` does not reach.)"""
+    """Hides the libraries' noise: absl's Python logging (seqio's) below ERROR, SentencePiece's
+    C++ INFO lines, and the trail of a failed asynchronous checkpoint write (orbax's error
+    records with their tracebacks, and the "Event loop is closed" reports of its writer
+    threads); `Checkpointer` reports that failure itself as one `CheckpointWriteError`."""
     import sentencepiece
 
-    logging.getLogger("absl").setLevel(logging.ERROR)
+    absl_logger = logging.getLogger("absl")
+    absl_logger.setLevel(logging.ERROR)
+    absl_logger.addFilter(_not_from_orbax)
     sentencepiece.set_min_log_level(1)
+    sys.unraisablehook = _drop_closed_event_loop_reports(sys.unraisablehook)
+
+
+def _not_from_orbax(record: logging.LogRecord) -> bool:
+    return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _drop_closed_event_loop_reports(hook: Callable) -> Callable:
+    def filtered(unraisable) -> None:
+        error = unraisable.exc_value
+        if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    return filtered
 
 
 def run(entry_point: Callable, argv: Sequence[str] | None = None) -> object:

@@ -32,6 +32,10 @@ class DamagedCheckpointError(RuntimeError):
     """A checkpoint of the run cannot be read (and `strict_restore` forbids falling back)."""
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, quota, permissions): the run stops."""
+
+
 def state_signature(abstract_state: Any) -> dict[str, list]:
     """path -> [shape, dtype] of every leaf of a (possibly abstract) state."""
     return {
@@ -82,6 +86,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
         self._manager = self._make_manager(self.directory, keep=keep, async_save=async_save)
+        self._pending: Optional[int] = None  # the step whose save may still be running
 
     @staticmethod
     def _make_manager(directory, *, keep, async_save, read_only=False):
@@ -104,22 +109,57 @@ class Checkpointer:
     def save(
         self, step: int, state: Any, data_state: Optional[dict] = None, *, force: bool = False
     ) -> bool:
-        """Saves if `step` is due (or `force`); returns whether a save was started."""
+        """Saves if `step` is due (or `force`); returns whether a save was started.
+
+        Raises `CheckpointWriteError` if this save, or the previous one, failed to write.
+        """
         if not force and step % self.save_every:
             return False
+        self.check_written()
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
             signature=ocp.args.JsonSave(state_signature(state)),
         )
-        return self._manager.save(step, args=args, force=True)
+        self._pending = step
+        try:
+            started = self._manager.save(step, args=args, force=True)
+        except Exception as e:  # the synchronous part of the write failed
+            raise self._write_error(e) from e
+        return started
+
+    def check_written(self) -> None:
+        """Raises `CheckpointWriteError` if the last save has finished without its checkpoint.
+
+        Cheap while the save is still running (the training loop calls it every step), so a
+        failed asynchronous write stops the run within a step or two of failing.
+        """
+        if self._pending is None or self._manager.is_saving_in_progress():
+            return
+        self.wait()
+
+    def _write_error(self, error: Exception) -> CheckpointWriteError:
+        step, self._pending = self._pending, None
+        # A TensorStore message ends with the OS error after the path that failed.
+        reason = str(error).strip().splitlines()[0].rsplit('": ', 1)[-1][:300]
+        intact = [s for s in self._manager.all_steps() if s != step]
+        return CheckpointWriteError(
+            f"the checkpoint of step {step} could not be written in {self.directory} "
+            f"({reason}); the run stops. Intact checkpoints: {intact or 'none'}. Free space "
+            "(or fix the directory), then run the same command to resume."
+        )
 
     def reached_preemption(self, step: int) -> bool:
         """True on every host once a preemption notice has reached the job (multi-host safe)."""
         return self._manager.reached_preemption(step)
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        """Waits for the running save; raises `CheckpointWriteError` if it did not complete."""
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_error(e) from e
+        self._pending = None
 
     def __enter__(self):
         return self

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from typing import Callable, Iterator, Optional
+
+import jax
+from jax.experimental import multihost_utils
 
 from t5x_rationale.runtime.checkpoints import Checkpointer
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState, host_metrics
@@ -26,12 +30,16 @@ PREEMPTED_EXIT_CODE = 75
 
 
 class _StopFlag:
-    """Set by SIGTERM (a preemption) or Ctrl-C (SIGINT) in the main thread: the loop saves
-    and stops after the current step. A second Ctrl-C stops at once (KeyboardInterrupt)."""
+    """Ctrl-C (SIGINT) or SIGTERM (a preemption): the loop saves and stops after the current
+    step. A second Ctrl-C stops at once (KeyboardInterrupt).
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    With several processes every one must stop at the same step, so the decision is JAX's
+    preemption service's (`reached_preemption`): SIGTERM is left to its notifier, and a
+    Ctrl-C is handed to it as a SIGTERM. One process alone decides by itself (`event`).
+    """
 
-    def __init__(self):
+    def __init__(self, coordinated: bool):
+        self.coordinated = coordinated
         self.event = threading.Event()
         self._previous = {}
 
@@ -40,16 +48,27 @@ class _StopFlag:
             raise KeyboardInterrupt
         self.event.set()
         name = signal.Signals(signum).name
-        print(f"\n{name}: saving a checkpoint after this step, then stopping", flush=True)
+        print(f"\n{name}: saving a checkpoint, then stopping", flush=True)
+        if self.coordinated:
+            os.kill(os.getpid(), signal.SIGTERM)  # to JAX's notifier: all processes agree
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+            signals = (signal.SIGINT,) if self.coordinated else (signal.SIGINT, signal.SIGTERM)
+            self._previous = {s: signal.signal(s, self._handle) for s in signals}
         return self
 
     def __exit__(self, *exc):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
+
+    def reached(self, step: int, checkpointer: Optional[Checkpointer]) -> bool:
+        """Whether to save and stop after `step` (the same answer on every process)."""
+        if not self.coordinated:
+            return self.event.is_set() or (
+                checkpointer is not None and checkpointer.reached_preemption(step)
+            )
+        return multihost_utils.reached_preemption_sync_point(step)
 
 
 def train_loop(
@@ -72,7 +91,7 @@ def train_loop(
     step = int(state.step)
     if throughput is not None:
         throughput.start()
-    with _StopFlag() as stop:
+    with _StopFlag(coordinated=jax.process_count() > 1) as stop:
         while step < num_steps:
             batch = partitioner.host_batch_to_global(next(data))
             state, metrics = trainer.train_step(state, batch)
@@ -83,12 +102,12 @@ def train_loop(
             if on_metrics is not None:
                 on_metrics(step, values)
             trainer.check_finite(values)
-            preempted = stop.event.is_set()
+            preempted = stop.reached(step, checkpointer)
             if checkpointer is not None:
-                preempted = preempted or checkpointer.reached_preemption(step)
                 checkpointer.save(
                     step, state, data.get_state(), force=preempted or step == num_steps
                 )
+                checkpointer.check_written()
                 if preempted:
                     checkpointer.wait()
                     raise Preempted(
