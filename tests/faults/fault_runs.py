@@ -90,7 +90,11 @@ class Watched:
 
     def __init__(self, cmd, environment, **kw):
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             **kw,
         )
         self.chunks: list[bytes] = []

@@ -2,12 +2,12 @@
 ENOSPC would): the run stops at the first failed checkpoint with one error line and exit
 code 74; the earlier checkpoints stay intact, and the rerun resumes from the newest."""
 
-import resource
+import sys
 
 import pytest
 from fault_runs import (
-    STEPS,
     SAVE_EVERY,
+    STEPS,
     assert_same_state,
     complete_steps,
     env,
@@ -23,8 +23,15 @@ from fault_runs import (
 FILE_SIZE_LIMIT = 1 << 20
 
 
-def _limit_file_size():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+def _with_file_size_limit(cmd: list[str]) -> list[str]:
+    """`cmd` run by a Python that first lowers its own RLIMIT_FSIZE (no fork in this
+    multithreaded test process: the limit is set in the child, which then execs `cmd`)."""
+    limit = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, {FILE_SIZE_LIMIT})); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    return [sys.executable, "-c", limit, *cmd]
 
 
 @pytest.mark.slow
@@ -37,13 +44,14 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_earlier_ones(
     before = saved_state(run_dir, first)
 
     # Without the compilation cache: its writes would meet the limit too.
-    full = run(train_cmd("plain", run_dir), env(), preexec_fn=_limit_file_size)
+    full = run(_with_file_size_limit(train_cmd("plain", run_dir)), env())
     assert full.returncode == 74, full.stdout[-2000:] + full.stderr[-3000:]
     errors = [ln for ln in full.stderr.splitlines() if "train: error:" in ln]
     assert len(errors) == 1, full.stderr[-3000:]
     assert f"the checkpoint of step {first + SAVE_EVERY} could not be written" in errors[0]
-    assert "File too large" in errors[0] and f"Intact checkpoints: [{SAVE_EVERY}, {first}]" in (
-        errors[0]
+    assert (
+        "File too large" in errors[0]
+        and f"Intact checkpoints: [{SAVE_EVERY}, {first}]" in (errors[0])
     )
     for noise in ("Traceback", "Event loop is closed", "ERROR:absl"):
         assert noise not in full.stderr + full.stdout, full.stderr[-3000:]

@@ -43,11 +43,13 @@ def two_processes(run_dir, compile_cache, *extra):
     ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, targets",
-    [(signal.SIGTERM, (0, 1)), (signal.SIGTERM, (1,)), (signal.SIGINT, (0,))],
-    ids=["sigterm-every-host", "sigterm-one-host", "ctrl-c-one-host"],
+    [
+        pytest.param(signal.SIGTERM, (0, 1), id="sigterm-every-host", marks=pytest.mark.slow),
+        pytest.param(signal.SIGTERM, (1,), id="sigterm-one-host", marks=pytest.mark.full_faults),
+        pytest.param(signal.SIGINT, (0,), id="ctrl-c-one-host", marks=pytest.mark.full_faults),
+    ],
 )
 def test_a_signal_saves_one_step_on_every_process_and_exits_75(
     tmp_path, compile_cache, signum, targets
