@@ -18,9 +18,9 @@ from typing import Callable, Mapping, Optional
 
 import gin
 import jax
-import seqio
 
 from t5x_rationale.architectures import build_model
+from t5x_rationale.data.converters import FeatureConverter
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.run_inputs import check_task, default_converter, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
@@ -50,7 +50,7 @@ def train(
     batch_size: int = gin.REQUIRED,
     num_steps: int = gin.REQUIRED,
     run_dir: str = gin.REQUIRED,
-    converter: Optional[seqio.FeatureConverter] = None,
+    converter: Optional[FeatureConverter] = None,
     objective: Callable = token_loss,
     optimizer: OptimizerConfig = OptimizerConfig(),
     mesh: MeshConfig = MeshConfig(),

@@ -1,6 +1,8 @@
 """The entry points' console contract: a user error is one line and exit code 2 (`--verbose`
 shows the traceback), a preempted run one line and exit code 75."""
 
+import os
+
 import pytest
 
 from t5x_rationale import gin_launch
@@ -45,3 +47,18 @@ def test_infer_input_that_is_not_utf8_names_file_and_line(tmp_path):
     path.write_bytes(b'{"input": "fine"}\n{"input": "caf\xe9"}\n')
     with pytest.raises(ValueError, match=f"{path}:2: not UTF-8 text"):
         read_input_file(str(path), get_vocabulary(), "")
+
+
+def test_stderr_filter_drops_only_the_notices_at_the_file_descriptor(capfd):
+    from t5x_rationale.data.quiet_stderr import is_tf_startup_notice, stderr_without
+
+    notice = "I0000 00:00:1796544910.341383   24730 port.cc:153] oneDNN custom operations are on.\n"
+    with stderr_without(is_tf_startup_notice):
+        os.write(2, notice.encode())  # as C++ writes it: below Python's sys.stderr
+        os.write(2, b"E0000 00:00:1796544910.3 24730 other.cc:1] a real error\n")
+    assert capfd.readouterr().err == "E0000 00:00:1796544910.3 24730 other.cc:1] a real error\n"
+
+    with pytest.raises(ImportError), stderr_without(is_tf_startup_notice):
+        os.write(2, notice.encode())
+        raise ImportError("a failed import shows everything it printed")
+    assert capfd.readouterr().err == notice

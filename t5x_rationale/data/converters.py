@@ -29,6 +29,7 @@ from typing import Mapping
 import seqio
 import tensorflow as tf
 
+FeatureConverter = seqio.FeatureConverter  # the type entry points name
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 AUTOTUNE = tf.data.AUTOTUNE
 TRUNCATION_FEATURES = ("decoder_truncated", "candidate_truncated")

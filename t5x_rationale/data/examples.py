@@ -7,6 +7,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import seqio
 
+from t5x_rationale.data.quiet_stderr import is_tokenizer_notice, stderr_without
+
 
 def load_examples(
     task_name: str, split: str, *, max_examples: Optional[int] = None, unique_ids: bool = True
@@ -26,7 +28,9 @@ def load_examples(
         trim_output_features=False,
     )
     examples, seen = [], set()
-    for ex in ds.as_numpy_iterator():
+    with stderr_without(is_tokenizer_notice):
+        rows = list(ds.as_numpy_iterator())
+    for ex in rows:
         key = ex.get("id")
         if unique_ids and key is not None:
             if key in seen:

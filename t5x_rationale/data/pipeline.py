@@ -25,17 +25,10 @@ import seqio
 import tensorflow as tf
 
 from t5x_rationale.data.converters import TRUNCATION_FEATURES
+from t5x_rationale.data.quiet_stderr import is_tokenizer_notice, stderr_without
 
 HOST_SHARDING = ("rows", "source")
 PASSTHROUGH = ("task_id",)
-
-
-def _disable_tf_gpus() -> None:
-    """TensorFlow only feeds data: leave every accelerator to JAX."""
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # already initialised; nothing to do
-        pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +72,6 @@ class TaskStream(Iterator[dict]):
         process_index: int = 0,
         process_count: int = 1,
     ):
-        _disable_tf_gpus()
         self.spec, self.converter, self.host_rows = spec, converter, host_rows
         self.process_index, self.process_count = process_index, process_count
         self.position = 0
@@ -120,15 +112,17 @@ class TaskStream(Iterator[dict]):
         options.deterministic = True
         return ds.with_options(options).skip(self.position).prefetch(2)
 
-    def _batches(self):
-        if self._iterator is None:
+    def _next_batch(self) -> dict[str, np.ndarray]:
+        if self._iterator is not None:
+            return next(self._iterator)
+        with stderr_without(is_tokenizer_notice):  # the first batch loads the tokenizer op
             self._iterator = self._dataset().as_numpy_iterator()
-        return self._iterator
+            return next(self._iterator)
 
     # ------------------------------------------------------------------ iteration
 
     def __next__(self) -> dict[str, np.ndarray]:
-        batch = next(self._batches())
+        batch = self._next_batch()
         self.position += 1
         self._count(batch)
         if self.spec.host_sharding == "rows":

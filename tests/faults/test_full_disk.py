@@ -18,6 +18,8 @@ from fault_runs import (
     train_cmd,
 )
 
+from t5x_rationale.data.quiet_stderr import is_tf_startup_notice, is_tokenizer_notice
+
 # Above every small file a run writes (config, metrics, events), below the checkpoint's
 # array file (the tiny T5's params and Adam moments: about 27 MB).
 FILE_SIZE_LIMIT = 1 << 20
@@ -63,3 +65,5 @@ def test_a_failed_checkpoint_write_stops_the_run_and_keeps_the_earlier_ones(
         f"train: starting from {run_dir}/checkpoints/{first} at step {first} of {STEPS}"
     )
     assert complete_steps(run_dir)[-1] == STEPS
+    noise = [ln for ln in rerun.stderr.splitlines() if is_tf_startup_notice(ln)]
+    assert not noise and not is_tokenizer_notice(rerun.stderr), rerun.stderr[-3000:]

@@ -1,0 +1,71 @@
+"""TensorFlow's C++ start-up lines and its SentencePiece op's notice kept off the console.
+
+TensorFlow writes them from C++ straight to file descriptor 2 (through absl logging, which
+`TF_CPP_MIN_LOG_LEVEL` does not reach), so they are filtered at the descriptor: the block
+runs with fd 2 going to a temporary file, and afterwards every line but the known notices
+is written back. If the block raises, every line is written back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sys
+import tempfile
+from typing import Callable, Iterator
+
+# Notices of a working TensorFlow: oneDNN, CPU features, no CUDA driver on a CPU machine.
+_TF_STARTUP = re.compile(
+    r"All log messages before absl::InitializeLog\(\)"
+    r"|^[IWE]\d{4} [\d:. ]+\d+ (port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_executor)"
+    r"\.cc:\d+\]"
+    r"|^To enable the following instructions: "
+)
+# Logged each time the op loads a model without a normalization map (ours: identity).
+_TOKENIZER_NOTICE = "precompiled_charsmap is empty"
+
+
+def is_tf_startup_notice(line: str) -> bool:
+    return bool(_TF_STARTUP.search(line))
+
+
+def is_tokenizer_notice(line: str) -> bool:
+    return _TOKENIZER_NOTICE in line
+
+
+@contextlib.contextmanager
+def stderr_without(drop: Callable[[str], bool]) -> Iterator[None]:
+    """Runs the block with fd 2 captured; then writes back the lines `drop` rejects."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            lines = captured.read().decode("utf-8", "replace").splitlines(keepends=True)
+            kept = "".join(ln for ln in lines if failed or not drop(ln))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def import_tensorflow_quietly() -> None:
+    """Imports TensorFlow, TF Text and seqio with the start-up notices dropped, and hides
+    every GPU from TensorFlow (it only feeds data; the accelerators are JAX's)."""
+    with stderr_without(is_tf_startup_notice):
+        import seqio  # noqa: F401
+        import tensorflow as tf
+        import tensorflow_text  # noqa: F401
+
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # TensorFlow's devices were initialised before this import
+            pass
