@@ -81,6 +81,7 @@ def test_kill9_then_rerun_ends_bitwise_equal(kind, trial, tmp_path, shared_dir, 
     rerun = run_ok(cmd, env(compile_cache))
     source = f"{run_dir}/checkpoints/{intact[-1]}" if intact else "fresh init"
     assert resumed_from(rerun.stdout).startswith(f"train: starting from {source} "), moment
+    print(f"TRIAL {kind}-{trial}: killed {moment}; the rerun started from {source}")
     assert losses(run_dir) == losses(reference), moment
     assert complete_steps(run_dir) == complete_steps(reference), moment
     assert_same_state(saved_state(run_dir, STEPS), saved_state(reference, STEPS))
