@@ -191,8 +191,8 @@ WRITE_ERROR_EXIT_CODE = 74
 def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
     """`run` for a command line: start-up noise of absl and SentencePiece hidden (TensorFlow's
     is, by `data.quiet_stderr`), a user error printed as one line with exit code 2
-    (`--verbose`: the traceback and the noise), a preempted run's line printed with exit code `PREEMPTED_EXIT_CODE`, a failed
-    checkpoint write as one line with exit code 74."""
+    (`--verbose`: the traceback and the noise), a preempted run's line printed with exit code
+    `PREEMPTED_EXIT_CODE`, a failed checkpoint write as one line with exit code 74."""
     argv = list(sys.argv[1:] if argv is None else argv)
     verbose = "--verbose" in argv
     argv = [a for a in argv if a != "--verbose"]
