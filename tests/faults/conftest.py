@@ -14,8 +14,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 
 @pytest.fixture(scope="session")
 def shared_dir(tmp_path_factory):
-    """A directory every pytest-xdist worker of this session sees (for shared references)."""
-    path = tmp_path_factory.getbasetemp().parent / "faults-shared"
+    """A directory of this session that all its pytest-xdist workers see (shared references)."""
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # the same in every worker of a session
+    base = tmp_path_factory.getbasetemp()
+    path = base.parent / f"faults-shared-{run_id}" if run_id else base / "faults-shared"
     path.mkdir(exist_ok=True)
     return path
 
