@@ -11,7 +11,8 @@
 For `quiet_star` the preset is wrapped in a `QuietStarConfig`; rows are the batch repeated
 `--num_thoughts` times and model FLOPs count only what the streams decomposition needs
 (`flops.quiet_star_forward_flops`), for either implementation. `--compile_only` reports the
-compiled memory analysis without running a step (for settings that do not fit in memory);
+compiled memory analysis per device (argument, output, temp, total) without running a step
+or allocating the state (for settings that do not fit in memory);
 `--by_parts` times a dense_mask step that does not fit as the sum of its parts
 (`dense_mask_parts`), each run forward and backward on its own.
 
@@ -105,7 +106,9 @@ def _memory_stats(compiled) -> dict:
         return out
     try:
         m = compiled.memory_analysis()
-        out["compiled_temp_gib"] = m.temp_size_in_bytes / 2**30
+        # Per device: a partitioned executable describes one device's program.
+        for part in ("argument", "output", "alias", "temp"):
+            out[f"compiled_{part}_gib"] = getattr(m, f"{part}_size_in_bytes") / 2**30
         out["compiled_total_gib"] = (
             m.temp_size_in_bytes
             + m.argument_size_in_bytes
@@ -149,14 +152,28 @@ def run(args: argparse.Namespace) -> dict:
     peak_per_device = measure_peak_matmul_flops(args.peak_matmul_size)
     partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
     trainer, batches = _trainer_and_batches(args, config, objective, partitioner, input_length)
-    state = trainer.init_state(0, batches[0])
+    # --compile_only lowers against shapes and shardings: no parameter is allocated, so a 7B
+    # step compiles on a machine that could not hold its state.
+    if args.compile_only:
+        state = trainer.abstract_state(batches[0])
+    else:
+        state = trainer.init_state(0, batches[0])
 
-    row = {
-        "preset": args.preset,
-        "objective": _objective_name(args),
-        "batch": args.batch,
-        "target_length": args.target_length,
-    }
+    row = dict(
+        preset=args.preset,
+        objective=_objective_name(args),
+        batch=args.batch,
+        target_length=args.target_length,
+        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
+        devices=jax.device_count(),
+        backend=jax.default_backend(),
+        dtype=args.dtype,
+        remat=args.remat,
+        scan_layers=args.scan_layers,
+        input_length=input_length,
+        huge_pages=huge_pages_enabled(),
+        params_m=sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
+    )
     if args.by_parts:
         times, metrics, compiled = (
             _step_by_parts(args, config, thinking, state.params, trainer.optimizer, row),
@@ -177,17 +194,6 @@ def run(args: argparse.Namespace) -> dict:
         target_length=args.target_length,
         input_length=input_length,
         thinking=thinking,
-    )
-    row.update(
-        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
-        devices=jax.device_count(),
-        backend=jax.default_backend(),
-        dtype=args.dtype,
-        remat=args.remat,
-        scan_layers=args.scan_layers,
-        input_length=input_length,
-        huge_pages=huge_pages_enabled(),
-        params_m=sum(x.size for x in jax.tree.leaves(state.params)) / 1e6,
     )
     tokens = args.batch * (input_length + args.target_length)
     row.update(_speed(times, tokens, flops, peak_per_device * jax.device_count()))

@@ -156,6 +156,10 @@ def test_bench_compile_only_reports_memory(tmp_path):
     )
     row = json.loads(out.read_text())
     assert row["compiled_total_gib"] > 0 and "step_s" not in row
+    parts = [row[f"compiled_{p}_gib"] for p in ("argument", "output", "temp", "alias")]
+    assert row["compiled_total_gib"] == pytest.approx(parts[0] + parts[1] + parts[2] - parts[3])
+    # the argument holds the whole state (replicated here): float32 params and two AdamW moments
+    assert row["compiled_argument_gib"] * 2**30 >= 3 * 4 * row["params_m"] * 1e6
 
 
 def test_bench_dense_mask_by_parts_adds_up_every_step(tmp_path):
