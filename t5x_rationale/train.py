@@ -57,7 +57,7 @@ def train(
     split: str = "train",
     seed: int = 0,
     data_seed: int = 0,
-    host_sharding: str = "rows",
+    host_sharding: str = "source",
     num_microbatches: int = 1,
     save_every: int = 500,
     keep_checkpoints: Optional[int] = 3,

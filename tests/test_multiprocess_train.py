@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The quickstart config, shortened: 3 steps of batch 8 on 32-token sequences, SGD.
+# The quickstart config, shortened: 3 steps of batch 8 on 32-token sequences, SGD, every host
+# reading the global batch.
 FLAGS = [
     "--gin_file=runs/quickstart.gin",
     "--gin.INPUT_LENGTH=32",
@@ -20,6 +21,7 @@ FLAGS = [
     "--gin.train.log_every=1",
     "--gin.train.measure_mfu=False",
     "--gin.train.console=False",
+    "--gin.train.host_sharding='rows'",  # the same global batches on any number of hosts
     "--gin.OptimizerConfig.name='sgd'",
     "--gin.OptimizerConfig.learning_rate=0.5",
 ]

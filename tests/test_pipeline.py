@@ -20,9 +20,19 @@ def _stream(
     shuffle=True,
     lengths=LENGTHS,
     batch_size=4,
+    sharding="source",
+    host=(0, 1),
 ):
-    spec = StreamSpec(task, "train", lengths, batch_size, shuffle=shuffle, seed=seed)
-    return TaskStream(spec, converter or MultiTaskEncDecConverter(pack=True), host_rows=rows)
+    spec = StreamSpec(
+        task, "train", lengths, batch_size, shuffle=shuffle, seed=seed, host_sharding=sharding
+    )
+    return TaskStream(
+        spec,
+        converter or MultiTaskEncDecConverter(pack=True),
+        host_rows=rows,
+        process_index=host[0],
+        process_count=host[1],
+    )
 
 
 def _assert_same(a, b):
@@ -80,3 +90,28 @@ def test_truncated_examples_are_counted():
     expected = sum(len(ex["inputs"]) > 24 or len(ex["targets"]) > 16 for ex in examples)
     assert expected > 0
     assert stream.stats() == {"data/examples": 8.0, "data/truncated_examples": float(expected)}
+
+
+def test_one_host_reads_the_same_stream_with_either_sharding_and_resumes_across():
+    rows, source = _stream(sharding="rows"), _stream(sharding="source")
+    batches = [next(rows) for _ in range(2)]
+    for batch in batches:
+        _assert_same(next(source), batch)
+    for saved, resumed in (("rows", "source"), ("source", "rows")):
+        first = _stream(sharding=saved)
+        next(first)
+        stream = _stream(sharding=resumed)
+        stream.set_state(first.get_state())
+        _assert_same(next(stream), batches[1])
+
+
+def test_source_shards_give_each_host_its_own_rows_and_pin_the_host_count():
+    one = [next(_stream(batch_size=4, host=(i, 2), rows=slice(2 * i, 2 * i + 2))) for i in (0, 1)]
+    tokens = [b["decoder_target_tokens"] for b in one]
+    assert [t.shape[0] for t in tokens] == [2, 2]
+    assert not np.array_equal(tokens[0], tokens[1])
+    two_hosts = _stream(host=(0, 2)).get_state()
+    with pytest.raises(ValueError, match="written by 2 hosts reading source shards"):
+        _stream(host=(0, 4)).set_state(two_hosts)
+    with pytest.raises(ValueError, match="host_sharding='source' \\(2 hosts\\)"):
+        _stream(host=(0, 2), sharding="rows").set_state(two_hosts)

@@ -6,11 +6,14 @@ the number of batches consumed; restoring rebuilds the pipeline and skips that m
 so a resumed run sees exactly the batches an uninterrupted one would have.
 
 Hosts read data one of two ways (`host_sharding`):
+- `"source"` (the default): each host reads its own shard of the source (`seqio.ShardInfo`)
+  and batches its rows locally, so a host's cost stays flat as hosts are added; batches
+  depend on the host count, so a run resumes only on as many hosts as wrote it.
 - `"rows"`: every host runs the same global pipeline and keeps its own rows of each global
-  batch. Global batches are identical for any host count (reproducible across topologies);
-  each host pays for preprocessing the whole stream. The default, right for fine-tuning sets.
-- `"source"`: each host reads its own shard of the source (`seqio.ShardInfo`) and batches
-  its rows locally; scales to large corpora, but batches depend on the host count.
+  batch. Global batches are identical for any host count (resume on another topology, or
+  compare against one process exactly), but each host pays for the whole stream: about
+  0.11 x N CPU cores per GPU at decoder-1b on N hosts (`bench_pipeline`, docs/performance.md).
+With one process the two are the same stream, and a state of either resumes under the other.
 
 Truncation flags from the converters are popped from each batch and counted on the host.
 """
@@ -42,7 +45,7 @@ class StreamSpec:
     shuffle: bool = True
     seed: int = 0
     num_epochs: Optional[int] = None  # None: repeat forever
-    host_sharding: str = "rows"
+    host_sharding: str = "source"
 
     def __post_init__(self):
         if self.host_sharding not in HOST_SHARDING:
@@ -125,7 +128,7 @@ class TaskStream(Iterator[dict]):
         batch = self._next_batch()
         self.position += 1
         self._count(batch)
-        if self.spec.host_sharding == "rows":
+        if _effective_sharding(self.spec.host_sharding, self.process_count) == "rows":
             batch = {k: v[self.host_rows] for k, v in batch.items()}
         return batch
 
@@ -164,19 +167,31 @@ class TaskStream(Iterator[dict]):
     def set_state(self, state: dict) -> None:
         """Continues at `state['position']`; refuses a state from a different stream."""
         mine = self.get_state()
-        for key in ("seed", "task", "split", "host_sharding"):
+        for key in ("seed", "task", "split"):
             if key in state and state[key] != mine[key]:
                 raise ValueError(
                     f"checkpointed data stream has {key}={state[key]!r}, this run reads "
                     f"{key}={mine[key]!r}; refusing to resume a different stream"
                 )
-        if (
-            self.spec.host_sharding == "source"
-            and state.get("process_count", self.process_count) != self.process_count
-        ):
+        saved_hosts = state.get("process_count", self.process_count)
+        saved = _effective_sharding(state.get("host_sharding", mine["host_sharding"]), saved_hosts)
+        current = _effective_sharding(self.spec.host_sharding, self.process_count)
+        if saved != current:
             raise ValueError(
-                f"checkpoint was written by {state['process_count']} hosts reading source shards; "
-                f"this run has {self.process_count} (use host_sharding='rows' to change host count)"
+                f"checkpointed data stream has host_sharding={saved!r} ({saved_hosts} hosts), "
+                f"this run reads host_sharding={current!r} ({self.process_count} hosts); "
+                "refusing to resume a different stream"
+            )
+        if current == "source" and saved_hosts != self.process_count:
+            raise ValueError(
+                f"checkpoint was written by {saved_hosts} hosts reading source shards; this run "
+                f"has {self.process_count} (host_sharding='rows' reads the same batches on any "
+                "host count)"
             )
         self.position = int(state["position"])
         self._iterator = None
+
+
+def _effective_sharding(host_sharding: str, process_count: int) -> str:
+    """One process reads the whole source either way: the same stream as `"rows"`."""
+    return host_sharding if process_count > 1 else "rows"

@@ -11,7 +11,6 @@ from fault_runs import (
     env,
     logged_steps,
     resumed_from,
-    run_ok,
     train_cmd,
     wait_until,
 )
@@ -69,7 +68,8 @@ def test_a_signal_saves_one_step_on_every_process_and_exits_75(
         assert len(lines) == 1, out[-3000:]
         stops.append(int(lines[0].split("train: stopped at step ")[1].split()[0]))
     assert stops[0] == stops[1] and complete_steps(run_dir)[-1] == stops[0]
-    resumed = run_ok(train_cmd("plain", run_dir), env(compile_cache, devices=2))
-    assert resumed_from(resumed.stdout).startswith(
+    reruns = two_processes(run_dir, compile_cache)  # source shards: the same host count
+    assert [p.wait(300) for p in reruns] == [0, 0], [p.output[-3000:] for p in reruns]
+    assert resumed_from(reruns[0].output).startswith(
         f"train: starting from {run_dir}/checkpoints/{stops[0]} at step {stops[0]} "
     )
