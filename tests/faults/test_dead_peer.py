@@ -34,4 +34,7 @@ def test_the_survivor_exits_with_an_error_within_the_heartbeat_bound(
     last = [ln for ln in survivor.output.splitlines() if ln.strip()][-3:]
     print(f"survivor (process {1 - killed}) exited {code} after {elapsed:.1f} s:", *last, sep="\n")
     assert code != 0, survivor.output[-3000:]
+    assert "JAX distributed service detected fatal errors" in survivor.output, survivor.output[
+        -3000:
+    ]
     assert elapsed < BOUND_S, survivor.output[-3000:]
