@@ -1,12 +1,10 @@
 """seqio data: sources, tasks, converters and streams (TensorFlow lives here only).
 
-Importing the package imports TensorFlow with its C++ start-up notices dropped and every
-GPU hidden from it (`quiet_stderr`), before any module here imports it noisily.
+Importing the package makes TensorFlow's eventual import quiet (`quiet_stderr`): its C++
+start-up notices are dropped and every GPU is hidden from it. TensorFlow itself is imported
+only by the modules that need it (`synthetic/` never does).
 """
 
-import importlib.util
+from t5x_rationale.data.quiet_stderr import quiet_tensorflow_imports
 
-from t5x_rationale.data.quiet_stderr import import_tensorflow_quietly
-
-if importlib.util.find_spec("tensorflow") is not None:
-    import_tensorflow_quietly()
+quiet_tensorflow_imports()

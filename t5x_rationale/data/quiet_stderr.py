@@ -9,6 +9,8 @@ is written back. If the block raises, every line is written back.
 from __future__ import annotations
 
 import contextlib
+import importlib.abc
+import importlib.util
 import os
 import re
 import sys
@@ -57,15 +59,39 @@ def stderr_without(drop: Callable[[str], bool]) -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def import_tensorflow_quietly() -> None:
-    """Imports TensorFlow, TF Text and seqio with the start-up notices dropped, and hides
-    every GPU from TensorFlow (it only feeds data; the accelerators are JAX's)."""
-    with stderr_without(is_tf_startup_notice):
-        import seqio  # noqa: F401
-        import tensorflow as tf
-        import tensorflow_text  # noqa: F401
+class _QuietTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` with a loader that runs its import with the start-up notices
+    dropped and then hides every GPU from it (it only feeds data; accelerators are JAX's).
+    Installed once; TensorFlow is still imported only when something imports it."""
 
-        try:
-            tf.config.set_visible_devices([], "GPU")
-        except RuntimeError:  # TensorFlow's devices were initialised before this import
-            pass
+    def find_spec(self, name, path, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)  # find the real spec, once
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        with stderr_without(is_tf_startup_notice):
+            self.loader.exec_module(module)
+            try:
+                module.config.set_visible_devices([], "GPU")
+            except RuntimeError:  # TensorFlow's devices were already initialised
+                pass
+
+
+def quiet_tensorflow_imports() -> None:
+    """Makes the first `import tensorflow` (by seqio or this package) quiet."""
+    if not any(isinstance(f, _QuietTensorFlowImport) for f in sys.meta_path):
+        if "tensorflow" not in sys.modules:
+            sys.meta_path.insert(0, _QuietTensorFlowImport())
