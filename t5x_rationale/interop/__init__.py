@@ -1,0 +1,1 @@
+"""Interop: Hugging Face safetensors and config.json import and export, serving export."""
