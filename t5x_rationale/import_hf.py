@@ -1,0 +1,82 @@
+"""Import a Hugging Face model directory as a checkpoint of ours.
+
+    python -m t5x_rationale.import_hf --hf_dir DIR --out_dir CKPT [--dtype bfloat16] [--mesh 1x8x1]
+
+Reads `config.json` (Llama, Mistral, Qwen2, T5 v1.1 / Flan-T5 / mT5, original T5) and
+`model.safetensors` or a sharded set with its index, and writes into CKPT: `checkpoints/0`
+(params only: start runs from it with `--gin.train.init_from='CKPT/checkpoints'`),
+`model.gin` (the model config, for `--gin_file`), and a copy of the HF `config.json`.
+Each param is read straight into its sharding on the mesh, a device's slice at a time.
+CKPT is written beside itself and renamed when complete: a failed import leaves nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+
+from t5x_rationale.architectures import build_model, dummy_batch
+from t5x_rationale.interop.checkpoint_files import gin_model_file, save_params, write_text
+from t5x_rationale.interop.hf_config import read_hf_config
+from t5x_rationale.interop.importer import import_params
+from t5x_rationale.interop.safetensors_io import SafetensorsCheckpoint
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import abstract_params
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hf_dir", required=True, help="a Hugging Face model directory")
+    p.add_argument("--out_dir", required=True, help="where the checkpoint goes (must not exist)")
+    p.add_argument("--dtype", default="float32", help="param dtype: float32 or bfloat16")
+    p.add_argument("--mesh", default="1x-1x1", help="DATAxFSDPxTENSOR, -1 fills the devices")
+    return p.parse_args(argv)
+
+
+def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", mesh: str = "1x-1x1"):
+    """Writes the checkpoint of `hf_dir` to `out_dir`; returns (config, params)."""
+    if os.path.exists(out_dir):
+        raise FileExistsError(f"--out_dir {out_dir} exists; choose a new directory")
+    config = read_hf_config(hf_dir, param_dtype=dtype)
+    checkpoint = SafetensorsCheckpoint.open(hf_dir)
+    partitioner = Partitioner(create_mesh(MeshConfig.parse(mesh)))
+    enc_dec = config.architecture == "encoder_decoder"
+    example = dummy_batch(config, 1, target_length=8, input_length=8 if enc_dec else 0)
+    targets = abstract_params(build_model(config), partitioner, example)
+    params = import_params(checkpoint, config, targets)
+    partial = f"{out_dir.rstrip('/')}.importing"
+    shutil.rmtree(partial, ignore_errors=True)
+    os.makedirs(partial)
+    try:
+        save_params(os.path.join(partial, "checkpoints"), params)
+        write_text(os.path.join(partial, "model.gin"), gin_model_file(config, hf_dir))
+        shutil.copy(os.path.join(hf_dir, "config.json"), os.path.join(partial, "hf_config.json"))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.replace(partial, out_dir)
+    return config, params
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    start = time.time()
+    try:
+        config, _ = import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, mesh=args.mesh)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"import_hf: error: {e}", file=sys.stderr)
+        return 2
+    fields = dataclasses.asdict(config)
+    print(
+        f"import_hf: {args.hf_dir} -> {args.out_dir} ({type(config).__name__}, "
+        f"{fields['emb_dim']} wide, {time.time() - start:.1f} s)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,53 @@
+"""What `import_hf` writes: an orbax checkpoint holding only params (what `train.init_from`,
+`train.teacher_checkpoint` and `evaluate.checkpoint_path` read) and the gin model file that
+rebuilds the config."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import flax
+
+from t5x_rationale.architectures.configs import DecoderConfig
+from t5x_rationale.runtime.checkpoints import Checkpointer
+
+
+@flax.struct.dataclass
+class ParamsOnly:
+    """A train state's `params` and nothing else (saved at step 0)."""
+
+    params: Any
+
+
+def save_params(directory: str, params: Any) -> None:
+    """Writes `params` as step 0 of a checkpoint directory (synchronously)."""
+    with Checkpointer(directory, keep=None, async_save=False) as checkpointer:
+        checkpointer.save(0, ParamsOnly(params), {}, force=True)
+        checkpointer.wait()
+
+
+def gin_model_file(config, source: str) -> str:
+    """gin lines that rebuild `config` exactly: a base preset of the same architecture with
+    every field set."""
+    base = "decoder-tiny" if isinstance(config, DecoderConfig) else "t5-tiny"
+    lines = [f"# The model of {source} (written by import_hf).", f"model_config.preset = '{base}'"]
+    for field in dataclasses.fields(config):
+        lines.append(f"model_config.{field.name} = {_gin_value(getattr(config, field.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def _gin_value(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "(" + "".join(f"{_gin_value(v)}, " for v in value) + ")"
+    return repr(value)
+
+
+def write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def model_file_path(out_dir: str) -> str:
+    return os.path.join(out_dir, "model.gin")
