@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import shutil
 import sys
@@ -64,6 +65,7 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", mesh: str = 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices of a normal run
     start = time.time()
     try:
         config, _ = import_hf(args.hf_dir, args.out_dir, dtype=args.dtype, mesh=args.mesh)

@@ -2,6 +2,7 @@
 inputs within 1e-5 (float32), for the tiny random checkpoints of tests/fixtures/hf (made by
 tests/fixtures/make_hf_fixtures.py; CI needs neither torch nor transformers)."""
 
+import json
 import os
 
 import jax
@@ -90,3 +91,40 @@ def test_an_imported_checkpoint_starts_a_run_that_trains(tmp_path):
         for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(state.params))
     ]
     assert all(moved)
+
+
+@pytest.mark.parametrize("name", IMPORTED)
+def test_import_then_export_gives_back_the_same_tensors_and_config(tmp_path, name):
+    from t5x_rationale.export import export_hf, read_model_config
+    from t5x_rationale.import_hf import import_hf
+
+    source = os.path.join(FIXTURES, name)
+    import_hf(source, str(tmp_path / "ckpt"))
+    config = read_model_config(str(tmp_path / "ckpt" / "model.gin"))
+    export_hf(str(tmp_path / "ckpt" / "checkpoints"), config, str(tmp_path / "hf"), max_shard_mb=1)
+    original, exported = (
+        SafetensorsCheckpoint.open(source),
+        SafetensorsCheckpoint.open(tmp_path / "hf"),
+    )
+    assert exported.names() == original.names()
+    for tensor in original.names():
+        assert exported.read(tensor).tobytes() == original.read(tensor).tobytes(), tensor
+    assert read_hf_config(str(tmp_path / "hf")) == read_hf_config(source)
+    with open(os.path.join(source, "config.json")) as f, open(tmp_path / "hf" / "config.json") as g:
+        want, got = json.load(f), json.load(g)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
+        assert got.get(key) == want.get(key), key
+
+
+def test_the_model_file_may_be_a_run_config_and_a_bad_value_is_named(tmp_path):
+    from t5x_rationale.export import read_model_config
+
+    run_config = tmp_path / "config.gin"
+    run_config.write_text(
+        "train.batch_size = 8\nmodel_config.preset = 't5-tiny'\nmodel_config.emb_dim = 32\n"
+        "train.model_config = @model_config()\n"
+    )
+    assert read_model_config(str(run_config)).emb_dim == 32
+    run_config.write_text("model_config.preset = 't5-tiny'\nmodel_config.dtype = %DTYPE\n")
+    with pytest.raises(ValueError, match="config.gin:2: '%DTYPE' is not a literal"):
+        read_model_config(str(run_config))

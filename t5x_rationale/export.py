@@ -1,0 +1,140 @@
+"""Export a checkpoint of ours as a Hugging Face model directory.
+
+    python -m t5x_rationale.export --checkpoint CKPT --model_gin MODEL.gin --out_dir D
+        [--model_type llama|mistral|t5] [--max_shard_mb 4096]
+
+CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gin binds
+`model_config` (`import_hf`'s `model.gin`, a `configs/models/` file, or a run's
+`config.gin`). D gets `config.json`, `generation_config.json` and the safetensors (shards
+with an index past `--max_shard_mb`), which `transformers`' Auto classes load. Special ids
+come from the `hf_config.json` an import left beside the checkpoint, else from the shipped
+tokenizer's convention (pad 0, eos 1). D is written beside itself and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+
+from t5x_rationale.architectures import DecoderConfig, build_model, dummy_batch, get_preset
+from t5x_rationale.interop.exporter import hf_tensors
+from t5x_rationale.interop.hf_config import to_hf_config
+from t5x_rationale.interop.safetensors_io import write_safetensors
+from t5x_rationale.runtime.checkpoints import restore_params
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.trainer import abstract_params
+
+SPECIAL_IDS = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--model_gin", required=True, help="a gin file binding model_config")
+    p.add_argument("--out_dir", required=True, help="the HF directory to write (must not exist)")
+    p.add_argument("--model_type", help="llama, mistral or t5 (default: from the config)")
+    p.add_argument("--max_shard_mb", type=int, default=4096)
+    return p.parse_args(argv)
+
+
+def read_model_config(model_gin: str):
+    """The config of the `model_config.KEY = VALUE` lines of a gin file (other lines are
+    skipped; values must be literals, as `import_hf` and `train` write them)."""
+    fields = {}
+    with open(model_gin, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            match = re.match(r"model_config\.(\w+)\s*=\s*(.+)$", line.strip())
+            if not match:
+                continue
+            try:
+                fields[match[1]] = ast.literal_eval(match[2])
+            except (ValueError, SyntaxError) as e:
+                raise ValueError(f"{model_gin}:{number}: {match[2]!r} is not a literal") from e
+    if "preset" not in fields:
+        raise ValueError(f"{model_gin} binds no model_config.preset")
+    return get_preset(fields.pop("preset"), **fields)
+
+
+def export_hf(checkpoint: str, config, out_dir: str, *, model_type=None, max_shard_mb=4096):
+    """Writes `checkpoint`'s params of model `config` as the HF directory `out_dir`."""
+    if os.path.exists(out_dir):
+        raise FileExistsError(f"--out_dir {out_dir} exists; choose a new directory")
+    model_type = model_type or _default_model_type(config)
+    enc_dec = config.architecture == "encoder_decoder"
+    example = dummy_batch(config, 1, target_length=8, input_length=8 if enc_dec else 0)
+    partitioner = Partitioner(create_mesh(MeshConfig.parse("1x-1x1")))
+    params, _ = restore_params(
+        checkpoint, abstract_params(build_model(config), partitioner, example)
+    )
+    fields = to_hf_config(config, model_type=model_type)
+    ids = _special_ids(checkpoint, enc_dec)
+    partial = f"{out_dir.rstrip('/')}.exporting"
+    shutil.rmtree(partial, ignore_errors=True)
+    try:
+        write_safetensors(
+            partial,
+            hf_tensors(config, params),
+            max_shard_bytes=max_shard_mb << 20,
+            metadata={"format": "pt"},
+        )
+        _write_json(os.path.join(partial, "config.json"), {**fields, **ids, "dtype": "float32"})
+        _write_json(os.path.join(partial, "generation_config.json"), ids)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    os.replace(partial, out_dir)
+    return fields
+
+
+def _default_model_type(config) -> str:
+    if isinstance(config, DecoderConfig):
+        return "mistral" if config.sliding_window else "llama"
+    return "t5"
+
+
+def _special_ids(checkpoint: str, enc_dec: bool) -> dict:
+    """The ids an import recorded (hf_config.json beside `checkpoints/`), else ours."""
+    recorded = os.path.join(
+        os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))), "hf_config.json"
+    )
+    if os.path.isfile(recorded):
+        with open(recorded, encoding="utf-8") as f:
+            hf = json.load(f)
+        return {k: hf[k] for k in SPECIAL_IDS if hf.get(k) is not None}
+    ids = {"pad_token_id": 0, "eos_token_id": 1}
+    return {**ids, "decoder_start_token_id": 0} if enc_dec else ids
+
+
+def _write_json(path: str, value: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices of a normal run
+    try:
+        config = read_model_config(args.model_gin)
+        export_hf(
+            args.checkpoint,
+            config,
+            args.out_dir,
+            model_type=args.model_type,
+            max_shard_mb=args.max_shard_mb,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"export: error: {e}", file=sys.stderr)
+        return 2
+    print(f"export: {args.checkpoint} -> {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
