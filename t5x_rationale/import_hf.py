@@ -21,11 +21,12 @@ import sys
 import time
 
 from t5x_rationale.architectures import build_model, dummy_batch
-from t5x_rationale.interop.checkpoint_files import gin_model_file, save_params, write_text
+from t5x_rationale.interop.checkpoint_files import gin_model_file, save_params
 from t5x_rationale.interop.hf_config import read_hf_config
 from t5x_rationale.interop.importer import import_params
 from t5x_rationale.interop.safetensors_io import SafetensorsCheckpoint
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+from t5x_rationale.runtime.run_files import write_text_atomic
 from t5x_rationale.runtime.trainer import abstract_params
 
 
@@ -54,7 +55,7 @@ def import_hf(hf_dir: str, out_dir: str, *, dtype: str = "float32", mesh: str = 
     os.makedirs(partial)
     try:
         save_params(os.path.join(partial, "checkpoints"), params)
-        write_text(os.path.join(partial, "model.gin"), gin_model_file(config, hf_dir))
+        write_text_atomic(os.path.join(partial, "model.gin"), gin_model_file(config, hf_dir))
         shutil.copy(os.path.join(hf_dir, "config.json"), os.path.join(partial, "hf_config.json"))
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

@@ -5,7 +5,6 @@ rebuilds the config."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import flax
@@ -42,12 +41,3 @@ def _gin_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "(" + "".join(f"{_gin_value(v)}, " for v in value) + ")"
     return repr(value)
-
-
-def write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-
-
-def model_file_path(out_dir: str) -> str:
-    return os.path.join(out_dir, "model.gin")
