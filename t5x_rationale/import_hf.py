@@ -13,7 +13,6 @@ CKPT is written beside itself and renamed when complete: a failed import leaves 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import shutil
@@ -73,10 +72,9 @@ def main(argv=None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"import_hf: error: {e}", file=sys.stderr)
         return 2
-    fields = dataclasses.asdict(config)
     print(
         f"import_hf: {args.hf_dir} -> {args.out_dir} ({type(config).__name__}, "
-        f"{fields['emb_dim']} wide, {time.time() - start:.1f} s)"
+        f"{config.emb_dim} wide, {time.time() - start:.1f} s)"
     )
     return 0
 

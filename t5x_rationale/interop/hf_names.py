@@ -26,6 +26,11 @@ class Layout:
     transpose: Optional[tuple[int, ...]] = None  # None: keep the axis order
     hf_shape: Optional[tuple[int, ...]] = None  # given when `reshape` splits an axis
 
+    def split_and_order(self, hf_shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple]:
+        """(the HF shape after `reshape`, the axis order `transpose` applies to it)."""
+        split = self.reshape or hf_shape
+        return split, self.transpose or tuple(range(len(split)))
+
     def to_ours(self, hf: np.ndarray) -> np.ndarray:
         x = hf if self.reshape is None else hf.reshape(self.reshape)
         return x if self.transpose is None else np.transpose(x, self.transpose)

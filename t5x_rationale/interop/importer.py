@@ -67,8 +67,7 @@ def _check_coverage(checkpoint: SafetensorsCheckpoint, wanted: Sequence[str], co
 
 def _check_shape(checkpoint, name: str, layout: Layout, shape: tuple[int, ...]) -> None:
     hf_shape = tuple(checkpoint.shape(name))
-    split = layout.reshape or hf_shape
-    perm = layout.transpose or tuple(range(len(split)))
+    split, perm = layout.split_and_order(hf_shape)
     ok = math.prod(split) == math.prod(hf_shape) and tuple(split[p] for p in perm) == shape
     if not ok:
         raise HfCheckpointMismatchError(
@@ -80,8 +79,7 @@ def _check_shape(checkpoint, name: str, layout: Layout, shape: tuple[int, ...]) 
 def _read_slice(checkpoint, name: str, layout: Layout, index: tuple) -> np.ndarray:
     """Our param's slice `index` (basic slices), read as the covering HF slice."""
     hf_shape = tuple(checkpoint.shape(name))
-    split = layout.reshape or hf_shape
-    perm = layout.transpose or tuple(range(len(split)))
+    split, perm = layout.split_and_order(hf_shape)
     split_index = [slice(None)] * len(split)
     for axis, s in zip(perm, index):
         split_index[axis] = s
