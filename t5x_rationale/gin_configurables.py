@@ -11,12 +11,15 @@ run (`gin_launch.register`); nothing here imports them.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import gin
 
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters, registry
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
+from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
@@ -25,8 +28,18 @@ from t5x_rationale.runtime.partitioning import MeshConfig
 
 
 @gin.configurable
-def model_config(preset: str = gin.REQUIRED, **overrides):
-    """A named architecture preset with field overrides (e.g. `vocab_size`, `dtype`)."""
+def model_config(preset: Optional[str] = None, hf_dir: Optional[str] = None, **overrides):
+    """A named architecture preset with field overrides (e.g. `vocab_size`, `dtype`), or the
+    model a Hugging Face directory's `config.json` describes (`hf_dir`; only runtime fields
+    such as `dtype` may be overridden). Exactly one of the two."""
+    if (preset is None) == (hf_dir is None):
+        raise ValueError(
+            "bind exactly one of model_config.preset and model_config.hf_dir "
+            f"(got preset={preset!r}, hf_dir={hf_dir!r}); configs/models/hf.gin sets preset "
+            "to None"
+        )
+    if hf_dir is not None:
+        return hf_model_config(hf_dir, **overrides)
     return get_preset(preset, **overrides)
 
 

@@ -24,6 +24,7 @@ from t5x_rationale.data.converters import FeatureConverter
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.run_inputs import check_task, default_converter, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
+from t5x_rationale.interop.hf_start import hf_params, is_hf_dir
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
@@ -37,7 +38,7 @@ from t5x_rationale.runtime.run_lock import RunLock, check_config_unchanged
 from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
 from t5x_rationale.runtime.training_loop import train_loop
-from t5x_rationale.runtime.warm_start import warm_start
+from t5x_rationale.runtime.warm_start import warm_start, with_params
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def train(
     keep_checkpoints: Optional[int] = 3,
     restore_path: Optional[str] = None,
     init_from: Optional[str] = None,
+    init_from_hf: Optional[str] = None,
     allow_config_change: bool = False,
     strict_restore: bool = False,
     max_bad_steps: int = 10,
@@ -95,6 +97,8 @@ def train(
       init_from: start a new run from this checkpoint's params (a run's checkpoints or a
         step directory) with a fresh optimizer at step 0; a Quiet-STaR model may start from
         a plain decoder LM's (runtime/warm_start.py). A run that has checkpoints resumes them.
+      init_from_hf: the same from a Hugging Face directory, imported on the fly (its
+        `config.json` must describe the model: bind `model_config.hf_dir` to it).
       allow_config_change: resume checkpoints whose run was configured otherwise (by
         default that stops with the difference; the step count may always change).
       strict_restore: stop when the run's newest checkpoint cannot be read, instead of
@@ -127,8 +131,9 @@ def train(
     )
     stream = _stream(spec, converter, partitioner)
     example = next(stream)  # proves the data reads and gives the batch shapes
+    teacher_load = _hf_loader(teacher_checkpoint, teacher_config)  # None: our checkpoint
     objective, constants = attach_teacher(
-        objective, teacher_config, teacher_checkpoint, partitioner, example
+        objective, teacher_config, teacher_checkpoint, partitioner, example, load=teacher_load
     )
     trainer = _trainer(
         model_config, objective, optimizer, partitioner, num_microbatches, constants, max_bad_steps
@@ -141,8 +146,7 @@ def train(
             example,
             model_config,
             run_dir=run_dir,
-            seed=seed,
-            init_from=init_from,
+            fresh=_init(trainer, seed, example, model_config, init_from, init_from_hf),
             restore_path=restore_path,
             allow_config_change=allow_config_change,
             strict=strict_restore,
@@ -204,15 +208,14 @@ def _start(
     model_config,
     *,
     run_dir: str,
-    seed: int,
-    init_from: Optional[str],
+    fresh: tuple[Callable, str],
     restore_path: Optional[str],
     allow_config_change: bool,
     strict: bool,
 ):
     """(state, data_state, source) of the run: its latest checkpoint (when its config is the
-    one they were trained with), else `restore_path`, else `init_from`'s params, else fresh;
-    writes the run's `config.gin` and `model-info.txt`."""
+    one they were trained with), else `restore_path`, else `fresh` (its init and what it
+    starts from); writes the run's `config.gin` and `model-info.txt`."""
     config = gin.config_str()
     latest = checkpointer.latest_step
     if latest is not None:
@@ -222,20 +225,39 @@ def _start(
     )
     state, data_state, source = checkpointer.restore_or_init(
         trainer.abstract_state(example),
-        _init(trainer, seed, example, init_from, model_config),
+        fresh[0],
         explicit_path=restore_path,
         strict=strict,
     )
-    if source == "fresh init" and init_from:
-        source = f"the params of {init_from}"
-    return state, data_state, source
+    return state, data_state, fresh[1] if source == "fresh init" else source
 
 
-def _init(trainer: Trainer, seed: int, example: dict, init_from: Optional[str], model_config):
-    """The fresh state of a new run: random, or with `init_from`'s params."""
-    if init_from is None:
-        return lambda: trainer.init_state(seed, example)
-    return lambda: warm_start(trainer.init_state(seed, example), init_from, model_config)
+def _init(trainer: Trainer, seed: int, example: dict, model_config, init_from, init_from_hf):
+    """(the fresh state of a new run, what it starts from): random, `init_from`'s params or
+    `init_from_hf`'s weights."""
+    if init_from and init_from_hf:
+        raise ValueError("set train.init_from or train.init_from_hf, not both")
+    if init_from_hf and not is_hf_dir(init_from_hf):
+        raise FileNotFoundError(f"train.init_from_hf: {init_from_hf} has no config.json")
+
+    def init():
+        state = trainer.init_state(seed, example)
+        if init_from:
+            return warm_start(state, init_from, model_config)
+        if init_from_hf:
+            params = hf_params(init_from_hf, model_config, trainer.abstract_state(example).params)
+            return with_params(state, params, model_config)
+        return state
+
+    source = init_from and f"the params of {init_from}"
+    return init, source or (init_from_hf and f"the weights of {init_from_hf}") or "fresh init"
+
+
+def _hf_loader(path: Optional[str], model_config) -> Optional[Callable]:
+    """abstract params -> params read from the HF directory `path` (None: `path` is not one)."""
+    if path is None or not is_hf_dir(path):
+        return None
+    return functools.partial(hf_params, path, model_config)
 
 
 def _with_thinking(objective: Callable, model_config, thinking: Optional[ThinkingSpec]):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from t5x_rationale.architectures import build_model
 from t5x_rationale.runtime.checkpoints import restore_params
@@ -11,10 +11,16 @@ from t5x_rationale.runtime.trainer import abstract_params
 
 
 def attach_teacher(
-    objective, teacher_config, teacher_checkpoint: Optional[str], partitioner, example_batch
+    objective,
+    teacher_config,
+    teacher_checkpoint: Optional[str],
+    partitioner,
+    example_batch,
+    load: Optional[Callable[[Any], Any]] = None,
 ):
     """(objective, constants): with a teacher, its restored sharded params and `teacher_model`
-    bound to the objective; without one, the objective unchanged and no constants."""
+    bound to the objective; without one, the objective unchanged and no constants. `load`
+    (abstract params -> params) replaces the checkpoint restore (an HF teacher)."""
     if teacher_config is None:
         if teacher_checkpoint is not None:
             raise ValueError("train.teacher_checkpoint is set but train.teacher_config is not")
@@ -23,5 +29,5 @@ def attach_teacher(
         raise ValueError("train.teacher_config is set but train.teacher_checkpoint is not")
     teacher = build_model(teacher_config)
     abstract = abstract_params(teacher, partitioner, example_batch)
-    params, _ = restore_params(teacher_checkpoint, abstract)
+    params = load(abstract) if load else restore_params(teacher_checkpoint, abstract)[0]
     return functools.partial(objective, teacher_model=teacher), {"teacher": params}

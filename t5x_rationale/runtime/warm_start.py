@@ -26,7 +26,14 @@ def warm_start(state: TrainState, checkpoint: str, model_config) -> TrainState:
     )
     thinks = model_config.architecture == "quiet_star"
     restored, _ = restore_params(checkpoint, abstract, optional=QUIET_STAR_ADDED if thinks else ())
+    return with_params(state, restored, model_config)
+
+
+def with_params(state: TrainState, restored: dict, model_config) -> TrainState:
+    """`state` with the top-level params in `restored` replaced; a Quiet-STaR model lacking
+    its thought params gets them derived from the restored token embedding."""
     params = dict(state.params, **restored)
+    thinks = model_config.architecture == "quiet_star"
     missing = [name for name in THOUGHT_PARAMS if thinks and name not in restored]
     if missing:
         value = thought_init(restored["token_embedder"]["embedding"], model_config)
