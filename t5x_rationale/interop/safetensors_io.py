@@ -200,7 +200,7 @@ def _plan_shards(arrays: Mapping[str, np.ndarray], max_shard_bytes: int | None) 
     return shards
 
 
-def _write_aside(path: str, chunks) -> None:
+def write_file_aside(path: str, chunks) -> None:
     """Write to `path.partial`, fsync, then rename over `path`: readers never see half a file."""
     partial = path + ".partial"
     try:
@@ -254,7 +254,7 @@ def write_safetensors(
     written = []
     for file, names in zip(files, shards):
         path = os.path.join(directory, file)
-        _write_aside(path, file_chunks({name: arrays[name] for name in names}, metadata))
+        write_file_aside(path, file_chunks({name: arrays[name] for name in names}, metadata))
         written.append(path)
     if n > 1:
         index = {
@@ -262,7 +262,7 @@ def write_safetensors(
             "weight_map": {name: file for file, names in zip(files, shards) for name in names},
         }
         path = os.path.join(directory, INDEX_FILE)
-        _write_aside(path, [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode()])
+        write_file_aside(path, [(json.dumps(index, indent=2, sort_keys=True) + "\n").encode()])
         written.append(path)
     kept = {os.path.basename(path) for path in written}
     for stale in os.listdir(directory):
