@@ -203,3 +203,43 @@ def test_sampler_draws_from_the_tempered_softmax_without_banned_ids():
     p /= p.sum()
     assert freq[3] == 0 and freq[4] == 0
     np.testing.assert_array_less(np.abs(freq - p), 5 * np.sqrt(p * (1 - p) / draws) + 1e-4)
+
+
+def test_thought_ids_appended_after_the_vocabulary_mask_nothing_and_are_checked():
+    """An imported vocabulary's thought ids are the two after it (as the paper adds them):
+    the LM head has no such columns, so the sampler's mask leaves every column as it was,
+    while in-vocabulary ids in the same tuple are still masked; ids past those two are
+    refused."""
+    from t5x_rationale.architectures import QuietStarConfig, get_preset
+    from t5x_rationale.quiet_star.sampling import without_ids
+
+    vocab = 256
+    logits = jax.random.normal(jax.random.PRNGKey(0), (3, vocab))
+    np.testing.assert_array_equal(without_ids(logits, (vocab, vocab + 1)), logits)
+    masked = np.asarray(without_ids(logits, (7, vocab)))
+    np.testing.assert_array_equal(masked[:, 7], -1e10)
+    np.testing.assert_array_equal(np.delete(masked, 7, 1), np.delete(np.asarray(logits), 7, 1))
+    decoder = get_preset("decoder-tiny", vocab_size=vocab)
+    QuietStarConfig(decoder, thought_token_ids=(vocab, vocab + 1))
+    with pytest.raises(ValueError, match=r"or the two appended after it \(256, 257\)"):
+        QuietStarConfig(decoder, thought_token_ids=(vocab, vocab + 2))
+
+
+def test_thinking_with_appended_thought_ids_equals_thinking_that_bans_nothing():
+    """With the thought ids appended (outside the head), a thinking step computes exactly what
+    it computes with no thought ids to ban: nothing indexes past the head."""
+    base = tiny_config()
+    params = tiny_params(base)
+    tokens = _tokens(2, 12, seed=4)
+    outs = [
+        _think(
+            dataclasses.replace(base, thought_token_ids=ids),
+            params,
+            tokens,
+            _context(tokens),
+            "streams",
+        )
+        for ids in ((256, 257), ())
+    ]
+    for name in ("next_token", "logits"):
+        np.testing.assert_array_equal(np.asarray(outs[0][name]), np.asarray(outs[1][name]))

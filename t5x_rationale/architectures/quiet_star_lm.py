@@ -38,14 +38,21 @@ class QuietStarConfig:
                 "QuietStarConfig.decoder must be a DecoderConfig, got "
                 f"{type(self.decoder).__name__}"
             )
-        for name in ("thought_init_ids", "thought_token_ids"):
-            ids = getattr(self, name)
-            bad = [i for i in ids if not 0 <= i < self.decoder.vocab_size]
-            if bad or not ids and name == "thought_init_ids":
-                raise ValueError(
-                    f"QuietStarConfig.{name} {ids} must be non-empty ids below vocab_size "
-                    f"{self.decoder.vocab_size}"
-                )
+        vocab = self.decoder.vocab_size
+        bad = [i for i in self.thought_init_ids if not 0 <= i < vocab]
+        if bad or not self.thought_init_ids:
+            raise ValueError(
+                f"QuietStarConfig.thought_init_ids {self.thought_init_ids} must be non-empty ids "
+                f"below vocab_size {vocab}"
+            )
+        # In the vocabulary, or the two ids appended right after it (as the paper adds them
+        # to an imported tokenizer: their embeddings are `start_thought` / `end_thought`).
+        bad = [i for i in self.thought_token_ids if not 0 <= i < vocab + 2]
+        if bad:
+            raise ValueError(
+                f"QuietStarConfig.thought_token_ids {self.thought_token_ids} must be ids below "
+                f"vocab_size {vocab}, or the two appended after it ({vocab}, {vocab + 1})"
+            )
         if self.thought_scale <= 0:
             raise ValueError(f"thought_scale must be positive, got {self.thought_scale}")
         if self.decoder.dropout_rate:

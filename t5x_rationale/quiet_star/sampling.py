@@ -19,8 +19,11 @@ def without_ids(logits, ids):
 
 
 def _is_id(logits, ids):
-    """[vocab] bool: True at the columns `ids`."""
-    return jnp.zeros(logits.shape[-1], bool).at[jnp.asarray(ids, jnp.int32)].set(True)
+    """[vocab] bool: True at the columns `ids`; ids past the last column (thought ids appended
+    after an imported vocabulary, which the LM head never scores) are left out."""
+    vocab = logits.shape[-1]
+    inside = [i for i in ids if i < vocab]
+    return jnp.zeros(vocab, bool).at[jnp.asarray(inside, jnp.int32)].set(True)
 
 
 def sample_token(logits, banned_ids, temperature: float, rng):
