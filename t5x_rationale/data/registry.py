@@ -30,6 +30,7 @@ from t5x_rationale.data.tasks import (
     register_rationale_tasks,
     register_text_task,
 )
+from t5x_rationale.data.vocab import get_vocabulary
 
 SYNTHETIC = "synthetic_arith"
 SYNTHETIC_EASY = "synthetic_arith_easy"  # difficulty level 1: two operations, numbers up to 12
@@ -102,10 +103,21 @@ def register_synthetic(
     return names
 
 
+def _vocabulary(path: Optional[str]) -> Optional[seqio.Vocabulary]:
+    return get_vocabulary(path) if path is not None else None
+
+
 def register_gsm8k(
-    data_dir: str, name: str = "gsm8k", *, keep_annotations: bool = False, overwrite: bool = True
+    data_dir: str,
+    name: str = "gsm8k",
+    *,
+    keep_annotations: bool = False,
+    overwrite: bool = True,
+    vocabulary_path: Optional[str] = None,
 ) -> RationaleTaskNames:
-    """Registers a local GSM8K copy (`train.jsonl`, `test.jsonl`) as `{name}_*` tasks."""
+    """Registers a local GSM8K copy (`train.jsonl`, `test.jsonl`) as `{name}_*` tasks,
+    tokenized by `vocabulary_path` (a SentencePiece model or a HF directory; default: the
+    shipped model)."""
     splits = {s: os.path.join(data_dir, f"{s}.jsonl") for s in ("train", "test")}
     for path in splits.values():
         if not os.path.isfile(path):
@@ -114,10 +126,13 @@ def register_gsm8k(
                 f"test.jsonl in {data_dir})"
             )
     source = sources.rationale_source(splits, reader="gsm8k", keep_annotations=keep_annotations)
-    return register_rationale_tasks(name, source, overwrite=overwrite)
+    vocabulary = _vocabulary(vocabulary_path)
+    return register_rationale_tasks(name, source, vocabulary=vocabulary, overwrite=overwrite)
 
 
-def gsm8k_task_name(kind: str, *, data_dir: str, name: str = "gsm8k") -> str:
+def gsm8k_task_name(
+    kind: str, *, data_dir: str, name: str = "gsm8k", vocabulary_path: Optional[str] = None
+) -> str:
     """Registers the GSM8K copy in `data_dir` and names its `kind` task.
 
     For launch configs (`train.mixture_or_task_name = @gsm8k_task_name()` in gin): the
@@ -129,7 +144,7 @@ def gsm8k_task_name(kind: str, *, data_dir: str, name: str = "gsm8k") -> str:
             f"unknown GSM8K task kind {kind!r}; expected one of "
             f"{sorted(RationaleTaskNames.__dataclass_fields__)}"
         )
-    return getattr(register_gsm8k(data_dir, name), kind)
+    return getattr(register_gsm8k(data_dir, name, vocabulary_path=vocabulary_path), kind)
 
 
 def register_jsonl(
@@ -140,11 +155,14 @@ def register_jsonl(
     test: Optional[str] = None,
     skip_invalid: bool = False,
     overwrite: bool = True,
+    vocabulary_path: Optional[str] = None,
 ) -> RationaleTaskNames:
-    """Registers teacher-rationale JSONL files (paths or globs) as `{name}_*` tasks."""
+    """Registers teacher-rationale JSONL files (paths or globs) as `{name}_*` tasks, tokenized
+    by `vocabulary_path` (as in `register_gsm8k`)."""
     splits = {s: p for s, p in (("train", train), ("validation", validation), ("test", test)) if p}
     source = sources.rationale_source(splits, reader="jsonl", skip_invalid=skip_invalid)
-    return register_rationale_tasks(name, source, overwrite=overwrite)
+    vocabulary = _vocabulary(vocabulary_path)
+    return register_rationale_tasks(name, source, vocabulary=vocabulary, overwrite=overwrite)
 
 
 # The shipped corpora by name, with their difficulty.

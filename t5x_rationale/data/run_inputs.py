@@ -10,15 +10,17 @@ import seqio
 
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
+from t5x_rationale.data.hf_vocab import HFTokenizerVocabulary
 from t5x_rationale.data.vocab import get_vocabulary
 
 
-def load_vocabulary(path: Optional[str], model_config) -> seqio.SentencePieceVocabulary:
-    """The SentencePiece vocabulary, checked to fit the model's embedding table."""
+def load_vocabulary(path: Optional[str], model_config) -> seqio.Vocabulary:
+    """The vocabulary (a SentencePiece model or a HF directory), checked to fit the model's
+    embedding table."""
     vocabulary = get_vocabulary(path)
     if vocabulary.vocab_size > model_config.vocab_size:
         raise ValueError(
-            f"the tokenizer {vocabulary.sentencepiece_model_file} has {vocabulary.vocab_size} "
+            f"the tokenizer {_source(vocabulary)} has {vocabulary.vocab_size} "
             f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
             f"model_config.vocab_size >= {vocabulary.vocab_size}"
         )
@@ -41,8 +43,22 @@ def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mi
     return task
 
 
+def _source(vocabulary: seqio.Vocabulary) -> str:
+    """The file a vocabulary reads (its description if it reads none)."""
+    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+        return vocabulary.sentencepiece_model_file
+    return getattr(vocabulary, "tokenizer_file", str(vocabulary))
+
+
 def _check_same_tokenizer(task: str, feature: str, used: seqio.Vocabulary, run: seqio.Vocabulary):
     sentencepiece = seqio.SentencePieceVocabulary
+    if isinstance(used, HFTokenizerVocabulary) or isinstance(run, HFTokenizerVocabulary):
+        if used != run:
+            raise ValueError(
+                f"task {task!r} feature {feature!r} is tokenized with {_source(used)}, but this "
+                f"run uses {_source(run)} (register the task with the run's vocabulary)"
+            )
+        return
     if not (isinstance(used, sentencepiece) and isinstance(run, sentencepiece)):
         return
     used_file, run_file = used.sentencepiece_model_file, run.sentencepiece_model_file

@@ -1,9 +1,11 @@
-"""The SentencePiece vocabulary of the project: the shipped model, or any user model by path.
+"""The vocabulary of a run: the shipped SentencePiece model, a user model by path, or the
+tokenizer of a Hugging Face directory (`hf_vocab.vocabulary_from_hf_dir`).
 
 The shipped model, `tokenizers/rationale_sp.model` (see `tokenizers/README.md`), is trained on
 the synthetic rationale corpus by `tokenizers/train_tokenizer.py`. Every model used with the
 tasks must keep T5's id layout: pad 0, eos 1, unk 2. The Quiet-STaR methods also need the
-thought pieces "<thought>" and "</thought>" as single ids (`thought_token_ids`).
+thought pieces "<thought>" and "</thought>" as single ids (`thought_token_ids`); on a Hugging
+Face vocabulary, `hf_vocab.quiet_star_thought_ids` gives them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import os
 from typing import Optional
 
 import seqio
+
+from t5x_rationale.data.hf_vocab import vocabulary_from_hf_dir
 
 DEFAULT_SPM_PATH = os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", "..", "tokenizers", "rationale_sp.model")
@@ -33,14 +37,18 @@ def _exists(path: str) -> bool:
     return os.path.isfile(path)
 
 
-def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.SentencePieceVocabulary:
-    """The seqio vocabulary of a SentencePiece model (default: the shipped one).
+def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.Vocabulary:
+    """The seqio vocabulary of a SentencePiece model (default: the shipped one), or of a
+    local Hugging Face directory (`vocabulary_from_hf_dir`; `train.vocabulary_path = HF_DIR`).
 
     Raises:
       FileNotFoundError: the model file does not exist.
-      ValueError: the model's pad / eos / unk ids are not 0 / 1 / 2.
+      ValueError: the model's pad / eos / unk ids are not 0 / 1 / 2 (SentencePiece files), or
+        the HF directory's special ids are missing or inconsistent.
     """
     path = os.fspath(path) if path is not None else DEFAULT_SPM_PATH
+    if os.path.isdir(path):
+        return _load_hf_dir(os.path.abspath(path), extra_ids)
     if not _exists(path):
         hint = (
             " (the shipped model; rebuild it with `python tokenizers/train_tokenizer.py`)"
@@ -52,6 +60,12 @@ def get_vocabulary(path: Optional[str] = None, extra_ids: int = 0) -> seqio.Sent
             f".model file written by the SentencePiece trainer{hint}"
         )
     return _load_checked(path, extra_ids)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_hf_dir(directory: str, extra_ids: int) -> seqio.Vocabulary:
+    """Loads a HF directory's vocabulary once per (directory, extra_ids)."""
+    return vocabulary_from_hf_dir(directory, extra_ids=extra_ids)
 
 
 @functools.lru_cache(maxsize=None)
