@@ -9,6 +9,10 @@ CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gi
 with an index past `--max_shard_mb`), which `transformers`' Auto classes load. Special ids
 come from the `hf_config.json` an import left beside the checkpoint, else from the shipped
 tokenizer's convention (pad 0, eos 1). D is written beside itself and renamed when complete.
+
+`--format jax_export [--max_input_length 512] [--max_decode_length 128]` writes instead the
+`jax.export`-serialized serving functions and params that `interop.serving` decodes from
+without the model code (layout: `interop.jax_export`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import sys
 from t5x_rationale.architectures import DecoderConfig, build_model, dummy_batch, get_preset
 from t5x_rationale.interop.exporter import hf_tensors
 from t5x_rationale.interop.hf_config import to_hf_config
+from t5x_rationale.interop.jax_export import PLATFORMS, export_jax
 from t5x_rationale.interop.safetensors_io import write_safetensors
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
@@ -40,6 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out_dir", required=True, help="the HF directory to write (must not exist)")
     p.add_argument("--model_type", help="llama, mistral or t5 (default: from the config)")
     p.add_argument("--max_shard_mb", type=int, default=4096)
+    p.add_argument("--format", choices=("hf", "jax_export"), default="hf")
+    p.add_argument("--max_input_length", type=int, default=512, help="jax_export: prompt width")
+    p.add_argument("--max_decode_length", type=int, default=128, help="jax_export: new tokens")
+    p.add_argument("--platforms", default=",".join(PLATFORMS), help="jax_export: lowered for")
     return p.parse_args(argv)
 
 
@@ -117,11 +126,28 @@ def _write_json(path: str, value: dict) -> None:
         f.write("\n")
 
 
+def _export_jax(args, config) -> int:
+    """--format jax_export: serving functions and params (see interop.jax_export)."""
+    export_jax(
+        args.checkpoint,
+        config,
+        args.out_dir,
+        max_input_length=args.max_input_length,
+        max_decode_length=args.max_decode_length,
+        special_ids=_special_ids(args.checkpoint, config.architecture == "encoder_decoder"),
+        platforms=tuple(args.platforms.split(",")),
+    )
+    print(f"export: {args.checkpoint} -> {args.out_dir} (jax_export)")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notices of a normal run
     try:
         config = read_model_config(args.model_gin)
+        if args.format == "jax_export":
+            return _export_jax(args, config)
         export_hf(
             args.checkpoint,
             config,
