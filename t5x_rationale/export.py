@@ -26,10 +26,18 @@ import re
 import shutil
 import sys
 
-from t5x_rationale.architectures import DecoderConfig, build_model, dummy_batch, get_preset
+from t5x_rationale.architectures import (
+    DecoderConfig,
+    QuietStarConfig,
+    build_model,
+    dummy_batch,
+    get_preset,
+)
 from t5x_rationale.interop.exporter import hf_tensors
 from t5x_rationale.interop.hf_config import to_hf_config
+from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.interop.jax_export import PLATFORMS, export_jax
+from t5x_rationale.interop.quiet_star_files import write_quiet_star_file
 from t5x_rationale.interop.safetensors_io import write_safetensors
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
@@ -53,46 +61,88 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def read_model_config(model_gin: str):
-    """The config of the `model_config.KEY = VALUE` lines of a gin file (other lines are
-    skipped; values must be literals, as `import_hf` and `train` write them)."""
-    fields = {}
+    """The config of a gin file's `model_config.KEY = VALUE` lines (`preset` or `hf_dir`),
+    as a Quiet-STaR model when it binds `quiet_star_config.*`. Values must be literals, or
+    `%MACRO`s bound to literals in the file, as `import_hf` and `train` write them; other
+    lines are skipped."""
+    bindings = _literal_bindings(model_gin)
+    fields = _scope(bindings, "model_config")
+    thinking = _scope(bindings, "quiet_star_config")
+    preset, hf_dir = fields.pop("preset", None), fields.pop("hf_dir", None)
+    if hf_dir is not None:
+        config = hf_model_config(hf_dir, **fields)
+    elif preset is not None:
+        config = get_preset(preset, **fields)
+    else:
+        raise ValueError(f"{model_gin} binds no model_config.preset or model_config.hf_dir")
+    if not thinking:
+        return config
+    ids = {k: tuple(v) for k, v in thinking.items() if k.endswith("_ids")}
+    return QuietStarConfig(config, **{**thinking, **ids})
+
+
+def _scope(bindings: dict, scope: str) -> dict:
+    return {k.split(".", 1)[1]: v for k, v in bindings.items() if k.startswith(scope + ".")}
+
+
+_BINDING = re.compile(r"((?:model_config|quiet_star_config)\.\w+|[A-Z][A-Z0-9_]*)\s*=\s*(.+)$")
+
+
+def _literal_bindings(model_gin: str) -> dict:
+    """{"model_config.KEY" or "quiet_star_config.KEY": value}, macros resolved; references to
+    configurables (`@...`) are skipped."""
+    bindings, macros, references = {}, {}, {}
     with open(model_gin, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
-            match = re.match(r"model_config\.(\w+)\s*=\s*(.+)$", line.strip())
-            if not match:
+            match = _BINDING.match(line.strip())
+            if not match or match[2].startswith("@"):
+                continue
+            name, text = match[1], match[2]
+            if text.startswith("%"):
+                references[name] = (text, number)
                 continue
             try:
-                fields[match[1]] = ast.literal_eval(match[2])
+                value = ast.literal_eval(text)
             except (ValueError, SyntaxError) as e:
-                raise ValueError(f"{model_gin}:{number}: {match[2]!r} is not a literal") from e
-    if "preset" not in fields:
-        raise ValueError(f"{model_gin} binds no model_config.preset")
-    return get_preset(fields.pop("preset"), **fields)
+                if name.isupper():
+                    continue  # a macro we do not need
+                raise ValueError(f"{model_gin}:{number}: {text!r} is not a literal") from e
+            (macros if name.isupper() else bindings)[name] = value
+    for name, (text, number) in references.items():
+        if text[1:] not in macros:
+            raise ValueError(f"{model_gin}:{number}: {text!r} is not a literal")
+        if not name.isupper():
+            bindings[name] = macros[text[1:]]
+    return bindings
 
 
 def export_hf(checkpoint: str, config, out_dir: str, *, model_type=None, max_shard_mb=4096):
-    """Writes `checkpoint`'s params of model `config` as the HF directory `out_dir`."""
+    """Writes `checkpoint`'s params of model `config` as the HF directory `out_dir`; a
+    Quiet-STaR model as its base LM plus `quiet_star.safetensors` (interop/quiet_star_files)."""
     if os.path.exists(out_dir):
         raise FileExistsError(f"--out_dir {out_dir} exists; choose a new directory")
-    model_type = model_type or _default_model_type(config)
+    base = config.decoder if config.architecture == "quiet_star" else config
+    model_type = model_type or _default_model_type(base)
     enc_dec = config.architecture == "encoder_decoder"
     example = dummy_batch(config, 1, target_length=8, input_length=8 if enc_dec else 0)
     partitioner = Partitioner(create_mesh(MeshConfig.parse("1x-1x1")))
     params, _ = restore_params(
         checkpoint, abstract_params(build_model(config), partitioner, example)
     )
-    fields = to_hf_config(config, model_type=model_type)
+    fields = {**to_hf_config(base, model_type=model_type), "dtype": base.param_dtype}
     ids = _special_ids(checkpoint, enc_dec)
     partial = f"{out_dir.rstrip('/')}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
     try:
         write_safetensors(
             partial,
-            hf_tensors(config, params),
+            hf_tensors(base, params),
             max_shard_bytes=max_shard_mb << 20,
             metadata={"format": "pt"},
         )
-        _write_json(os.path.join(partial, "config.json"), {**fields, **ids, "dtype": "float32"})
+        if base is not config:
+            write_quiet_star_file(partial, config, params)
+        _write_json(os.path.join(partial, "config.json"), {**fields, **ids})
         _write_json(os.path.join(partial, "generation_config.json"), ids)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
