@@ -1,14 +1,16 @@
 """Export a checkpoint of ours as a Hugging Face model directory.
 
     python -m t5x_rationale.export --checkpoint CKPT --model_gin MODEL.gin --out_dir D
-        [--model_type llama|mistral|t5] [--max_shard_mb 4096]
+        [--model_type llama|mistral|qwen2|t5] [--max_shard_mb 4096] [--hf_dir HF_DIR]
 
 CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gin binds
 `model_config` (`import_hf`'s `model.gin`, a `configs/models/` file, or a run's
-`config.gin`). D gets `config.json`, `generation_config.json` and the safetensors (shards
-with an index past `--max_shard_mb`), which `transformers`' Auto classes load. Special ids
-come from the `hf_config.json` an import left beside the checkpoint, else from the shipped
-tokenizer's convention (pad 0, eos 1). D is written beside itself and renamed when complete.
+`config.gin`). D gets `config.json`, `generation_config.json`, the safetensors (shards
+with an index past `--max_shard_mb`) and the tokenizer files, which `transformers`' Auto
+classes load; a Quiet-STaR model also `quiet_star.safetensors`. Special ids and tokenizer
+come from `--hf_dir` (the HF directory a fine-tuned model came from), else from what an
+import left in CKPT's root (`hf_config.json`, `tokenizer/`), else the shipped tokenizer's
+(pad 0, eos 1). D is written beside itself and renamed when complete.
 
 `--format jax_export [--max_input_length 512] [--max_decode_length 128]` writes instead the
 `jax.export`-serialized serving functions and params that `interop.serving` decodes from
@@ -25,6 +27,7 @@ import os
 import re
 import shutil
 import sys
+from typing import Optional
 
 from t5x_rationale.architectures import (
     DecoderConfig,
@@ -39,6 +42,7 @@ from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.interop.jax_export import PLATFORMS, export_jax
 from t5x_rationale.interop.quiet_star_files import write_quiet_star_file
 from t5x_rationale.interop.safetensors_io import write_safetensors
+from t5x_rationale.interop.tokenizer_files import copy_tokenizer_files
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import abstract_params
@@ -53,6 +57,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out_dir", required=True, help="the HF directory to write (must not exist)")
     p.add_argument("--model_type", help="llama, mistral or t5 (default: from the config)")
     p.add_argument("--max_shard_mb", type=int, default=4096)
+    p.add_argument(
+        "--hf_dir", help="the HF directory the model came from: its special ids and tokenizer"
+    )
     p.add_argument("--format", choices=("hf", "jax_export"), default="hf")
     p.add_argument("--max_input_length", type=int, default=512, help="jax_export: prompt width")
     p.add_argument("--max_decode_length", type=int, default=128, help="jax_export: new tokens")
@@ -116,7 +123,9 @@ def _literal_bindings(model_gin: str) -> dict:
     return bindings
 
 
-def export_hf(checkpoint: str, config, out_dir: str, *, model_type=None, max_shard_mb=4096):
+def export_hf(
+    checkpoint: str, config, out_dir: str, *, model_type=None, max_shard_mb=4096, hf_dir=None
+):
     """Writes `checkpoint`'s params of model `config` as the HF directory `out_dir`; a
     Quiet-STaR model as its base LM plus `quiet_star.safetensors` (interop/quiet_star_files)."""
     if os.path.exists(out_dir):
@@ -130,7 +139,8 @@ def export_hf(checkpoint: str, config, out_dir: str, *, model_type=None, max_sha
         checkpoint, abstract_params(build_model(config), partitioner, example)
     )
     fields = {**to_hf_config(base, model_type=model_type), "dtype": base.param_dtype}
-    ids = _special_ids(checkpoint, enc_dec)
+    config_json, tokenizer_dir = _origin(checkpoint, hf_dir)
+    ids = _special_ids(config_json, enc_dec)
     partial = f"{out_dir.rstrip('/')}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
     try:
@@ -142,6 +152,8 @@ def export_hf(checkpoint: str, config, out_dir: str, *, model_type=None, max_sha
         )
         if base is not config:
             write_quiet_star_file(partial, config, params)
+        if tokenizer_dir is not None:
+            copy_tokenizer_files(tokenizer_dir, partial, require_tokenizer=hf_dir is not None)
         _write_json(os.path.join(partial, "config.json"), {**fields, **ids})
         _write_json(os.path.join(partial, "generation_config.json"), ids)
     except BaseException:
@@ -157,13 +169,26 @@ def _default_model_type(config) -> str:
     return "t5"
 
 
-def _special_ids(checkpoint: str, enc_dec: bool) -> dict:
-    """The ids an import recorded (hf_config.json beside `checkpoints/`), else ours."""
-    recorded = os.path.join(
-        os.path.dirname(os.path.abspath(checkpoint.rstrip("/"))), "hf_config.json"
-    )
-    if os.path.isfile(recorded):
-        with open(recorded, encoding="utf-8") as f:
+def _origin(checkpoint: str, hf_dir: Optional[str]) -> tuple[Optional[str], Optional[str]]:
+    """(the config.json holding the model's special ids, the directory of its tokenizer
+    files): `hf_dir`'s, else those an import left in the checkpoint's root (`hf_config.json`,
+    `tokenizer/`), else (None, None)."""
+    if hf_dir is not None:
+        if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+            raise FileNotFoundError(f"--hf_dir {hf_dir} has no config.json")
+        return os.path.join(hf_dir, "config.json"), hf_dir
+    path = os.path.abspath(checkpoint.rstrip("/"))
+    root = os.path.dirname(os.path.dirname(path) if os.path.basename(path).isdigit() else path)
+    recorded, tokenizer = os.path.join(root, "hf_config.json"), os.path.join(root, "tokenizer")
+    if not os.path.isfile(recorded):
+        return None, None
+    return recorded, tokenizer if os.path.isdir(tokenizer) else None
+
+
+def _special_ids(config_json: Optional[str], enc_dec: bool) -> dict:
+    """The special ids of an HF config.json, else ours (the shipped tokenizer's)."""
+    if config_json is not None:
+        with open(config_json, encoding="utf-8") as f:
             hf = json.load(f)
         return {k: hf[k] for k in SPECIAL_IDS if hf.get(k) is not None}
     ids = {"pad_token_id": 0, "eos_token_id": 1}
@@ -184,7 +209,9 @@ def _export_jax(args, config) -> int:
         args.out_dir,
         max_input_length=args.max_input_length,
         max_decode_length=args.max_decode_length,
-        special_ids=_special_ids(args.checkpoint, config.architecture == "encoder_decoder"),
+        special_ids=_special_ids(
+            _origin(args.checkpoint, args.hf_dir)[0], config.architecture == "encoder_decoder"
+        ),
         platforms=tuple(args.platforms.split(",")),
     )
     print(f"export: {args.checkpoint} -> {args.out_dir} (jax_export)")
@@ -204,6 +231,7 @@ def main(argv=None) -> int:
             args.out_dir,
             model_type=args.model_type,
             max_shard_mb=args.max_shard_mb,
+            hf_dir=args.hf_dir,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"export: error: {e}", file=sys.stderr)
