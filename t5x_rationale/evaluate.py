@@ -16,7 +16,7 @@ import gin
 import jax
 
 from t5x_rationale.data.examples import load_examples, score_task, scored_tasks, text_of
-from t5x_rationale.data.run_inputs import check_task, load_vocabulary
+from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor
@@ -63,6 +63,7 @@ def evaluate(
     checkpoint_path = checkpoint_path or os.path.join(run_dir, "checkpoints")
     vocabulary = load_vocabulary(vocabulary_path, model_config)
     check_task(mixture_or_task_name, vocabulary)
+    check_decode_eos(decode_config.eos_id, vocabulary)
     tasks = scored_tasks(mixture_or_task_name)
     predictor = Predictor(
         model_config,

@@ -17,7 +17,7 @@ import gin
 import jax
 
 from t5x_rationale.data.examples import load_examples, text_of
-from t5x_rationale.data.run_inputs import check_task, load_vocabulary
+from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor
@@ -80,6 +80,7 @@ def infer(
     if (input_file is None) == (mixture_or_task_name is None):
         raise ValueError("give exactly one of infer.input_file and infer.mixture_or_task_name")
     vocabulary = load_vocabulary(vocabulary_path, model_config)
+    check_decode_eos(decode_config.eos_id, vocabulary)
     if input_file is not None:
         examples = read_input_file(input_file, vocabulary, input_prefix)[:max_examples]
     else:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import logging
 import os
+import sys
 from typing import Optional
 
 import seqio
@@ -12,6 +14,8 @@ import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
 from t5x_rationale.data.hf_vocab import HFTokenizerVocabulary
 from t5x_rationale.data.vocab import get_vocabulary
+
+log = logging.getLogger(__name__)
 
 
 def load_vocabulary(path: Optional[str], model_config) -> seqio.Vocabulary:
@@ -24,7 +28,43 @@ def load_vocabulary(path: Optional[str], model_config) -> seqio.Vocabulary:
             f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
             f"model_config.vocab_size >= {vocabulary.vocab_size}"
         )
+    _warn_if_id_zero_is_text(vocabulary)
     return vocabulary
+
+
+def _warn_if_id_zero_is_text(vocabulary: seqio.Vocabulary) -> None:
+    """The pipeline pads with id 0 and weighs only non-zero targets. Where id 0 is a text
+    token (byte-level BPE: "!" in Llama 3 and Qwen2), that token gets no loss: said once."""
+    if isinstance(vocabulary, HFTokenizerVocabulary):
+        special = vocabulary.tokenizer.get_added_tokens_decoder().get(0)
+        text = (
+            None if special is not None and special.special else vocabulary.tokenizer.id_to_token(0)
+        )
+    else:
+        model = vocabulary.tokenizer
+        text = None if model.is_control(0) or model.is_unknown(0) else model.id_to_piece(0)
+    if text is not None and _source(vocabulary) not in _WARNED:
+        _WARNED.add(_source(vocabulary))
+        message = (
+            f"warning: id 0 of {_source(vocabulary)} is the text token {text!r}, but the data "
+            "pipeline pads with 0: targets equal to it get no loss (not modelled yet)"
+        )
+        log.warning(message)
+        print(message, file=sys.stderr)
+
+
+_WARNED: set = set()
+
+
+def check_decode_eos(eos_id: Optional[int], vocabulary: seqio.Vocabulary) -> None:
+    """Decoding must stop at the vocabulary's eos (DecodeConfig.eos_id defaults to 1, the
+    shipped tokenizer's and T5's; Llama-style tokenizers use 2 or another id). None: the
+    decoding never stops early, which is allowed."""
+    if eos_id is not None and eos_id != vocabulary.eos_id:
+        raise ValueError(
+            f"DecodeConfig.eos_id = {eos_id}, but the tokenizer {_source(vocabulary)} ends "
+            f"text with id {vocabulary.eos_id}: set DecodeConfig.eos_id = {vocabulary.eos_id}"
+        )
 
 
 def check_task(name: str, vocabulary: seqio.Vocabulary) -> seqio.Task | seqio.Mixture:
