@@ -17,6 +17,8 @@ import gin
 
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.data import converters, registry
+from t5x_rationale.data.hf_vocab import quiet_star_thought_ids
+from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.interop.hf_start import hf_model_config
@@ -46,15 +48,31 @@ def model_config(preset: Optional[str] = None, hf_dir: Optional[str] = None, **o
 @gin.configurable
 def quiet_star_config(
     decoder=gin.REQUIRED,
-    thought_init_ids=(6,),
-    thought_token_ids=(3, 4),
+    thought_init_ids=None,
+    thought_token_ids=None,
     thought_scale: float = 100.0,
     mixing_sigmoid: bool = False,
+    vocabulary_path: Optional[str] = None,
 ):
     """A decoder config (`@model_config()`) with the Quiet-STaR thought embeddings and mixing
-    head."""
+    head. The thought ids default to the shipped tokenizer's; `vocabulary_path` (a tokenizer
+    or a Hugging Face directory) derives both from it instead (`quiet_star_thought_ids`)."""
+    ids = {
+        k: tuple(v)
+        for k, v in (
+            ("thought_init_ids", thought_init_ids),
+            ("thought_token_ids", thought_token_ids),
+        )
+        if v is not None
+    }
+    if vocabulary_path is not None:
+        if ids:
+            raise ValueError("quiet_star_config: set vocabulary_path or the thought ids, not both")
+        derived = quiet_star_thought_ids(get_vocabulary(vocabulary_path))
+        ids = {"thought_init_ids": derived.thought_init_ids}
+        ids["thought_token_ids"] = derived.thought_token_ids
     return QuietStarConfig(
-        decoder, tuple(thought_init_ids), tuple(thought_token_ids), thought_scale, mixing_sigmoid
+        decoder, thought_scale=thought_scale, mixing_sigmoid=mixing_sigmoid, **ids
     )
 
 

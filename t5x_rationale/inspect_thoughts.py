@@ -33,8 +33,12 @@ from t5x_rationale.runtime.run_files import write_text_atomic
 
 
 def piece_text(vocabulary, token_id: int) -> str:
-    """A token as it reads in the text (SentencePiece's word-start mark shown as a space)."""
-    return vocabulary.tokenizer.id_to_piece(int(token_id)).replace("\u2581", " ")
+    """A token as it reads in the text (SentencePiece's word-start mark shown as a space; a
+    Hugging Face tokenizer's token decoded alone)."""
+    model = vocabulary.tokenizer
+    if hasattr(model, "id_to_piece"):
+        return model.id_to_piece(int(token_id)).replace("\u2581", " ")
+    return vocabulary.decode([int(token_id)])
 
 
 def token_rows(scores: ThoughtScores, vocabulary, row: int = 0) -> list[dict]:

@@ -34,3 +34,36 @@ def test_a_text_token_at_id_zero_is_said_once(capsys, monkeypatch):
     assert "id 0 of" in err and "'!'" in err and "get no loss" in err
     run_inputs.load_vocabulary(BPE, model)
     assert capsys.readouterr().err == ""
+
+
+def test_thought_tables_show_tokens_of_either_tokenizer():
+    from t5x_rationale.inspect_thoughts import piece_text
+
+    shipped = get_vocabulary()
+    ids = shipped.encode("What is 12?")
+    assert "".join(piece_text(shipped, i) for i in ids).strip() == "What is 12?"
+    bpe = vocabulary_from_hf_dir(BPE)
+    ids = bpe.encode("What is 12?")
+    assert len(ids) > 1 and "".join(piece_text(bpe, i) for i in ids) == "What is 12?"
+    assert piece_text(bpe, bpe.vocab_size) == ""  # an appended thought id
+
+
+def test_quiet_star_takes_its_thought_ids_from_the_vocabulary():
+    from t5x_rationale.gin_configurables import quiet_star_config
+
+    bpe = vocabulary_from_hf_dir(BPE)
+    decoder = get_preset("decoder-tiny", vocab_size=bpe.vocab_size)
+    config = quiet_star_config(decoder, vocabulary_path=BPE)
+    assert config.thought_token_ids == (bpe.vocab_size, bpe.vocab_size + 1)  # appended
+    assert config.thought_init_ids == tuple(bpe.encode("---"))
+    shipped = quiet_star_config(get_preset("decoder-tiny", vocab_size=2048), vocabulary_path=None)
+    assert (shipped.thought_token_ids, shipped.thought_init_ids) == ((3, 4), (6,))
+    from_file = quiet_star_config(
+        get_preset("decoder-tiny", vocab_size=2048),
+        vocabulary_path=os.path.join(
+            os.path.dirname(BPE), "..", "..", "..", "tokenizers", "rationale_sp.model"
+        ),
+    )
+    assert (from_file.thought_token_ids, from_file.thought_init_ids) == ((3, 4), (6,))
+    with pytest.raises(ValueError, match="vocabulary_path or the thought ids, not both"):
+        quiet_star_config(decoder, thought_token_ids=(3, 4), vocabulary_path=BPE)

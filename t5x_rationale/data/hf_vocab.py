@@ -232,13 +232,11 @@ class ThoughtIds:
 
     thought_token_ids: (start, end) of thought; never sampled or emitted.
     thought_init_ids: the ids of "---", whose mean embedding initialises both thoughts.
-    vocab_size: the embedding rows the ids need (the vocabulary's size, plus 2 if appended).
     appended: whether the thought ids were appended after the vocabulary.
     """
 
     thought_token_ids: tuple
     thought_init_ids: tuple
-    vocab_size: int
     appended: bool
 
 
@@ -255,15 +253,18 @@ def quiet_star_thought_ids(vocabulary: seqio.Vocabulary) -> ThoughtIds:
     `(vocabulary.vocab_size, vocabulary.vocab_size + 1)`, after every id of the vocabulary
     (extra ids included), unless the vocabulary already holds both tokens (a tokenizer saved
     with them) or the project's "<thought>" / "</thought>" pieces: then their ids. The text
-    "---" is encoded as the vocabulary encodes text (no special tokens); a model's embedding
-    must have `vocab_size` rows for the ids to exist.
+    "---" is encoded as the vocabulary encodes text (no special tokens), less a lone
+    word-start piece; appended ids need no embedding rows: `start_thought` / `end_thought`
+    are theirs.
     """
-    init_ids = tuple(int(i) for i in vocabulary.encode(THOUGHT_INIT_TEXT))
+    encoded = [int(i) for i in vocabulary.encode(THOUGHT_INIT_TEXT)]
+    # Without a lone word-start piece (SentencePiece's dummy prefix): the dashes only.
+    init_ids = tuple(i for i in encoded if vocabulary.decode([i]).strip()) or tuple(encoded)
     if not init_ids:
         raise ValueError(f"{vocabulary} encodes {THOUGHT_INIT_TEXT!r} to no ids")
     for start, end in THOUGHT_TOKENS:
         ids = (_token_id(vocabulary, start), _token_id(vocabulary, end))
         if None not in ids:
-            return ThoughtIds(ids, init_ids, vocabulary.vocab_size, appended=False)
+            return ThoughtIds(ids, init_ids, appended=False)
     size = vocabulary.vocab_size
-    return ThoughtIds((size, size + 1), init_ids, size + 2, appended=True)
+    return ThoughtIds((size, size + 1), init_ids, appended=True)
