@@ -4,7 +4,7 @@
         [--model_type llama|mistral|qwen2|t5] [--max_shard_mb 4096] [--hf_dir HF_DIR]
 
 CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gin binds
-`model_config` (`import_hf`'s `model.gin`, a `configs/models/` file, or a run's
+`model_config` (a run's or `import_hf`'s `model.gin`, a `configs/models/` file, or a run's
 `config.gin`). D gets `config.json`, `generation_config.json`, the safetensors (shards
 with an index past `--max_shard_mb`) and the tokenizer files, which `transformers`' Auto
 classes load; a Quiet-STaR model also `quiet_star.safetensors`. Special ids and tokenizer
@@ -82,8 +82,14 @@ def read_model_config(model_gin: str):
         config = get_preset(preset, **fields)
     else:
         raise ValueError(f"{model_gin} binds no model_config.preset or model_config.hf_dir")
-    if not thinking:
+    if "decoder" not in thinking:
         return config
+    if "vocabulary_path" in thinking:
+        raise ValueError(
+            f"{model_gin} derives the thought ids from quiet_star_config.vocabulary_path; "
+            "give the run's model.gin instead (written with its ids resolved)"
+        )
+    thinking.pop("decoder")
     ids = {k: tuple(v) for k, v in thinking.items() if k.endswith("_ids")}
     return QuietStarConfig(config, **{**thinking, **ids})
 
@@ -102,9 +108,13 @@ def _literal_bindings(model_gin: str) -> dict:
     with open(model_gin, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
             match = _BINDING.match(line.strip())
-            if not match or match[2].startswith("@"):
+            if not match:
                 continue
             name, text = match[1], match[2]
+            if text.startswith("@"):  # a reference: only the Quiet-STaR wrapping matters
+                if name == "quiet_star_config.decoder":
+                    bindings[name] = text
+                continue
             if text.startswith("%"):
                 references[name] = (text, number)
                 continue

@@ -24,6 +24,7 @@ from t5x_rationale.data.converters import FeatureConverter
 from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.run_inputs import check_task, default_converter, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
+from t5x_rationale.interop.checkpoint_files import gin_model_file
 from t5x_rationale.interop.hf_start import hf_params, is_hf_dir
 from t5x_rationale.objectives import token_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
@@ -33,7 +34,7 @@ from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.metrics_writer import MetricsWriter
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
-from t5x_rationale.runtime.run_files import model_info, write_run_info
+from t5x_rationale.runtime.run_files import model_info, write_run_info, write_text_atomic
 from t5x_rationale.runtime.run_lock import RunLock, check_config_unchanged
 from t5x_rationale.runtime.teacher import attach_teacher
 from t5x_rationale.runtime.trainer import Throughput, Trainer, TrainState
@@ -223,6 +224,10 @@ def _start(
     write_run_info(
         run_dir, config_gin=config, model_info=model_info(trainer, example, model_config)
     )
+    if jax.process_index() == 0:  # the resolved model, for `export --model_gin`
+        write_text_atomic(
+            os.path.join(run_dir, "model.gin"), gin_model_file(model_config, "this run")
+        )
     state, data_state, source = checkpointer.restore_or_init(
         trainer.abstract_state(example),
         fresh[0],

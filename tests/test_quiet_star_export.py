@@ -9,7 +9,7 @@ import numpy as np
 from quiet_star_models import tiny_config, tiny_params
 
 from t5x_rationale.export import export_hf, read_model_config
-from t5x_rationale.interop.checkpoint_files import save_params
+from t5x_rationale.interop.checkpoint_files import gin_model_file, save_params
 from t5x_rationale.interop.safetensors_io import SafetensorsCheckpoint
 
 RUN_CONFIG = """\
@@ -29,6 +29,8 @@ def test_a_quiet_star_checkpoint_exports_its_lm_and_its_additions(tmp_path):
     config = read_model_config(str(tmp_path / "config.gin"))
     assert config.thought_token_ids == (5, 7) and config.decoder == tiny_config().decoder
     assert config.thought_scale == 10.0 and config.decoder.dtype == "float32"
+    (tmp_path / "model.gin").write_text(gin_model_file(config, "a test"))  # what train writes
+    assert read_model_config(str(tmp_path / "model.gin")) == config
     params = jax.tree.map(np.asarray, tiny_params(config, seed=3, mixing_random=True))
     save_params(str(tmp_path / "qs"), params)
     lm = {k: params[k] for k in ("token_embedder", "decoder")}

@@ -1,6 +1,6 @@
 """What `import_hf` writes: an orbax checkpoint holding only params (what `train.init_from`,
 `train.teacher_checkpoint` and `evaluate.checkpoint_path` read) and the gin model file that
-rebuilds the config."""
+rebuilds the config (which `train` writes for its run too)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import flax
 
 from t5x_rationale.architectures.configs import DecoderConfig
+from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.runtime.checkpoints import Checkpointer
 
 
@@ -29,11 +30,17 @@ def save_params(directory: str, params: Any) -> None:
 
 def gin_model_file(config, source: str) -> str:
     """gin lines that rebuild `config` exactly: a base preset of the same architecture with
-    every field set."""
-    base = "decoder-tiny" if isinstance(config, DecoderConfig) else "t5-tiny"
-    lines = [f"# The model of {source} (written by import_hf).", f"model_config.preset = '{base}'"]
-    for field in dataclasses.fields(config):
-        lines.append(f"model_config.{field.name} = {_gin_value(getattr(config, field.name))}")
+    every field set (and a Quiet-STaR model's thought settings)."""
+    thinking = isinstance(config, QuietStarConfig)
+    model = config.decoder if thinking else config
+    base = "decoder-tiny" if isinstance(model, DecoderConfig) else "t5-tiny"
+    lines = [f"# The model of {source}.", f"model_config.preset = '{base}'"]
+    for field in dataclasses.fields(model):
+        lines.append(f"model_config.{field.name} = {_gin_value(getattr(model, field.name))}")
+    if thinking:
+        lines.append("quiet_star_config.decoder = @model_config()")
+        for name in ("thought_init_ids", "thought_token_ids", "thought_scale", "mixing_sigmoid"):
+            lines.append(f"quiet_star_config.{name} = {_gin_value(getattr(config, name))}")
     return "\n".join(lines) + "\n"
 
 
