@@ -60,3 +60,17 @@ def test_reexec_is_off_with_the_switch():
         [sys.executable, "-c", _CHILD], env=env, capture_output=True, text=True, check=True
     ).stdout
     assert out.count("before") == 1 and out.count("after") == 1
+
+
+def test_one_arena_reexec_runs_once_with_the_tunable():
+    assert not host_memory.one_arena_wanted({"T5XR_ONE_ARENA": "0"})
+    assert not host_memory.one_arena_wanted({"GLIBC_TUNABLES": "glibc.malloc.arena_max=4"})
+    if not host_memory.one_arena_wanted({}):
+        pytest.skip("needs Linux and glibc")
+    child = _CHILD.replace("reexec_with_huge_pages", "reexec_with_one_malloc_arena")
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "T5XR_ONE_ARENA")}
+    out = subprocess.run(
+        [sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.count("before") == 2 and out.count("after") == 1
+    assert "glibc.malloc.arena_max=1" in out.split("after")[1]

@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 import flax
+import jax
 
 from t5x_rationale.architectures.configs import DecoderConfig
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
@@ -22,8 +23,15 @@ class ParamsOnly:
 
 
 def save_params(directory: str, params: Any) -> None:
-    """Writes `params` as step 0 of a checkpoint directory (synchronously)."""
-    with Checkpointer(directory, keep=None, async_save=False) as checkpointer:
+    """Writes `params` as step 0 of a checkpoint directory (synchronously), the largest
+    param's worth of bytes in flight at a time, so the write's buffers stay near the largest
+    param, not the model. Orbax's default hands every array to TensorStore at once: importing
+    a 1.47B-param float32 model (5.9 GB, largest tensor 262 MB) then peaked 3.4 GB above its
+    params, against 0.9 GB with this limit (`bench_import`; 0.4 GB with one malloc arena)."""
+    largest = max(leaf.nbytes for leaf in jax.tree.leaves(params))
+    with Checkpointer(
+        directory, keep=None, async_save=False, save_concurrent_bytes=largest + 1
+    ) as checkpointer:
         checkpointer.save(0, ParamsOnly(params), {}, force=True)
         checkpointer.wait()
 

@@ -40,7 +40,7 @@ def import_params(checkpoint: SafetensorsCheckpoint, config, abstract_params: An
             target.sharding,
             lambda index, m=m, target=target: _read_slice(
                 checkpoint, m.hf_name, m.layout, index
-            ).astype(target.dtype),
+            ).astype(target.dtype, copy=False),
         )
         _set_leaf(params, m.path, value)
     return params

@@ -71,6 +71,9 @@ class Checkpointer:
       keep: how many most recent checkpoints to keep (None keeps all).
       save_every: save when `step % save_every == 0` (forced saves ignore it).
       async_save: write in a background thread; `wait()` before reading or exiting.
+      save_concurrent_bytes: the most bytes of the state being written at once (orbax's
+        `save_concurrent_gb`, 96 GB by default); must exceed the largest array. Orbax hands
+        every array to TensorStore at once otherwise, each with its write buffers.
     """
 
     def __init__(
@@ -80,16 +83,22 @@ class Checkpointer:
         keep: Optional[int] = 3,
         save_every: int = 1000,
         async_save: bool = True,
+        save_concurrent_bytes: Optional[int] = None,
     ):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.directory = os.path.abspath(directory)
         self.save_every = save_every
-        self._manager = self._make_manager(self.directory, keep=keep, async_save=async_save)
+        self._manager = self._make_manager(
+            self.directory,
+            keep=keep,
+            async_save=async_save,
+            save_concurrent_bytes=save_concurrent_bytes,
+        )
         self._pending: Optional[int] = None  # the step whose save may still be running
 
     @staticmethod
-    def _make_manager(directory, *, keep, async_save, read_only=False):
+    def _make_manager(directory, *, keep, async_save, read_only=False, save_concurrent_bytes=None):
         # The save interval is decided in `save`; orbax's own policy would also save the
         # first step of a fresh directory.
         options = ocp.CheckpointManagerOptions(
@@ -100,9 +109,20 @@ class Checkpointer:
             read_only=read_only,
             create=not read_only,
         )
-        return ocp.CheckpointManager(
-            directory, options=options, item_names=("state", "data", "signature")
-        )
+        if save_concurrent_bytes is None:
+            return ocp.CheckpointManager(
+                directory, options=options, item_names=("state", "data", "signature")
+            )
+        registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+        state = ocp.StandardCheckpointHandler(save_concurrent_gb=save_concurrent_bytes / 1e9)
+        for name, save, restore, handler in (
+            ("state", ocp.args.StandardSave, ocp.args.StandardRestore, state),
+            ("data", ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler()),
+            ("signature", ocp.args.JsonSave, ocp.args.JsonRestore, ocp.JsonCheckpointHandler()),
+        ):
+            registry.add(name, save, handler)
+            registry.add(name, restore, handler)
+        return ocp.CheckpointManager(directory, options=options, handler_registry=registry)
 
     # ---------------------------------------------------------------------- save
 

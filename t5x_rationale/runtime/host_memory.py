@@ -11,6 +11,13 @@ Tunables are read when a process starts, so the command-line entry points call
 with the tunable set (same pid, same arguments; the imports run a second time). Set
 T5XR_HUGE_PAGES=0 to turn it off. Not Linux, not glibc, THP disabled or the tunable already
 given: nothing happens.
+
+`import_hf` re-executes itself the same way with `glibc.malloc.arena_max=1` instead
+(`reexec_with_one_malloc_arena`, T5XR_ONE_ARENA=0 turns it off). Orbax's write runs on
+TensorStore's threads, and glibc gives each thread its own arena, which keeps what the thread
+freed for its own next allocations: importing a 1.47B-param float32 model (largest tensor
+262 MB) peaked 0.91 GB above its params with an arena per thread, 0.37 GB with one
+(`bench_import`), and the write was no slower.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ TUNABLE = "glibc.malloc.hugetlb"
 SETTING = f"{TUNABLE}=1"
 SWITCH = "T5XR_HUGE_PAGES"
 THP_SETTING = "/sys/kernel/mm/transparent_hugepage/enabled"
+ARENA_TUNABLE = "glibc.malloc.arena_max"
+ONE_ARENA = f"{ARENA_TUNABLE}=1"
+ARENA_SWITCH = "T5XR_ONE_ARENA"
 
 
 def _glibc_supports_hugetlb() -> bool:
@@ -63,11 +73,27 @@ def tunables_with_huge_pages(current: str) -> str:
 
 def reexec_with_huge_pages() -> None:
     """Re-execute this command once with huge pages for malloc (before any XLA work)."""
-    if not huge_pages_wanted():
-        return
+    if huge_pages_wanted():
+        _reexec_with(SETTING, SWITCH)
+
+
+def one_arena_wanted(environ=os.environ) -> bool:
+    """Whether this process should re-execute itself with one malloc arena."""
+    if environ.get(ARENA_SWITCH, "1") == "0" or ARENA_TUNABLE in environ.get("GLIBC_TUNABLES", ""):
+        return False
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+
+
+def reexec_with_one_malloc_arena() -> None:
+    """Re-execute this command once with one malloc arena for all threads."""
+    if one_arena_wanted():
+        _reexec_with(ONE_ARENA, ARENA_SWITCH)
+
+
+def _reexec_with(setting: str, switch: str) -> None:
     env = dict(os.environ)
-    env["GLIBC_TUNABLES"] = tunables_with_huge_pages(env.get("GLIBC_TUNABLES", ""))
-    env[SWITCH] = "0"  # the re-executed process must not do it again
+    env["GLIBC_TUNABLES"] = ":".join(p for p in (env.get("GLIBC_TUNABLES", ""), setting) if p)
+    env[switch] = "0"  # the re-executed process must not do it again
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, sys.orig_argv, env)
