@@ -62,6 +62,10 @@ def test_quiet_star_starts_from_a_decoder_lm(trained):
         np.testing.assert_array_equal(state.params[name], derived)
         assert not np.array_equal(state.params[name], fresh.params[name])
     assert_bitwise_equal(state.params["mixing_head"], fresh.params["mixing_head"])
+    # Both thoughts hold the same value in separate buffers: a step donates each of them.
+    started = warm_start(trainer.init_state(3, EXAMPLE), directory, config)
+    after, _ = trainer.train_step(started, EXAMPLE)
+    assert int(after.step) == 1
 
 
 def test_another_model_is_refused_naming_the_param(trained):

@@ -10,6 +10,7 @@ init, so the mixed prediction starts exactly at the restored LM's.
 from __future__ import annotations
 
 import jax
+import numpy as np
 
 from t5x_rationale.architectures.quiet_star_lm import thought_init
 from t5x_rationale.runtime.checkpoints import restore_params
@@ -36,6 +37,7 @@ def with_params(state: TrainState, restored: dict, model_config) -> TrainState:
     thinks = model_config.architecture == "quiet_star"
     missing = [name for name in THOUGHT_PARAMS if thinks and name not in restored]
     if missing:
-        value = thought_init(restored["token_embedder"]["embedding"], model_config)
+        value = np.asarray(thought_init(restored["token_embedder"]["embedding"], model_config))
+        # One buffer per param (from the host copy): the train step donates each of them.
         params.update({n: jax.device_put(value, state.params[n].sharding) for n in missing})
     return state.replace(params=params)
