@@ -9,8 +9,10 @@ CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gi
 with an index past `--max_shard_mb`) and the tokenizer files, which `transformers`' Auto
 classes load; a Quiet-STaR model also `quiet_star.safetensors`. Special ids and tokenizer
 come from `--hf_dir` (the HF directory a fine-tuned model came from), else from what an
-import left in CKPT's root (`hf_config.json`, `tokenizer/`), else the shipped tokenizer's
-(pad 0, eos 1). D is written beside itself and renamed when complete.
+import left in CKPT's root (`hf_config.json`, `tokenizer/`), else from the SentencePiece
+model the run used (`--sentencepiece_model`, default the shipped one; pad 0, eos 1), written
+as a `tokenizer.json` that transformers reads as SentencePiece does. D is written beside
+itself and renamed when complete.
 
 `--format jax_export [--max_input_length 512] [--max_decode_length 128]` writes instead the
 `jax.export`-serialized serving functions and params that `interop.serving` decodes from
@@ -42,11 +44,15 @@ from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.interop.jax_export import PLATFORMS, export_jax
 from t5x_rationale.interop.quiet_star_files import write_quiet_star_file
 from t5x_rationale.interop.safetensors_io import write_safetensors
+from t5x_rationale.interop.sentencepiece_json import write_hf_tokenizer
 from t5x_rationale.interop.tokenizer_files import copy_tokenizer_files
 from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import abstract_params
 
+SHIPPED_TOKENIZER = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tokenizers", "rationale_sp.model"
+)
 SPECIAL_IDS = ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id")
 
 
@@ -59,6 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max_shard_mb", type=int, default=4096)
     p.add_argument(
         "--hf_dir", help="the HF directory the model came from: its special ids and tokenizer"
+    )
+    p.add_argument(
+        "--sentencepiece_model",
+        help="a model not from HF: the SentencePiece model it was trained with (default: the "
+        "shipped tokenizers/rationale_sp.model), written as tokenizer.json",
     )
     p.add_argument("--format", choices=("hf", "jax_export"), default="hf")
     p.add_argument("--max_input_length", type=int, default=512, help="jax_export: prompt width")
@@ -134,7 +145,14 @@ def _literal_bindings(model_gin: str) -> dict:
 
 
 def export_hf(
-    checkpoint: str, config, out_dir: str, *, model_type=None, max_shard_mb=4096, hf_dir=None
+    checkpoint: str,
+    config,
+    out_dir: str,
+    *,
+    model_type=None,
+    max_shard_mb=4096,
+    hf_dir=None,
+    sentencepiece_model=None,
 ):
     """Writes `checkpoint`'s params of model `config` as the HF directory `out_dir`; a
     Quiet-STaR model as its base LM plus `quiet_star.safetensors` (interop/quiet_star_files)."""
@@ -164,6 +182,8 @@ def export_hf(
             write_quiet_star_file(partial, config, params)
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, partial, require_tokenizer=hf_dir is not None)
+        else:  # trained on a SentencePiece model of ours: its tokenizer.json
+            write_hf_tokenizer(sentencepiece_model or SHIPPED_TOKENIZER, partial, add_eos=enc_dec)
         _write_json(os.path.join(partial, "config.json"), {**fields, **ids})
         _write_json(os.path.join(partial, "generation_config.json"), ids)
     except BaseException:
@@ -242,6 +262,7 @@ def main(argv=None) -> int:
             model_type=args.model_type,
             max_shard_mb=args.max_shard_mb,
             hf_dir=args.hf_dir,
+            sentencepiece_model=args.sentencepiece_model,
         )
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"export: error: {e}", file=sys.stderr)

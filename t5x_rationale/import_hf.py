@@ -27,7 +27,7 @@ from t5x_rationale.interop.checkpoint_files import gin_model_file, save_params
 from t5x_rationale.interop.hf_config import read_hf_config
 from t5x_rationale.interop.importer import import_params
 from t5x_rationale.interop.safetensors_io import SafetensorsCheckpoint
-from t5x_rationale.interop.tokenizer_files import copy_tokenizer_files
+from t5x_rationale.interop.tokenizer_files import copy_tokenizer_files, tokenizer_files
 from t5x_rationale.runtime.host_memory import reexec_with_one_malloc_arena
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import write_text_atomic
@@ -87,10 +87,12 @@ def import_hf(
 def _copy_tokenizer(hf_dir: str, target: str) -> None:
     """The tokenizer files (and generation_config.json, for its special ids) of `hf_dir`, so
     that CKPT/tokenizer serves as `vocabulary_path` and `export` writes them back."""
-    if copy_tokenizer_files(hf_dir, target, require_tokenizer=False):
-        generation = os.path.join(hf_dir, "generation_config.json")
-        if os.path.isfile(generation):
-            shutil.copy(generation, target)
+    if not tokenizer_files(hf_dir):
+        return
+    copy_tokenizer_files(hf_dir, target, require_tokenizer=False)
+    generation = os.path.join(hf_dir, "generation_config.json")
+    if os.path.isfile(generation):
+        shutil.copy(generation, target)
 
 
 def main(argv=None) -> int:

@@ -55,7 +55,9 @@ def test_a_fine_tuned_checkpoint_takes_ids_and_tokenizer_from_hf_dir(tmp_path, h
     save_params(str(tmp_path / "run" / "checkpoints"), params)  # a run's own checkpoints
     run = str(tmp_path / "run" / "checkpoints")
     export_hf(run, config, str(tmp_path / "plain"))
-    assert "tokenizer.json" not in os.listdir(tmp_path / "plain")
+    plain = _files(tmp_path / "plain")  # as if trained on the shipped tokenizer
+    assert plain["tokenizer.json"] != _files(TOKENIZER)["tokenizer.json"]
+    assert json.loads(plain["tokenizer_config.json"])["eos_token"] == "</s>"
     assert json.loads((tmp_path / "plain" / "config.json").read_text())["eos_token_id"] == 1
     export_hf(run, config, str(tmp_path / "out"), hf_dir=hf_dir)
     assert _files(tmp_path / "out")["tokenizer.json"] == _files(TOKENIZER)["tokenizer.json"]
