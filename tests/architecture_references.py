@@ -38,19 +38,37 @@ def np_silu(x):
     return x / (1.0 + np.exp(-x))
 
 
-def np_rope(x, positions, theta):
+def np_rope_inv_freq(d, theta, scaling=None):
+    """HF's inverse frequencies, one python float at a time; `scaling` is
+    ("llama3", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)."""
+    out = []
+    for i in range(d // 2):
+        f = 1.0 / theta ** (2.0 * i / d)  # HF: 1 / theta^(arange(0, d, 2) / d)
+        if scaling is not None:
+            _, factor, low, high, original = scaling
+            wavelength = 2 * math.pi / f
+            if wavelength > original / low:  # long wavelengths: divided by the factor
+                f = f / factor
+            elif wavelength >= original / high:  # in between: blended
+                t = (original / wavelength - low) / (high - low)
+                f = (1 - t) * f / factor + t * f
+        out.append(f)
+    return out
+
+
+def np_rope(x, positions, theta, scaling=None):
     """Rotate-half RoPE with an explicit loop over (batch, position, head, frequency)."""
     x = np.asarray(x, np.float64)
     b, length, heads, d = x.shape
     half = d // 2
+    inv_freq = np_rope_inv_freq(d, theta, scaling)
     out = np.empty_like(x)
     for bi in range(b):
         for t in range(length):
             p = float(positions[bi, t])
             for h in range(heads):
                 for i in range(half):
-                    # HF: inv_freq = 1 / theta^(arange(0, d, 2) / d)
-                    angle = p / theta ** (2.0 * i / d)
+                    angle = p * inv_freq[i]
                     c, s = math.cos(angle), math.sin(angle)
                     x1, x2 = x[bi, t, h, i], x[bi, t, h, i + half]
                     out[bi, t, h, i] = x1 * c - x2 * s
@@ -107,12 +125,18 @@ def np_attention(q, k, v, allowed, bias, scale):
     return out
 
 
-def np_mha(p, xq, xkv, allowed, *, bias=None, scale, q_pos=None, k_pos=None, theta=None):
+def np_mha(
+    p, xq, xkv, allowed, *, bias=None, scale, q_pos=None, k_pos=None, theta=None, scaling=None
+):
+    """Multi-head attention; a projection's `bias` [heads, head_dim], when `p` has one, is
+    added before RoPE."""
     q = np.einsum("bld,dhk->blhk", xq, p["query"]["kernel"])
     k = np.einsum("bld,dhk->blhk", xkv, p["key"]["kernel"])
     v = np.einsum("bld,dhk->blhk", xkv, p["value"]["kernel"])
+    names = ("query", "key", "value")
+    q, k, v = (x + p[n]["bias"] if "bias" in p[n] else x for x, n in zip((q, k, v), names))
     if theta is not None:
-        q, k = np_rope(q, q_pos, theta), np_rope(k, k_pos, theta)
+        q, k = np_rope(q, q_pos, theta, scaling), np_rope(k, k_pos, theta, scaling)
     o = np_attention(q, k, v, allowed, bias, scale)
     return np.einsum("blhk,hkd->bld", o, p["out"]["kernel"])
 
@@ -227,6 +251,7 @@ def np_llama_forward(params, c: DecoderConfig, tokens, *, allowed=None, position
             q_pos=positions,
             k_pos=positions,
             theta=c.rope_theta,
+            scaling=c.rope_scaling,
         )
         x = x + np_mlp(lp["mlp"], np_rms_norm(x, lp["pre_mlp_layer_norm"]["scale"], eps), np_silu)
     x = np_rms_norm(x, d["decoder_norm"]["scale"], eps)

@@ -12,10 +12,25 @@ def tiny_config(**overrides) -> QuietStarConfig:
     return QuietStarConfig(get_preset("decoder-tiny", **overrides))
 
 
+# Both of the decoder's options that change its attention inputs: Qwen2's q/k/v biases and
+# Llama 3's RoPE scaling (head_dim 8 at theta 100: one frequency kept, one blended, two divided).
+BIASES_AND_LLAMA3_ROPE = dict(
+    attention_bias=True, rope_theta=100.0, rope_scaling=("llama3", 8.0, 1.0, 4.0, 32)
+)
+
+
 def tiny_params(config, seed=0, mixing_random=False):
-    """Flax-initialised params; `mixing_random` gives the mixing head trained-looking weights."""
+    """Flax-initialised params; `mixing_random` gives the mixing head trained-looking weights.
+    q/k/v biases (which start at zero) are drawn at random so that they matter."""
     tokens = jnp.ones((1, 8), jnp.int32)
     params = nn.unbox(build_model(config).init(jax.random.PRNGKey(seed), tokens)["params"])
+    bias_keys = iter(jax.random.split(jax.random.PRNGKey(seed + 2), 64))
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, a: (
+            0.5 * jax.random.normal(next(bias_keys), a.shape) if path[-1].key == "bias" else a
+        ),
+        params,
+    )
     if mixing_random:  # its last layer starts at zero, which would hide the thought entirely
         keys = iter(jax.random.split(jax.random.PRNGKey(seed + 1), 8))
         params["mixing_head"] = jax.tree.map(

@@ -48,6 +48,8 @@ def run_schedule(step, cache, tokens, full, schedule):
         dict(),  # 2 layers, 8 heads / 4 kv heads
         # Window < length (test_decoder checks that the window changes these logits).
         dict(num_kv_heads=2, sliding_window=3, scan_layers=True),
+        # Qwen2's q/k/v biases (cached keys and values hold them) and Llama 3's RoPE scaling.
+        dict(attention_bias=True, rope_theta=100.0, rope_scaling=("llama3", 8.0, 1.0, 4.0, 32)),
     ],
 )
 def test_decoder_only_cached_decoding_matches_full_forward(overrides):

@@ -1,7 +1,12 @@
-"""The decoder-only model against the numpy Llama reference: masks, prefix LM and packing."""
+"""The decoder-only model against the numpy Llama reference: masks, prefix LM, packing, q/k/v
+biases and Llama 3's RoPE scaling."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from architecture_references import ATOL, RTOL, logits_of, np_llama_forward, random_tokens
@@ -15,6 +20,8 @@ from t5x_rationale.architectures import (
     model_inputs,
 )
 
+LLAMA3 = ("llama3", 8.0, 1.0, 4.0, 32)
+
 # ================================================================ full forward vs numpy
 
 
@@ -24,6 +31,10 @@ from t5x_rationale.architectures import (
         dict(num_layers=1),  # 8 heads / 4 kv heads
         # 8 / 2, tied output
         dict(num_layers=1, num_kv_heads=2, rope_theta=100.0, tie_embeddings=True),
+        # Qwen2's q/k/v biases and Llama 3's RoPE scaling (the 4 frequencies of head_dim 8
+        # at theta 100 have wavelengths 6.3, 20, 63, 199: with N / hi = 8 and N / lo = 32
+        # they are kept, blended, divided, divided)
+        dict(num_layers=1, rope_theta=100.0, rope_scaling=LLAMA3, attention_bias=True),
     ],
 )
 def test_decoder_forward_matches_numpy(overrides):
@@ -36,6 +47,37 @@ def test_decoder_forward_matches_numpy(overrides):
     got = logits_of(model, params, decoder_input_tokens=tokens)
     assert got.shape == (2, 7, c.vocab_size) and got.dtype == np.float32
     np.testing.assert_allclose(got, np_llama_forward(params, c, tokens), rtol=RTOL, atol=ATOL)
+
+
+def _with_biases(params, c, fill):
+    """`params` of a model without biases, plus q/k/v biases `fill(shape)`."""
+    out = jax.tree.map(lambda x: x, params)  # new containers, same arrays
+    for i in range(c.num_layers):
+        attention = out["decoder"][f"layers_{i}"]["self_attention"]
+        for name, heads in (("query", c.num_heads), ("key", c.kv_heads), ("value", c.kv_heads)):
+            attention[name] = dict(attention[name], bias=fill((heads, c.head_dim)))
+    return out
+
+
+def test_q_k_v_biases_add_to_the_projections_before_rope():
+    """Zero biases give exactly the logits without biases; random ones the numpy reference
+    (which adds them to q, k and v before RoPE)."""
+    plain = get_preset("decoder-tiny", rope_scaling=LLAMA3)
+    biased = dataclasses.replace(plain, attention_bias=True)
+    tokens = random_tokens(np.random.default_rng(6), (2, 7), plain.vocab_size)
+    params = random_params(build_model(plain), decoder_input_tokens=tokens)
+    zeros = _with_biases(params, plain, jnp.zeros)
+    shapes = random_params(build_model(biased), decoder_input_tokens=tokens)
+    assert jax.tree.map(jnp.shape, zeros) == jax.tree.map(jnp.shape, shapes)
+    without = logits_of(build_model(plain), params, decoder_input_tokens=tokens)
+    got = logits_of(build_model(biased), zeros, decoder_input_tokens=tokens)
+    np.testing.assert_array_equal(got, without)
+    rng = np.random.default_rng(7)
+    random = _with_biases(params, plain, lambda shape: jnp.asarray(rng.normal(0, 1, shape)))
+    got = logits_of(build_model(biased), random, decoder_input_tokens=tokens)
+    want = np_llama_forward(random, biased, tokens)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    assert np.abs(got - without).max() > 1e-2
 
 
 def test_decoder_sliding_window_matches_reference_mask():

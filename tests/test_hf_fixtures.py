@@ -10,16 +10,16 @@ import numpy as np
 import pytest
 
 from t5x_rationale.architectures import build_model, dummy_batch
-from t5x_rationale.interop.hf_config import HfConfigError, read_hf_config
+from t5x_rationale.architectures.position import rope_inv_freq
+from t5x_rationale.interop.hf_config import HfConfigError, from_hf_config, read_hf_config
 from t5x_rationale.interop.importer import import_params
 from t5x_rationale.interop.safetensors_io import SafetensorsCheckpoint
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import abstract_params
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hf")
-IMPORTED = ("llama2", "mistral", "t5_v1_1", "t5_original")
-# Not modelled yet (issue 21): the llama3 RoPE frequency scaling, Qwen2's q/k/v biases.
-REFUSED = {"llama3": "rope_parameters.rope_type='llama3'", "qwen2": "attention_bias"}
+IMPORTED = ("llama2", "llama3", "mistral", "qwen2", "t5_v1_1", "t5_original")
+DECODERS = ("llama2", "llama3", "mistral", "qwen2")
 
 
 def _imported(name, mesh="1x4x2"):
@@ -62,10 +62,60 @@ def test_imported_logits_equal_transformers(name):
     np.testing.assert_allclose(logits, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_not_yet_modelled_checkpoints_are_refused_naming_the_field(name):
-    with pytest.raises(HfConfigError, match=f"{name}/config.json: {REFUSED[name]}"):
-        read_hf_config(os.path.join(FIXTURES, name))
+@pytest.mark.parametrize("name", DECODERS)
+def test_both_config_formats_give_the_same_config(name):
+    """transformers 5's `rope_parameters` and 4.x's `rope_theta` / `rope_scaling`."""
+    with open(os.path.join(FIXTURES, name, "config.legacy.json")) as f:
+        legacy = from_hf_config(json.load(f))
+    assert legacy == read_hf_config(os.path.join(FIXTURES, name))
+
+
+def test_the_fixtures_rope_frequencies_and_biases_are_read():
+    llama3 = read_hf_config(os.path.join(FIXTURES, "llama3"))
+    assert llama3.rope_theta == 500000.0
+    assert llama3.rope_scaling == ("llama3", 8.0, 1.0, 4.0, 16)
+    ref = np.load(os.path.join(FIXTURES, "llama3", "reference.npz"))
+    got = rope_inv_freq(llama3.head_dim, llama3.rope_theta, llama3.rope_scaling)
+    np.testing.assert_allclose(np.asarray(got), ref["rope_inv_freq"], rtol=1e-6)
+    qwen2 = read_hf_config(os.path.join(FIXTURES, "qwen2"))
+    assert qwen2.attention_bias and qwen2.rope_scaling is None
+    assert not llama3.attention_bias
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        ("llama3", {"rope_type": "yarn"}, "rope_parameters.rope_type='yarn' is not supported"),
+        ("llama3", {"high_freq_factor": 0.5}, "rope_parameters: rope_scaling .* high_freq_factor"),
+        ("llama3", {"factor": None}, "rope_parameters of rope_type 'llama3' lacks \\['factor'\\]"),
+        ("llama2", {"rope_type": "dynamic"}, "rope_parameters.rope_type='dynamic'"),
+    ],
+)
+def test_unmodelled_rope_parameters_are_refused_naming_the_field(name, change, message):
+    with open(os.path.join(FIXTURES, name, "config.json")) as f:
+        hf = json.load(f)
+    hf["rope_parameters"] = {**hf["rope_parameters"], **change}
+    with pytest.raises(HfConfigError, match=f"{name}/config.json: {message}"):
+        from_hf_config(hf, source=f"{name}/config.json")
+
+
+@pytest.mark.parametrize(
+    "name, change, message",
+    [
+        (
+            "llama3",
+            {"rope_scaling": {"type": "yarn", "factor": 4.0}},
+            "rope_scaling.rope_type='yarn'",
+        ),
+        ("qwen2", {"attention_bias": False}, "attention_bias=False is not supported"),
+        ("llama2", {"attention_bias": True}, "attention_bias=True is not supported"),
+    ],
+)
+def test_unmodelled_legacy_fields_are_refused_naming_the_field(name, change, message):
+    with open(os.path.join(FIXTURES, name, "config.legacy.json")) as f:
+        hf = json.load(f) | change
+    with pytest.raises(HfConfigError, match=f"{name}: {message}"):
+        from_hf_config(hf, source=name)
 
 
 def test_an_imported_checkpoint_starts_a_run_that_trains(tmp_path):
@@ -101,7 +151,15 @@ def test_import_then_export_gives_back_the_same_tensors_and_config(tmp_path, nam
     source = os.path.join(FIXTURES, name)
     import_hf(source, str(tmp_path / "ckpt"))
     config = read_model_config(str(tmp_path / "ckpt" / "model.gin"))
-    export_hf(str(tmp_path / "ckpt" / "checkpoints"), config, str(tmp_path / "hf"), max_shard_mb=1)
+    with open(os.path.join(source, "config.json")) as f:
+        want = json.load(f)
+    export_hf(
+        str(tmp_path / "ckpt" / "checkpoints"),
+        config,
+        str(tmp_path / "hf"),
+        model_type=want["model_type"],
+        max_shard_mb=1,
+    )
     original, exported = (
         SafetensorsCheckpoint.open(source),
         SafetensorsCheckpoint.open(tmp_path / "hf"),
@@ -110,8 +168,11 @@ def test_import_then_export_gives_back_the_same_tensors_and_config(tmp_path, nam
     for tensor in original.names():
         assert exported.read(tensor).tobytes() == original.read(tensor).tobytes(), tensor
     assert read_hf_config(str(tmp_path / "hf")) == read_hf_config(source)
-    with open(os.path.join(source, "config.json")) as f, open(tmp_path / "hf" / "config.json") as g:
-        want, got = json.load(f), json.load(g)
+    with open(tmp_path / "hf" / "config.json") as g:
+        got = json.load(g)
+    assert got["model_type"] == want["model_type"]
+    if "rope_parameters" in want:
+        assert got["rope_parameters"] == want["rope_parameters"]
     for key in ("pad_token_id", "eos_token_id", "bos_token_id", "decoder_start_token_id"):
         assert got.get(key) == want.get(key), key
 

@@ -24,10 +24,21 @@ from t5x_rationale.runtime.trainer import abstract_params
 CONFIGS = {
     "llama": get_preset("decoder-tiny"),
     "mistral": get_preset("decoder-tiny", sliding_window=3, tie_embeddings=True),
+    "llama3": get_preset(
+        "decoder-tiny", rope_theta=5e5, rope_scaling=("llama3", 8.0, 1.0, 4.0, 16)
+    ),
+    "qwen2": get_preset("decoder-tiny", attention_bias=True, tie_embeddings=True),
     "t5": get_preset("t5-tiny"),
     "t5-original": get_preset("t5-tiny", mlp_activations=("relu",), logits_via_embedding=True),
 }
-MODEL_TYPES = {"llama": "llama", "mistral": "mistral", "t5": "t5", "t5-original": "t5"}
+MODEL_TYPES = {
+    "llama": "llama",
+    "mistral": "mistral",
+    "llama3": "llama",
+    "qwen2": "qwen2",
+    "t5": "t5",
+    "t5-original": "t5",
+}
 
 
 def _example(config):
@@ -72,6 +83,16 @@ def test_config_json_both_ways(name):
     config = CONFIGS[name]
     hf = to_hf_config(config, model_type=MODEL_TYPES[name])
     assert from_hf_config(json.loads(json.dumps(hf))) == config
+    if config.architecture == "decoder":  # transformers 4.x reads only the legacy fields
+        legacy = {k: v for k, v in hf.items() if k != "rope_parameters"}
+        assert from_hf_config(json.loads(json.dumps(legacy))) == config
+
+
+def test_q_k_v_biases_export_only_as_qwen2():
+    with pytest.raises(HfConfigError, match="attention_bias=True does not export as llama"):
+        to_hf_config(CONFIGS["qwen2"], model_type="llama")
+    with pytest.raises(HfConfigError, match="attention_bias=False does not export as qwen2"):
+        to_hf_config(CONFIGS["llama"], model_type="qwen2")
 
 
 @pytest.mark.parametrize(
@@ -80,6 +101,8 @@ def test_config_json_both_ways(name):
         ({"model_type": "gpt2"}, "model_type"),
         ({"hidden_act": "gelu"}, "hidden_act"),
         ({"rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, "rope_scaling"),
+        ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}}, "rope_parameters"),
+        ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope_scaling"),
         ({"attention_bias": True}, "attention_bias"),
         ({"num_hidden_layers": None}, "num_hidden_layers"),
     ],

@@ -21,7 +21,7 @@ from t5x_rationale.runtime.partitioning import (
     create_mesh,
     standard_logical_axis_rules,
 )
-from t5x_rationale.runtime.trainer import Trainer
+from t5x_rationale.runtime.trainer import Trainer, abstract_params
 
 # Expected PartitionSpecs are written out by hand from the rules in the module docstrings
 # (runtime/partitioning.py, architectures/axes.py), not recomputed with the code under test.
@@ -210,6 +210,27 @@ def test_shardings_for_tiny_models(preset, mesh_config):
             assert "dim 1 (kv_heads, size 4)" in n and "('tensor',)" in n, n
     else:
         assert notes == []
+
+
+@pytest.mark.parametrize(
+    "mesh_config, kv_spec",
+    [(MeshConfig(1, 1, 8), P(None, None)), (MeshConfig(2, 2, 2), P("tensor", None))],
+    ids=["1x1x8", "2x2x2"],
+)
+def test_attention_biases_are_sharded_like_their_kernels_heads(mesh_config, kv_spec):
+    """q/k/v biases [heads, head_dim]: the heads split over `tensor` as in the kernel (the 4
+    kv heads of decoder-tiny do not divide a tensor axis of 8: replicated, as the kernel)."""
+    config = get_preset("decoder-tiny", attention_bias=True)
+    partitioner = Partitioner(create_mesh(mesh_config))
+    example = dummy_batch(config, 8, target_length=8)
+    abstract = abstract_params(build_model(config), partitioner, example)
+    for i in range(config.num_layers):
+        attention = abstract["decoder"][f"layers_{i}"]["self_attention"]
+        assert "bias" not in attention["out"]
+        for name, spec in (("query", P("tensor", None)), ("key", kv_spec), ("value", kv_spec)):
+            kernel, bias = attention[name]["kernel"], attention[name]["bias"]
+            assert bias.shape == kernel.shape[1:], name
+            assert bias.sharding.spec == spec == P(*kernel.sharding.spec[1:]), name
 
 
 def test_shardings_for_unannotated_and_unknown_leaves():

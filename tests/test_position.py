@@ -1,22 +1,28 @@
-"""RoPE, relative-position buckets, toeplitz and RelativePositionBias against numpy loops."""
+"""RoPE (plain and with Llama 3's frequency scaling), relative-position buckets, toeplitz and
+RelativePositionBias against numpy loops."""
 
 from __future__ import annotations
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from architecture_references import ATOL, RTOL, np_rope, t5_bucket
+from architecture_references import ATOL, RTOL, np_rope, np_rope_inv_freq, t5_bucket
 from flax.core import meta
 
 from t5x_rationale.architectures.position import (
     RelativePositionBias,
     apply_rope,
     relative_position_bucket,
+    rope_inv_freq,
     toeplitz,
 )
 
-_rope = jax.jit(apply_rope, static_argnums=2)
+_rope = jax.jit(apply_rope, static_argnums=(2, 3))
+LLAMA3 = ("llama3", 8.0, 1.0, 4.0, 16)  # the llama3 fixture's scaling (tests/fixtures/hf)
+FIXTURE_NPZ = os.path.join(os.path.dirname(__file__), "fixtures", "hf", "llama3", "reference.npz")
 _bucket = jax.jit(
     relative_position_bucket, static_argnames=("bidirectional", "num_buckets", "max_distance")
 )
@@ -32,6 +38,49 @@ def test_apply_rope_matches_numpy_loop():
     # Position 0 is the identity.
     zero = np.asarray(_rope(jnp.asarray(x), jnp.zeros((2, 7), jnp.int32), 10000.0))
     np.testing.assert_array_equal(zero, x)
+
+
+@pytest.mark.parametrize("head_dim, theta", [(16, 500000.0), (64, 10000.0), (8, 100.0)])
+def test_llama3_inverse_frequencies_match_a_python_loop(head_dim, theta):
+    scaled = np.asarray(rope_inv_freq(head_dim, theta, LLAMA3))
+    np.testing.assert_allclose(scaled, np_rope_inv_freq(head_dim, theta, LLAMA3), rtol=1e-6)
+    plain = np.asarray(rope_inv_freq(head_dim, theta))
+    np.testing.assert_allclose(plain, np_rope_inv_freq(head_dim, theta), rtol=1e-6)
+    assert plain.dtype == scaled.dtype == np.float32
+
+
+def test_llama3_inverse_frequencies_keep_divide_and_blend():
+    """With N = 64, hi = 4, lo = 1 the wavelengths below 16 are kept, those above 64 divided
+    by the factor, and those in between blended strictly between the two."""
+    scaling = ("llama3", 8.0, 1.0, 4.0, 64)
+    plain = np.asarray(rope_inv_freq(64, 1000.0), np.float64)
+    scaled = np.asarray(rope_inv_freq(64, 1000.0, scaling), np.float64)
+    wavelength = 2 * np.pi / plain
+    short, long = wavelength < 16, wavelength > 64
+    middle = ~short & ~long
+    assert short.any() and long.any() and middle.any()
+    np.testing.assert_array_equal(scaled[short], plain[short])
+    np.testing.assert_allclose(scaled[long], plain[long] / 8, rtol=1e-6)
+    assert np.all(scaled[middle] < plain[middle]) and np.all(scaled[middle] > plain[middle] / 8)
+
+
+def test_llama3_inverse_frequencies_equal_the_fixtures():
+    """transformers' own `inv_freq` of the llama3 fixture (head_dim 16, theta 5e5)."""
+    want = np.load(FIXTURE_NPZ)["rope_inv_freq"]
+    np.testing.assert_allclose(np.asarray(rope_inv_freq(16, 500000.0, LLAMA3)), want, rtol=1e-6)
+    # ...which the scaling changes everywhere.
+    assert np.all(np.abs(np.asarray(rope_inv_freq(16, 500000.0)) - want) > 1e-4 * want)
+
+
+def test_apply_rope_with_llama3_scaling_matches_numpy_loop():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 5, 2, 16)).astype(np.float32)
+    positions = np.array([[0, 1, 2, 3, 40], [7, 0, 17, 3, 100]], np.int32)
+    got = np.asarray(_rope(jnp.asarray(x), jnp.asarray(positions), 500000.0, LLAMA3))
+    want = np_rope(x, positions, 500000.0, LLAMA3)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    plain = np.asarray(_rope(jnp.asarray(x), jnp.asarray(positions), 500000.0))
+    assert np.abs(plain - got).max() > 1e-2
 
 
 def test_apply_rope_preserves_norm_and_dot_products_depend_on_relative_position():

@@ -7,7 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from quiet_star_checks import N_A, N_T, _close, _tokens
-from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
+from quiet_star_models import (
+    BIASES_AND_LLAMA3_ROPE,
+    thought_ids_likeliest,
+    tiny_config,
+    tiny_params,
+)
 
 from t5x_rationale.architectures import DecoderOnly
 from t5x_rationale.quiet_star.sampling import sample_token
@@ -76,9 +81,15 @@ def _thought_only(params):
     return dict(params, mixing_head=mixing)
 
 
-@pytest.mark.parametrize("kv_heads", [4, 8])
-def test_streams_equals_dense_mask_equals_naive_loop(kv_heads):
-    config = tiny_config(num_kv_heads=kv_heads)
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(num_kv_heads=4), dict(num_kv_heads=8, **BIASES_AND_LLAMA3_ROPE)],
+    ids=["kv4", "kv8-qkv-bias-llama3-rope"],
+)
+def test_streams_equals_dense_mask_equals_naive_loop(overrides):
+    """The thinking forward, which runs the decoder's pieces on its params (functional_decoder),
+    equals the decoder module (the naive loop), q/k/v biases and RoPE scaling included."""
+    config = tiny_config(**overrides)
     params = tiny_params(config)
     n, t = 2, 12
     tokens = _tokens(n, t)

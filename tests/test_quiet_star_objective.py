@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from quiet_star_checks import N_A, N_T, _close, _tokens
-from quiet_star_models import tiny_config, tiny_params
+from quiet_star_models import BIASES_AND_LLAMA3_ROPE, tiny_config, tiny_params
 
 from t5x_rationale.architectures import build_model
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
@@ -161,14 +161,15 @@ def test_objective_terms_match_a_hand_computation(policy_form, packed):
 
 
 @pytest.mark.parametrize(
-    "record",
-    [(), ThinkingSpec.record, RECORDABLE],
-    ids=["record-none", "record-default", "record-all"],
+    "record, overrides",
+    [((), {}), (ThinkingSpec.record, {}), (RECORDABLE, BIASES_AND_LLAMA3_ROPE)],
+    ids=["record-none", "record-default", "record-all-qkv-bias-llama3-rope"],
 )
-def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
+def test_loss_and_gradients_agree_between_streams_and_dense_mask(record, overrides):
     """Also checks the streams backward's replays: recording nothing recomputes every
-    projection but the keys and values; recording everything recomputes none of them."""
-    config = tiny_config()
+    projection but the keys and values; recording everything recomputes none of them (and
+    a replayed projection differentiates its bias too)."""
+    config = tiny_config(**overrides)
     params = tiny_params(config, mixing_random=True)
     model = build_model(config)
     batch = _batch(seed=8, packed=True)
@@ -200,6 +201,9 @@ def test_loss_and_gradients_agree_between_streams_and_dense_mask(record):
         float(np.abs(g_s["start_thought"]).max()) > 0
         and float(np.abs(g_s["mixing_head"]["out_kernel"]).max()) > 0
     )
+    if config.decoder.attention_bias:
+        attention = g_s["decoder"]["layers_0"]["self_attention"]
+        assert all(float(np.abs(attention[n]["bias"]).max()) > 0 for n in ("query", "value"))
 
 
 @pytest.mark.parametrize("implementation", ["dense_mask", "streams"])

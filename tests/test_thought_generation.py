@@ -4,7 +4,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from quiet_star_models import thought_ids_likeliest, tiny_config, tiny_params
+from quiet_star_models import (
+    BIASES_AND_LLAMA3_ROPE,
+    thought_ids_likeliest,
+    tiny_config,
+    tiny_params,
+)
 
 from t5x_rationale.architectures import DecoderOnly
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig, generate_with_thoughts
@@ -45,7 +50,12 @@ def _uncached(config, params, prompt_row, steps):
 
 
 @pytest.mark.parametrize(
-    "overrides", [dict(num_kv_heads=4), dict(num_kv_heads=8, sliding_window=6)]
+    "overrides",
+    [
+        dict(num_kv_heads=4),
+        # with q/k/v biases (held in the cached keys and values) and Llama 3's RoPE scaling
+        dict(num_kv_heads=8, sliding_window=6, **BIASES_AND_LLAMA3_ROPE),
+    ],
 )
 def test_cached_generation_equals_uncached_token_for_token(overrides):
     config = tiny_config(**overrides)

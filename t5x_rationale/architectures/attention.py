@@ -138,7 +138,8 @@ def dot_product_attention(
 class MultiHeadAttention(nn.Module):
     """Multi-head / grouped-query attention with optional RoPE and a KV cache for decoding.
 
-    Params: query [embed, heads, kv], key/value [embed, kv_heads, kv], out [heads, kv, embed].
+    Params: query [embed, heads, kv], key/value [embed, kv_heads, kv], out [heads, kv, embed];
+    with `qkv_bias`, query/key/value biases [heads or kv_heads, kv] added before RoPE.
     `__call__` is `qkv`, `attend`, then the `out` projection; callers with an attention of
     their own use the pieces. In decode mode the layer keeps `cached_key`/`cached_value`
     [batch, max_len, kv_heads, kv] in the 'cache' collection; the caller supplies the write
@@ -156,6 +157,8 @@ class MultiHeadAttention(nn.Module):
     dropout_rate: float = 0.0
     scale: Optional[float] = None
     rope_theta: Optional[float] = None  # None: no rotary embedding
+    rope_scaling: Optional[tuple] = None  # RoPE frequency scaling (DecoderConfig.rope_scaling)
+    qkv_bias: bool = False  # biases on the query, key and value projections (not `out`)
     implementation: str = "xla"
     query_init_scale: float = 1.0
 
@@ -165,10 +168,11 @@ class MultiHeadAttention(nn.Module):
         q_init = nn.initializers.variance_scaling(
             self.query_init_scale, "fan_in", "truncated_normal"
         )
-        rope = self.rope_theta
-        self.query = dense(heads, ("embed", "heads", "kv"), kernel_init=q_init, rope_theta=rope)
-        self.key = dense(kv_heads, ("embed", "kv_heads", "kv"), rope_theta=rope)
-        self.value = dense(kv_heads, ("embed", "kv_heads", "kv"))
+        qkv = functools.partial(dense, use_bias=self.qkv_bias)
+        rope = functools.partial(qkv, rope_theta=self.rope_theta, rope_scaling=self.rope_scaling)
+        self.query = rope(heads, ("embed", "heads", "kv"), kernel_init=q_init)
+        self.key = rope(kv_heads, ("embed", "kv_heads", "kv"))
+        self.value = qkv(kv_heads, ("embed", "kv_heads", "kv"))
         self.out = dense(self.out_features, ("heads", "kv", "embed"), axis=(-2, -1))
 
     def __call__(

@@ -88,9 +88,13 @@ class DecoderConfig(_CommonConfig):
     num_layers: int = 2
     num_kv_heads: Optional[int] = None  # None: same as num_heads (multi-head attention)
     rope_theta: float = 10000.0
+    # None, or Llama 3's frequency scaling: ("llama3", factor, low_freq_factor,
+    # high_freq_factor, original_max_position_embeddings) (see position.rope_inv_freq).
+    rope_scaling: Optional[tuple] = None
     sliding_window: Optional[int] = None  # attend to at most this many previous tokens
     layer_norm_epsilon: float = 1e-5
     tie_embeddings: bool = False
+    attention_bias: bool = False  # biases on the query, key and value projections (Qwen2)
 
     def __post_init__(self):
         self._validate_common()
@@ -104,6 +108,11 @@ class DecoderConfig(_CommonConfig):
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.sliding_window is not None and self.sliding_window <= 0:
             raise ValueError(f"sliding_window must be positive or None, got {self.sliding_window}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta must be positive, got {self.rope_theta}")
+        check_rope_scaling(self.rope_scaling)
+        if not isinstance(self.attention_bias, bool):
+            raise ValueError(f"attention_bias must be True or False, got {self.attention_bias!r}")
 
     @property
     def kv_heads(self) -> int:
@@ -112,6 +121,41 @@ class DecoderConfig(_CommonConfig):
     @property
     def architecture(self) -> str:
         return "decoder"
+
+
+ROPE_SCALING_TYPES = ("llama3",)
+# The numbers after "llama3" in `DecoderConfig.rope_scaling`, named as Hugging Face names them.
+LLAMA3_ROPE_FIELDS = (
+    "factor",
+    "low_freq_factor",
+    "high_freq_factor",
+    "original_max_position_embeddings",
+)
+
+
+def check_rope_scaling(scaling) -> None:
+    """Raises a ValueError naming what is wrong with a `DecoderConfig.rope_scaling` value."""
+    if scaling is None:
+        return
+    if not isinstance(scaling, tuple) or not scaling or scaling[0] not in ROPE_SCALING_TYPES:
+        raise ValueError(
+            f"rope_scaling must be None or a tuple starting with one of {ROPE_SCALING_TYPES}, "
+            f"got {scaling!r}"
+        )
+    if len(scaling) != 1 + len(LLAMA3_ROPE_FIELDS):
+        raise ValueError(
+            f"rope_scaling {scaling!r}: 'llama3' takes ('llama3', {', '.join(LLAMA3_ROPE_FIELDS)})"
+        )
+    factor, low, high, original = scaling[1:]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in scaling[1:])
+    if not numbers or factor <= 0 or low <= 0 or high <= low:
+        raise ValueError(
+            f"rope_scaling {scaling!r}: needs factor > 0 and 0 < low_freq_factor < high_freq_factor"
+        )
+    if not isinstance(original, int) or isinstance(original, bool) or original <= 0:
+        raise ValueError(
+            f"rope_scaling {scaling!r}: original_max_position_embeddings must be a positive int"
+        )
 
 
 T5_VOCAB = 32128

@@ -2,7 +2,8 @@
 
 Param tree: token_embedder/embedding; decoder/{layers_i/{pre_self_attention_layer_norm,
 self_attention/{query,key,value,out}, pre_mlp_layer_norm, mlp/{wi_0 (gate), wi_1 (up),
-wo (down)}}, decoder_norm, logits_dense}.
+wo (down)}}, decoder_norm, logits_dense}. With `attention_bias`, query, key and value hold a
+`bias` beside their `kernel`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ class DecoderLayer(nn.Module):
             param_dtype=param_dtype,
             dropout_rate=c.dropout_rate,
             rope_theta=c.rope_theta,
+            rope_scaling=c.rope_scaling,
+            qkv_bias=c.attention_bias,
             implementation=c.attention_impl,
         )
         self.pre_mlp_layer_norm = RMSNorm(c.layer_norm_epsilon, dtype, param_dtype)

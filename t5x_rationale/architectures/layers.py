@@ -90,6 +90,9 @@ class DenseGeneral(nn.Module):
       out_float32: accumulate and return float32 (used for logits).
       rope_theta: rotate the output [..., heads, head_dim] by RoPE at the given positions
         (queries and keys), so that the projection's output is the rotated value.
+      rope_scaling: RoPE's frequency scaling (`DecoderConfig.rope_scaling`), or None.
+      use_bias: add a bias of the output shape (named by the output kernel axes), before
+        any rotation.
     """
 
     features: int | Sequence[int]
@@ -100,6 +103,8 @@ class DenseGeneral(nn.Module):
     kernel_init: Initializer = default_kernel_init
     out_float32: bool = False
     rope_theta: Optional[float] = None
+    rope_scaling: Optional[tuple] = None
+    use_bias: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None) -> jax.Array:
@@ -118,11 +123,22 @@ class DenseGeneral(nn.Module):
             kernel_shape,
             self.param_dtype,
         )
-        return self.project(x, kernel, positions)
+        bias = None
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(
+                    nn.initializers.zeros, tuple(self.kernel_axes[len(axis) :])
+                ),
+                self._features(),
+                self.param_dtype,
+            )
+        return self.project(x, kernel, bias, positions)
 
-    def project(self, x: jax.Array, kernel: jax.Array, positions=None) -> jax.Array:
-        """The layer as a function of its kernel: the one method to intercept for taking a
-        projection's output from elsewhere (Quiet-STaR records and replays them)."""
+    def project(self, x: jax.Array, kernel: jax.Array, bias=None, positions=None) -> jax.Array:
+        """The layer as a function of its params (`bias` None without one): the one method to
+        intercept for taking a projection's output from elsewhere (Quiet-STaR records and
+        replays them)."""
         features, axis = self._features(), _normalize_axes(self.axis, x.ndim)
         out_type = jnp.float32 if self.out_float32 else None
         x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
@@ -134,8 +150,12 @@ class DenseGeneral(nn.Module):
         else:
             contract = (axis, tuple(range(len(axis))))
             y = lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_type)
+        if bias is not None:
+            y = y + bias.astype(y.dtype)
         y = y if self.out_float32 else y.astype(self.dtype)
-        return y if self.rope_theta is None else apply_rope(y, positions, self.rope_theta)
+        if self.rope_theta is None:
+            return y
+        return apply_rope(y, positions, self.rope_theta, self.rope_scaling)
 
     @nn.nowrap
     def _features(self) -> tuple[int, ...]:

@@ -3,22 +3,47 @@
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, theta: float = 10000.0) -> jax.Array:
+def rope_inv_freq(head_dim: int, theta: float, scaling: Optional[tuple] = None) -> jax.Array:
+    """The [head_dim / 2] inverse frequencies `theta ** (-2i / head_dim)`, float32.
+
+    `scaling` ("llama3", s, lo, hi, N) is Llama 3's scaling: a frequency whose wavelength
+    `w = 2 pi / f` is below N / hi is kept, one above N / lo is divided by s, and one in
+    between is blended, `(1 - t) f / s + t f` with `t = (N / w - lo) / (hi - lo)`.
+    """
+    half = head_dim // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if scaling is None:
+        return inv_freq
+    if scaling[0] != "llama3":
+        raise ValueError(f"unknown rope scaling {scaling!r}")
+    factor, low, high, original = scaling[1:]
+    wavelength = 2 * math.pi / inv_freq
+    blend = (original / wavelength - low) / (high - low)
+    blended = (1 - blend) * inv_freq / factor + blend * inv_freq
+    scaled = jnp.where(wavelength > original / low, inv_freq / factor, blended)
+    return jnp.where(wavelength < original / high, inv_freq, scaled)
+
+
+def apply_rope(
+    x: jax.Array, positions: jax.Array, theta: float = 10000.0, scaling: Optional[tuple] = None
+) -> jax.Array:
     """Rotary position embedding, rotate-half convention (the Hugging Face Llama layout).
 
     Args:
       x: [batch, length, heads, head_dim].
       positions: [batch, length] integer positions.
       theta: RoPE base.
+      scaling: frequency scaling (`DecoderConfig.rope_scaling`), or None.
     """
     half = x.shape[-1] // 2
-    freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    freqs = rope_inv_freq(x.shape[-1], theta, scaling)
     angles = positions.astype(jnp.float32)[..., None] * freqs  # [b, l, half]
     sin = jnp.sin(angles)[:, :, None, :]
     cos = jnp.cos(angles)[:, :, None, :]

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Optional, Union
 
-from t5x_rationale.architectures.configs import DecoderConfig, T5Config
+from t5x_rationale.architectures.configs import (
+    LLAMA3_ROPE_FIELDS,
+    DecoderConfig,
+    T5Config,
+    check_rope_scaling,
+)
 
 ModelConfig = Union[DecoderConfig, T5Config]
 DECODER_TYPES = ("llama", "mistral", "qwen2")
@@ -83,32 +88,59 @@ class _Fields:
         return value
 
 
-def _rope_theta(r: _Fields) -> float:
-    """RoPE's base: from `rope_parameters` (transformers 5) or `rope_theta` (4.x); any
-    frequency scaling is an error (not modelled yet)."""
-    r.expect("rope_scaling", (None,))
+def _rope(r: _Fields) -> tuple[float, Optional[tuple]]:
+    """RoPE's base and scaling (`DecoderConfig.rope_scaling`): from `rope_parameters`
+    (transformers 5), else `rope_theta` and `rope_scaling` (4.x). Rope types other than
+    default and llama3 are errors."""
+    legacy = r.get("rope_scaling")
+    legacy = None if legacy is None else _rope_scaling(r, legacy, "rope_scaling")
     rope = r.get("rope_parameters")
     if rope is None:
-        return float(r.get("rope_theta", 10000.0))
-    rope_type = rope.get("rope_type", "default")
-    if rope_type != "default":
+        return float(r.get("rope_theta", 10000.0)), legacy
+    scaling = _rope_scaling(r, rope, "rope_parameters")
+    if r.get("rope_scaling") is not None and legacy != scaling:
         raise HfConfigError(
-            f"{r.source}: rope_parameters.rope_type={rope_type!r} is not supported "
-            "(supported: ['default'])"
+            f"{r.source}: rope_scaling={r.get('rope_scaling')!r} disagrees with "
+            f"rope_parameters={rope!r}"
         )
-    return float(rope.get("rope_theta", 10000.0))
+    return float(rope.get("rope_theta", 10000.0)), scaling
+
+
+def _rope_scaling(r: _Fields, rope: Mapping[str, Any], field: str) -> Optional[tuple]:
+    """The scaling of one rope dict (`rope_type`, older files `type`); `field` names it."""
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type != "llama3":
+        raise HfConfigError(
+            f"{r.source}: {field}.rope_type={rope_type!r} is not supported "
+            "(supported: ['default', 'llama3'])"
+        )
+    missing = [name for name in LLAMA3_ROPE_FIELDS if rope.get(name) is None]
+    if missing:
+        raise HfConfigError(f"{r.source}: {field} of rope_type 'llama3' lacks {missing}")
+    factor, low, high, original = (rope[name] for name in LLAMA3_ROPE_FIELDS)
+    scaling = ("llama3", float(factor), float(low), float(high), original)
+    try:
+        check_rope_scaling(scaling)
+    except ValueError as e:
+        raise HfConfigError(f"{r.source}: {field}: {e}") from e
+    return scaling
 
 
 def _decoder_config(r: _Fields, model_type: str, common: dict) -> DecoderConfig:
     r.expect("hidden_act", ("silu",), "silu")
     r.expect("mlp_bias", (False,), False)
-    # Qwen2 projects q, k and v with biases; Llama may (`attention_bias`). Not modelled yet.
-    r.expect("attention_bias", (False,), model_type == "qwen2")
+    # Qwen2 always projects q, k and v with biases (transformers reads no field for it);
+    # Llama's `attention_bias` would bias o_proj too, which we do not model.
+    bias = model_type == "qwen2"
+    r.expect("attention_bias", (bias,), bias)
     window = r.get("sliding_window") if model_type == "mistral" else None
     if model_type == "qwen2":
         r.expect("use_sliding_window", (False,), False)
     heads = r.required("num_attention_heads")
     hidden = r.required("hidden_size")
+    theta, scaling = _rope(r)
     return DecoderConfig(
         vocab_size=r.required("vocab_size"),
         emb_dim=hidden,
@@ -117,10 +149,12 @@ def _decoder_config(r: _Fields, model_type: str, common: dict) -> DecoderConfig:
         mlp_dim=r.required("intermediate_size"),
         num_layers=r.required("num_hidden_layers"),
         num_kv_heads=r.get("num_key_value_heads", heads),
-        rope_theta=_rope_theta(r),
+        rope_theta=theta,
+        rope_scaling=scaling,
         sliding_window=window,
         layer_norm_epsilon=float(r.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(r.get("tie_word_embeddings", False)),
+        attention_bias=bias,
         **common,
     )
 
@@ -176,6 +210,11 @@ _ARCHITECTURES = {
 def _decoder_fields(c: DecoderConfig, model_type: str) -> dict:
     if c.sliding_window is not None and model_type != "mistral":
         raise HfConfigError(f"sliding_window={c.sliding_window} exports only as mistral")
+    if c.attention_bias != (model_type == "qwen2"):
+        raise HfConfigError(
+            f"attention_bias={c.attention_bias} does not export as {model_type}: q/k/v "
+            "biases (and only they) are qwen2's"
+        )
     fields = {
         "architectures": [_ARCHITECTURES[model_type]],
         "model_type": model_type,
@@ -186,18 +225,31 @@ def _decoder_fields(c: DecoderConfig, model_type: str) -> dict:
         "intermediate_size": c.mlp_dim,
         "num_hidden_layers": c.num_layers,
         "num_key_value_heads": c.kv_heads,
-        "rope_theta": c.rope_theta,  # transformers 4.x reads these two, 5.x rope_parameters
-        "rope_scaling": None,
-        "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+        # transformers 4.x reads rope_theta and rope_scaling, 5.x rope_parameters
+        "rope_theta": c.rope_theta,
+        "rope_scaling": _rope_fields(c.rope_scaling),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": c.rope_theta,
+            **(_rope_fields(c.rope_scaling) or {}),
+        },
         "rms_norm_eps": c.layer_norm_epsilon,
         "tie_word_embeddings": c.tie_embeddings,
         "hidden_act": "silu",
-        "attention_bias": False,
         "mlp_bias": False,
     }
     if model_type == "mistral":
         fields["sliding_window"] = c.sliding_window
+    if model_type != "qwen2":  # qwen2 has no such field: its q/k/v biases are always there
+        fields["attention_bias"] = False
     return fields
+
+
+def _rope_fields(scaling: Optional[tuple]) -> Optional[dict]:
+    """HF's rope scaling dict of `DecoderConfig.rope_scaling` (None for none)."""
+    if scaling is None:
+        return None
+    return {"rope_type": scaling[0], **dict(zip(LLAMA3_ROPE_FIELDS, scaling[1:]))}
 
 
 def _t5_fields(c: T5Config, model_type: str) -> dict:

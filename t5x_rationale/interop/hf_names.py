@@ -50,6 +50,11 @@ def heads_in(heads: int, head_dim: int, embed: int) -> Layout:
     return Layout((heads, head_dim, embed), (2, 0, 1), hf_shape=(heads * head_dim, embed))
 
 
+def heads_bias(heads: int, head_dim: int) -> Layout:
+    """q/k/v bias: [heads * head_dim] -> [heads, head_dim]."""
+    return Layout((heads, head_dim), hf_shape=(heads * head_dim,))
+
+
 def heads_out(heads: int, head_dim: int, embed: int) -> Layout:
     """o: [embed, heads * head_dim] -> [heads, head_dim, embed]."""
     return Layout((embed, heads, head_dim), (1, 2, 0), hf_shape=(embed, heads * head_dim))
@@ -76,6 +81,8 @@ def decoder_mappings(c: DecoderConfig) -> Iterator[Mapping]:
             yield Mapping(
                 (*ours, "self_attention", name, "kernel"), f"{hf}.self_attn.{proj}.weight", layout
             )
+        if c.attention_bias:
+            yield from _qkv_biases(c, ours, hf)
         for name, proj in (("wi_0", "gate_proj"), ("wi_1", "up_proj"), ("wo", "down_proj")):
             yield Mapping((*ours, "mlp", name, "kernel"), f"{hf}.mlp.{proj}.weight", LINEAR)
         norms = {"pre_self_attention_layer_norm": "input_layernorm"}
@@ -85,6 +92,20 @@ def decoder_mappings(c: DecoderConfig) -> Iterator[Mapping]:
     yield Mapping(("decoder", "decoder_norm", "scale"), "model.norm.weight", SAME)
     if not c.tie_embeddings:
         yield Mapping(("decoder", "logits_dense", "kernel"), "lm_head.weight", LINEAR)
+
+
+def _qkv_biases(c: DecoderConfig, ours: tuple[str, ...], hf: str) -> Iterator[Mapping]:
+    """One layer's q/k/v projection biases (Qwen2; `o_proj` has none)."""
+    for name, proj, heads in (
+        ("query", "q_proj", c.num_heads),
+        ("key", "k_proj", c.kv_heads),
+        ("value", "v_proj", c.kv_heads),
+    ):
+        yield Mapping(
+            (*ours, "self_attention", name, "bias"),
+            f"{hf}.self_attn.{proj}.bias",
+            heads_bias(heads, c.head_dim),
+        )
 
 
 def t5_mappings(c: T5Config) -> Iterator[Mapping]:

@@ -96,18 +96,19 @@ class FunctionalDecoder:
 
 def _projections(known, record):
     """A method interceptor sending each `DenseGeneral.project` of a layer through
-    `FunctionalDecoder._project`, with the layer's input and kernel as the arguments."""
+    `FunctionalDecoder._project`, with the layer's input, kernel and bias (None without one)
+    as the arguments, so that a replayed projection differentiates all three."""
 
     def intercept(next_fun, args, kwargs, context):
         if not (isinstance(context.module, DenseGeneral) and context.method_name == "project"):
             return next_fun(*args, **kwargs)
-        x, kernel, *rest = args
+        x, kernel, bias, *rest = args  # DenseGeneral passes all of them positionally
         project = context.orig_method  # the unintercepted method, bound to the module
 
-        def fn(x, kernel):
-            return project(x, kernel, *rest, **kwargs)
+        def fn(x, kernel, bias):
+            return project(x, kernel, bias, *rest, **kwargs)
 
         name = _PROJECTIONS[context.module.name]
-        return FunctionalDecoder._project(name, fn, (x, kernel), known, record)
+        return FunctionalDecoder._project(name, fn, (x, kernel, bias), known, record)
 
     return intercept
