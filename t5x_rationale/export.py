@@ -61,7 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--model_gin", required=True, help="a gin file binding model_config")
     p.add_argument("--out_dir", required=True, help="the HF directory to write (must not exist)")
-    p.add_argument("--model_type", help="llama, mistral or t5 (default: from the config)")
+    p.add_argument(
+        "--model_type",
+        help="llama, mistral, qwen2, t5 or mt5 (default: the imported one, else from the config)",
+    )
     p.add_argument("--max_shard_mb", type=int, default=4096)
     p.add_argument(
         "--hf_dir", help="the HF directory the model came from: its special ids and tokenizer"
@@ -159,7 +162,8 @@ def export_hf(
     if os.path.exists(out_dir):
         raise FileExistsError(f"--out_dir {out_dir} exists; choose a new directory")
     base = config.decoder if config.architecture == "quiet_star" else config
-    model_type = model_type or _default_model_type(base)
+    config_json, tokenizer_dir = _origin(checkpoint, hf_dir)
+    model_type = model_type or _default_model_type(base, config_json)
     enc_dec = config.architecture == "encoder_decoder"
     example = dummy_batch(config, 1, target_length=8, input_length=8 if enc_dec else 0)
     partitioner = Partitioner(create_mesh(MeshConfig.parse("1x-1x1")))
@@ -167,7 +171,6 @@ def export_hf(
         checkpoint, abstract_params(build_model(config), partitioner, example)
     )
     fields = {**to_hf_config(base, model_type=model_type), "dtype": base.param_dtype}
-    config_json, tokenizer_dir = _origin(checkpoint, hf_dir)
     ids = _special_ids(config_json, enc_dec)
     partial = f"{out_dir.rstrip('/')}.exporting"
     shutil.rmtree(partial, ignore_errors=True)
@@ -193,8 +196,16 @@ def export_hf(
     return fields
 
 
-def _default_model_type(config) -> str:
+def _default_model_type(config, config_json: Optional[str]) -> str:
+    """The model_type the model came with (its HF config.json), else one that can hold it."""
+    if config_json is not None:
+        with open(config_json, encoding="utf-8") as f:
+            recorded = json.load(f).get("model_type")
+        if recorded:
+            return recorded
     if isinstance(config, DecoderConfig):
+        if config.attention_bias:
+            return "qwen2"
         return "mistral" if config.sliding_window else "llama"
     return "t5"
 

@@ -153,13 +153,9 @@ def test_import_then_export_gives_back_the_same_tensors_and_config(tmp_path, nam
     config = read_model_config(str(tmp_path / "ckpt" / "model.gin"))
     with open(os.path.join(source, "config.json")) as f:
         want = json.load(f)
-    export_hf(
-        str(tmp_path / "ckpt" / "checkpoints"),
-        config,
-        str(tmp_path / "hf"),
-        model_type=want["model_type"],
-        max_shard_mb=1,
-    )
+    export_hf(str(tmp_path / "ckpt" / "checkpoints"), config, str(tmp_path / "hf"), max_shard_mb=1)
+    with open(tmp_path / "hf" / "config.json") as f:
+        assert json.load(f)["model_type"] == want["model_type"]  # the imported one
     original, exported = (
         SafetensorsCheckpoint.open(source),
         SafetensorsCheckpoint.open(tmp_path / "hf"),
