@@ -9,7 +9,7 @@ CKPT is a run's `checkpoints/` (its latest step) or one step directory; MODEL.gi
 with an index past `--max_shard_mb`) and the tokenizer files, which `transformers`' Auto
 classes load; a Quiet-STaR model also `quiet_star.safetensors`. Special ids and tokenizer
 come from `--hf_dir` (the HF directory a fine-tuned model came from), else from what an
-import left in CKPT's root (`hf_config.json`, `tokenizer/`), else from the SentencePiece
+import left in CKPT's root (`hf_config.json`, `tokenizer/` if any), else from the SentencePiece
 model the run used (`--sentencepiece_model`, default the shipped one; pad 0, eos 1), written
 as a `tokenizer.json` that transformers reads as SentencePiece does. D is written beside
 itself and renamed when complete.
@@ -185,7 +185,7 @@ def export_hf(
             write_quiet_star_file(partial, config, params)
         if tokenizer_dir is not None:
             copy_tokenizer_files(tokenizer_dir, partial, require_tokenizer=hf_dir is not None)
-        else:  # trained on a SentencePiece model of ours: its tokenizer.json
+        elif config_json is None or sentencepiece_model:  # trained on a SentencePiece model
             write_hf_tokenizer(sentencepiece_model or SHIPPED_TOKENIZER, partial, add_eos=enc_dec)
         _write_json(os.path.join(partial, "config.json"), {**fields, **ids})
         _write_json(os.path.join(partial, "generation_config.json"), ids)
