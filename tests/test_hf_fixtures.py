@@ -156,6 +156,7 @@ def test_import_then_export_gives_back_the_same_tensors_and_config(tmp_path, nam
     export_hf(str(tmp_path / "ckpt" / "checkpoints"), config, str(tmp_path / "hf"), max_shard_mb=1)
     with open(tmp_path / "hf" / "config.json") as f:
         assert json.load(f)["model_type"] == want["model_type"]  # the imported one
+    assert "tokenizer.json" not in os.listdir(tmp_path / "hf")  # the fixtures have none
     original, exported = (
         SafetensorsCheckpoint.open(source),
         SafetensorsCheckpoint.open(tmp_path / "hf"),
