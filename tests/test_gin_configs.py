@@ -91,7 +91,10 @@ def test_run_file_builds(run_file, tmp_path):
     "model_file", sorted((CONFIGS / "models").glob("*.gin")), ids=lambda p: p.name
 )
 def test_model_file_builds_its_preset(model_file):
-    _parse([str(model_file)], ["train.model_config = @model_config()"])
+    bindings = ["train.model_config = @model_config()"]
+    if model_file.name == "hf.gin":  # the model of a Hugging Face directory
+        bindings.append(f"HF_DIR = '{Path(__file__).parent / 'fixtures' / 'hf' / 'llama2'}'")
+    _parse([str(model_file)], bindings)
     config = gin.get_bindings("train")["model_config"]
     assert config.architecture in ("encoder_decoder", "decoder")
     gin.clear_config()
