@@ -219,19 +219,27 @@ def main(entry_point: Callable, argv: Sequence[str] | None = None) -> object:
 def quiet_libraries() -> None:
     """Hides the libraries' noise: absl's Python logging (seqio's) below ERROR, SentencePiece's
     C++ INFO lines, and the trail of a failed asynchronous checkpoint write (orbax's error
-    records with their tracebacks, and the "Event loop is closed" reports of its writer
-    threads); `Checkpointer` reports that failure itself as one `CheckpointWriteError`."""
+    records with their tracebacks, asyncio's reports of its writer tasks' unretrieved
+    errors, and the "Event loop is closed" reports of its writer threads); `Checkpointer`
+    reports that failure itself as one `CheckpointWriteError`."""
     import sentencepiece
 
     absl_logger = logging.getLogger("absl")
     absl_logger.setLevel(logging.ERROR)
     absl_logger.addFilter(_not_from_orbax)
+    logging.getLogger("asyncio").addFilter(_not_an_orbax_task_error)
     sentencepiece.set_min_log_level(1)
     sys.unraisablehook = _drop_closed_event_loop_reports(sys.unraisablehook)
 
 
 def _not_from_orbax(record: logging.LogRecord) -> bool:
     return f"{os.sep}orbax{os.sep}" not in record.pathname
+
+
+def _not_an_orbax_task_error(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Task exception was never retrieved" of an orbax writer task."""
+    message = record.getMessage()
+    return not ("never retrieved" in message and f"{os.sep}orbax{os.sep}" in message)
 
 
 def _drop_closed_event_loop_reports(hook: Callable) -> Callable:
