@@ -3,7 +3,7 @@
 Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConfig()`,
 `@EncDecConverter()`, `@DecoderConverter()`, `@MultiTaskEncDecConverter()`,
 `@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`,
-`@step_by_step_loss`, `@kd_loss`, `@DecodeConfig()`, `@register_gsm8k()`,
+`@step_by_step_loss`, `@counterfactual_loss`, `@kd_loss`, `@DecodeConfig()`, `@register_gsm8k()`,
 `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`, `@quiet_star_loss`,
 `@ThinkingSpec()`, `@ThoughtDecodeConfig()`. The entry points register themselves when they
 run (`gin_launch.register`); nothing here imports them.
@@ -16,13 +16,13 @@ from typing import Optional
 import gin
 
 from t5x_rationale.architectures import QuietStarConfig, get_preset
-from t5x_rationale.data import converters, registry
+from t5x_rationale.data import converters, counterfactual, registry
 from t5x_rationale.data.hf_vocab import quiet_star_thought_ids
 from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.interop.hf_start import hf_model_config
-from t5x_rationale.objectives import kd_loss, step_by_step_loss, token_loss
+from t5x_rationale.objectives import counterfactual_loss, kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.optimizers import OptimizerConfig
@@ -82,6 +82,8 @@ for _cls in (
     converters.DecoderConverter,
     converters.MultiTaskDecoderConverter,
     converters.CandidatesConverter,
+    counterfactual.CounterfactualEncDecConverter,
+    counterfactual.CounterfactualDecoderConverter,
 ):
     gin.external_configurable(_cls)
 gin.external_configurable(OptimizerConfig)
@@ -91,6 +93,7 @@ gin.external_configurable(ThoughtDecodeConfig)
 gin.external_configurable(ThinkingSpec)
 gin.external_configurable(token_loss)
 gin.external_configurable(step_by_step_loss)
+gin.external_configurable(counterfactual_loss)
 gin.external_configurable(kd_loss)
 gin.external_configurable(quiet_star_loss)
 gin.external_configurable(registry.register_gsm8k)

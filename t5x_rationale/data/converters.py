@@ -14,6 +14,7 @@ Model features produced (all int32 unless noted; `length` axis last):
   `decoder_causal_attention` (T5X name: 1 on prefix positions of the shifted inputs);
 - multi-task variants add `decoder_task_ids` (the example's `task_id` on each target token,
   0 on padding), so a loss can be normalised per task inside a packed batch;
+- `with_loss_start` (`counterfactual.py`): no loss before an example's `targets_loss_start`;
 - `CandidatesConverter`: `encoder_input_tokens` [L] and, per candidate slot,
   `candidate_input_tokens`/`candidate_target_tokens`/`candidate_loss_weights` [K, L] with
   `candidate_mask` and `candidate_is_positive` [K].
@@ -56,28 +57,44 @@ def _shift_right(targets: tf.Tensor, segment_ids: tf.Tensor | None) -> tf.Tensor
 
 
 def _pack_or_pad(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> tf.data.Dataset:
-    if pack:
-        return seqio.utils.trim_and_pack_dataset(ds, lengths)
-    return seqio.utils.trim_and_pad_dataset(ds, lengths)
+    """Packing takes a feature's count of non-zero items as its length: 0/1 flags pass as 1/2."""
+    if not pack:
+        return seqio.utils.trim_and_pad_dataset(ds, lengths)
+    flags = [k for k in ("targets_loss", "targets_prefix", "targets_truncated") if k in lengths]
+    ds = ds.map(lambda ex: {k: v + 1 if k in flags else v for k, v in ex.items()})
+    ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
+    return ds.map(lambda ex: {**ex, **{k: tf.maximum(ex[k] - 1, 0) for k in flags}})
 
 
-def _require_task_id(ds: tf.data.Dataset, converter: str) -> None:
-    spec = ds.element_spec.get("task_id")
+def _require_scalar(ds: tf.data.Dataset, converter: str, feature: str) -> None:
+    spec = ds.element_spec.get(feature)
     if spec is None or spec.shape.rank != 0 or not spec.dtype.is_integer:
         raise ValueError(
-            f"{converter} needs a scalar integer 'task_id' feature in every example "
-            f"(add one with t5x_rationale.data.tasks.add_task_id); the dataset has "
-            f"{sorted(ds.element_spec)}"
+            f"{converter} needs a scalar integer {feature!r} feature in every example "
+            "(tasks.add_task_id adds task_id; the {name}_counterfactual tasks add both); "
+            f"the dataset has {sorted(ds.element_spec)}"
         )
+
+
+def _loss_from(ex: dict, length: tf.Tensor) -> tf.Tensor:
+    """int32 [length]: 1 from the example's `targets_loss_start` on, 0 before it."""
+    return tf.cast(tf.range(length) >= tf.cast(ex["targets_loss_start"], tf.int32), tf.int32)
 
 
 class _Converter(seqio.FeatureConverter):
     """Shared scaffolding: lengths are checked and trimmed here, never asserted by seqio."""
 
     PACKING_FEATURE_DTYPES = {}
+    with_task_ids = False
+    with_loss_start = False
 
     def __init__(self, pack: bool = True):
         super().__init__(pack=pack, apply_length_check=False)
+
+    def _check_scalars(self, ds: tf.data.Dataset) -> None:
+        needs = {"task_id": self.with_task_ids, "targets_loss_start": self.with_loss_start}
+        for feature in (f for f, needed in needs.items() if needed):
+            _require_scalar(ds, type(self).__name__, feature)
 
 
 class EncDecConverter(_Converter):
@@ -97,7 +114,6 @@ class EncDecConverter(_Converter):
         "decoder_segment_ids": tf.int32,
         "decoder_positions": tf.int32,
     }
-    with_task_ids = False
 
     def _trim(self, ex, lengths):
         inputs, cut_in = _cut(ex["inputs"], lengths["inputs"])
@@ -109,11 +125,12 @@ class EncDecConverter(_Converter):
         }
         if self.with_task_ids:
             out["targets_task"] = tf.fill(tf.shape(targets), tf.cast(ex["task_id"], tf.int32))
+        if self.with_loss_start:
+            out["targets_loss"] = _loss_from(ex, tf.size(ex["targets"]))[: lengths["targets"]]
         return out
 
     def _convert_features(self, ds, task_feature_lengths):
-        if self.with_task_ids:
-            _require_task_id(ds, type(self).__name__)
+        self._check_scalars(ds)
         lengths = dict(task_feature_lengths)
         ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)
         packed = {
@@ -123,6 +140,8 @@ class EncDecConverter(_Converter):
         }
         if self.with_task_ids:
             packed["targets_task"] = lengths["targets"]
+        if self.with_loss_start:
+            packed["targets_loss"] = lengths["targets"]
         ds = _pack_or_pad(ds, packed, self.pack)
         return ds.map(self._model_features, num_parallel_calls=AUTOTUNE)
 
@@ -137,6 +156,8 @@ class EncDecConverter(_Converter):
         }
         if self.with_task_ids:
             out["decoder_task_ids"] = ex["targets_task"]
+        if self.with_loss_start:
+            out["decoder_loss_weights"] *= tf.cast(ex["targets_loss"], tf.float32)
         if self.pack:
             out.update(
                 encoder_segment_ids=ex["inputs_segment_ids"],
@@ -188,7 +209,6 @@ class DecoderConverter(_Converter):
         "decoder_truncated": FeatureSpec(dtype=tf.int32),
     }
     PACKING_FEATURE_DTYPES = {"decoder_segment_ids": tf.int32, "decoder_positions": tf.int32}
-    with_task_ids = False
 
     def __init__(
         self,
@@ -219,6 +239,8 @@ class DecoderConverter(_Converter):
         n_in, n_t = tf.size(prompt), tf.size(targets)
         seq = tf.concat([prompt, targets], 0)
         target_weight = tf.ones([n_t], tf.int32)
+        if self.with_loss_start:
+            target_weight = _loss_from(ex, tf.size(ex["targets"]))[:n_t]
         prompt_weight = (
             tf.zeros([n_in], tf.int32) if self.loss_on_targets_only else tf.ones([n_in], tf.int32)
         )
@@ -234,8 +256,7 @@ class DecoderConverter(_Converter):
         return out
 
     def _convert_features(self, ds, task_feature_lengths):
-        if self.with_task_ids:
-            _require_task_id(ds, type(self).__name__)
+        self._check_scalars(ds)
         lengths = dict(task_feature_lengths)
         total = self._total_length(lengths)
         ds = ds.map(lambda ex: self._trim(ex, lengths), num_parallel_calls=AUTOTUNE)

@@ -2,7 +2,8 @@
 
 Importing this module registers the shipped corpus (default seed and sizes) as
 
-- `synthetic_arith_{label,rationale,step_by_step,cot,cot_decoder,contrastive}` (see `tasks.py`),
+- `synthetic_arith_{label,rationale,step_by_step,cot,cot_decoder,contrastive}` and SCOTT's
+  `synthetic_arith_{counterfactual,factual}` (and `_decoder` forms; see `tasks.py`),
 - `synthetic_arith_text`: the plain-text view (question + rationale + answer) for LM training,
   `synthetic_arith_answer_text` the direct-answer view (question + answer) and
   `synthetic_arith_text_and_answers` the two mixed 1:1 (the thinking study's text),

@@ -11,8 +11,11 @@
 | `{name}_cot`              | `input`                    | `rationale + " --> " + label`   |
 | `{name}_cot_decoder`      | `input + " ###"`           | `rationale + " --> " + label`   |
 | `{name}_contrastive`      | `input`                    | `positives` / `negatives` sets  |
+| `{name}_counterfactual`   | SCOTT's factual and counterfactual rows (`counterfactual.py`) |
+| `{name}_factual`          | `"[factual] " + input`     | `"[factual] " + r + ... + label` |
 
-Label and rationale rows carry `task_id` 1 and 2 (`TASK_IDS`) for per-task losses. The
+`{name}_counterfactual_decoder` and `{name}_factual_decoder` are the same with `input + " ###"`
+prompts. Label and rationale rows carry `task_id` 1 and 2 (`TASK_IDS`) for per-task losses. The
 chain-of-thought tasks make one row per teacher rationale (diverse reasoning). Answers are
 scored with `metrics.answer_accuracy` after `metrics.answer_postprocessor`.
 `register_text_task` registers plain-text LM tasks (`targets` only).
@@ -26,7 +29,7 @@ from typing import Optional
 import seqio
 import tensorflow as tf
 
-from t5x_rationale.data import metrics
+from t5x_rationale.data import counterfactual, metrics
 from t5x_rationale.data.vocab import get_vocabulary
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -43,6 +46,10 @@ class RationaleTaskNames:
     cot: str
     cot_decoder: str
     contrastive: str
+    factual: str
+    counterfactual: str
+    factual_decoder: str
+    counterfactual_decoder: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +125,7 @@ def _register(
 
 
 _TASK_KINDS = ("label", "rationale", "step_by_step", "cot", "cot_decoder", "contrastive")
+_TASK_KINDS += ("factual", "counterfactual", "factual_decoder", "counterfactual_decoder")
 
 
 def _label_preprocessor(formats: Formats):
@@ -175,6 +183,24 @@ def _register_cot_tasks(
         )
 
 
+def _register_counterfactual_tasks(
+    names: RationaleTaskNames, source, text, vocabulary, formats: Formats, overwrite
+) -> None:
+    """SCOTT's factual + counterfactual training rows and the factual rows alone (evaluated by
+    the parsed answer), for encoder-decoder and decoder-only (`input ###`) students."""
+    for train_name, eval_name, suffix in (
+        (names.counterfactual, names.factual, ""),
+        (names.counterfactual_decoder, names.factual_decoder, formats.decoder_prompt_suffix),
+    ):
+        for task_name, negatives in ((train_name, 1), (eval_name, 0)):
+            rows = counterfactual.preprocessor(
+                vocabulary, prompt_suffix=suffix, max_negatives=negatives
+            )
+            metric_fns = [metrics.answer_accuracy] if task_name == eval_name else []
+            postprocess = metrics.answer_postprocessor
+            _register(task_name, source, rows, text, postprocess, metric_fns, overwrite)
+
+
 def register_rationale_tasks(
     name: str,
     source: seqio.DataSource,
@@ -186,7 +212,8 @@ def register_rationale_tasks(
     rationale_rate: float = 1.0,
     overwrite: bool = False,
 ) -> RationaleTaskNames:
-    """Registers the label, rationale, step-by-step, CoT and contrastive tasks of one dataset.
+    """Registers the label, rationale, step-by-step, CoT, contrastive and counterfactual tasks
+    of one dataset.
 
     Args:
       name: prefix of every registered name.
@@ -222,6 +249,7 @@ def register_rationale_tasks(
         **_features(vocabulary, ("positives", "negatives"), rank=2),
     }
     _register(names.contrastive, source, _contrastive_rows, contrastive, None, [], overwrite)
+    _register_counterfactual_tasks(names, source, text, vocabulary, formats, overwrite)
     return names
 
 

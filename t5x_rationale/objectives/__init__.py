@@ -1,5 +1,6 @@
 """Objectives: pure functions `loss(model, params, batch, rng) -> (scalar, metrics)`."""
 
+from t5x_rationale.objectives.counterfactual import counterfactual_loss
 from t5x_rationale.objectives.cross_entropy import (
     token_accuracy,
     token_cross_entropy,
@@ -10,6 +11,7 @@ from t5x_rationale.objectives.lm import forward_logits, token_loss
 from t5x_rationale.objectives.step_by_step import step_by_step_loss
 
 __all__ = [
+    "counterfactual_loss",
     "forward_logits",
     "kd_loss",
     "kl_divergence",

@@ -31,6 +31,42 @@ LABEL_TASK_ID = 1
 RATIONALE_TASK_ID = 2
 
 
+def require_task_ids(
+    batch: dict, loss_name: str, hint: str = "a MultiTask*Converter on a step-by-step mixture"
+) -> None:
+    """A clear KeyError when the batch has no per-token `decoder_task_ids`."""
+    if "decoder_task_ids" not in batch:
+        raise KeyError(
+            f"{loss_name} needs batch['decoder_task_ids'] (use {hint}); got {sorted(batch)}"
+        )
+
+
+def token_terms(
+    model: nn.Module,
+    params: Any,
+    batch: dict,
+    rng: Optional[jax.Array],
+    *,
+    z_loss: float,
+    label_smoothing: float,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """The per-token terms a per-task loss averages, each [batch, length] float32.
+
+    Returns:
+      (cross-entropy incl. z-loss, z-loss term, 1 where the argmax is the target,
+      `decoder_loss_weights` or, without them, 1 on non-padding targets).
+    """
+    logits = forward_logits(model, params, batch, rng)
+    targets = batch["decoder_target_tokens"]
+    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32)).astype(
+        jnp.float32
+    )
+    per_token, z_term = token_cross_entropy(
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
+    )
+    return per_token, z_term, token_accuracy(logits, targets), weights
+
+
 def step_by_step_loss(
     model: nn.Module,
     params: Any,
@@ -46,20 +82,10 @@ def step_by_step_loss(
     """alpha-mixed per-task token-mean cross-entropy; needs `decoder_task_ids` in the batch."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if "decoder_task_ids" not in batch:
-        raise KeyError(
-            "step_by_step_loss needs batch['decoder_task_ids'] (use a MultiTask*Converter "
-            f"on a step-by-step mixture); got {sorted(batch)}"
-        )
-    logits = forward_logits(model, params, batch, rng)
-    targets = batch["decoder_target_tokens"]
-    weights = batch.get("decoder_loss_weights", (targets > 0).astype(jnp.float32)).astype(
-        jnp.float32
+    require_task_ids(batch, "step_by_step_loss")
+    per_token, z_term, correct, weights = token_terms(
+        model, params, batch, rng, z_loss=z_loss, label_smoothing=label_smoothing
     )
-    per_token, z_term = token_cross_entropy(
-        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
-    )
-    correct = token_accuracy(logits, targets)
     task_ids = batch["decoder_task_ids"]
     label_w = weights * (task_ids == label_task_id)
     rationale_w = weights * (task_ids == rationale_task_id)
