@@ -5,7 +5,8 @@ Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConf
 `@MultiTaskDecoderConverter()`, `@CandidatesConverter()`, `@token_loss`,
 `@step_by_step_loss`, `@counterfactual_loss`, `@kd_loss`, `@DecodeConfig()`, `@register_gsm8k()`,
 `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`, `@quiet_star_loss`,
-`@ThinkingSpec()`, `@ThoughtDecodeConfig()`. The entry points register themselves when they
+`@ThinkingSpec()`, `@ThoughtDecodeConfig()`, `@qcrd_loss`, `@discriminator_loss`,
+`@discriminator_model()`. The entry points register themselves when they
 run (`gin_launch.register`); nothing here imports them.
 """
 
@@ -16,6 +17,7 @@ from typing import Optional
 import gin
 
 from t5x_rationale.architectures import QuietStarConfig, get_preset
+from t5x_rationale.architectures.discriminator import Discriminator
 from t5x_rationale.data import converters, counterfactual, registry
 from t5x_rationale.data.hf_vocab import quiet_star_thought_ids
 from t5x_rationale.data.vocab import get_vocabulary
@@ -23,6 +25,8 @@ from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.objectives import counterfactual_loss, kd_loss, step_by_step_loss, token_loss
+from t5x_rationale.objectives.discriminator import discriminator_loss
+from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.optimizers import OptimizerConfig
@@ -76,6 +80,14 @@ def quiet_star_config(
     )
 
 
+
+@gin.configurable
+def discriminator_model(preset: str = "t5-tiny", hidden_dim: int = 256, **overrides):
+    """QCRD's discriminator D(x, r) over the encoder of a T5 preset (fields overridable, e.g.
+    `vocab_size` to match the student's tokenizer), with `hidden_dim` after the pool."""
+    return Discriminator(get_preset(preset, **overrides), hidden_dim=hidden_dim)
+
+
 for _cls in (
     converters.EncDecConverter,
     converters.MultiTaskEncDecConverter,
@@ -96,6 +108,8 @@ gin.external_configurable(step_by_step_loss)
 gin.external_configurable(counterfactual_loss)
 gin.external_configurable(kd_loss)
 gin.external_configurable(quiet_star_loss)
+gin.external_configurable(qcrd_loss)
+gin.external_configurable(discriminator_loss)
 gin.external_configurable(registry.register_gsm8k)
 gin.external_configurable(registry.gsm8k_task_name)
 gin.external_configurable(registry.register_jsonl)
