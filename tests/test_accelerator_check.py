@@ -14,7 +14,7 @@ from t5x_rationale.benchmarks import accelerator_report as report_lib
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.slow
+@pytest.mark.extended  # 75-135 s; the checks' own tests below run in CI
 def test_cpu_half_writes_a_passing_report(tmp_path):
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "t5x_rationale.accelerator_check", "--out", str(out)]
