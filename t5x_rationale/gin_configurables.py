@@ -80,7 +80,6 @@ def quiet_star_config(
     )
 
 
-
 @gin.configurable
 def discriminator_model(preset: str = "t5-tiny", hidden_dim: int = 256, **overrides):
     """QCRD's discriminator D(x, r) over the encoder of a T5 preset (fields overridable, e.g.
