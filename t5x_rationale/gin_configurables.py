@@ -19,6 +19,7 @@ import gin
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.architectures.discriminator import Discriminator
 from t5x_rationale.data import converters, counterfactual, registry
+from t5x_rationale.data.choice_converter import ChoicesConverter
 from t5x_rationale.data.hf_vocab import quiet_star_thought_ids
 from t5x_rationale.data.vocab import get_vocabulary
 from t5x_rationale.inference.decoding import DecodeConfig
@@ -26,6 +27,7 @@ from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
 from t5x_rationale.interop.hf_start import hf_model_config
 from t5x_rationale.objectives import counterfactual_loss, kd_loss, step_by_step_loss, token_loss
 from t5x_rationale.objectives.discriminator import discriminator_loss
+from t5x_rationale.objectives.pinto import pinto_loss
 from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.spec import ThinkingSpec
@@ -107,6 +109,9 @@ gin.external_configurable(step_by_step_loss)
 gin.external_configurable(counterfactual_loss)
 gin.external_configurable(kd_loss)
 gin.external_configurable(quiet_star_loss)
+# PINTO: `@ChoicesConverter()` batches of a `*_choices` task, `@pinto_loss`
+gin.external_configurable(ChoicesConverter)
+gin.external_configurable(pinto_loss)
 gin.external_configurable(qcrd_loss)
 gin.external_configurable(discriminator_loss)
 gin.external_configurable(registry.register_gsm8k)

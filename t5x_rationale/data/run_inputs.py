@@ -10,6 +10,7 @@ from typing import Optional
 
 import seqio
 
+import t5x_rationale.data.choice_tasks  # noqa: F401  (and its multiple-choice variants)
 import t5x_rationale.data.registry  # noqa: F401  (registers the shipped corpus)
 from t5x_rationale.data.converters import DecoderConverter, EncDecConverter
 from t5x_rationale.data.hf_vocab import HFTokenizerVocabulary
