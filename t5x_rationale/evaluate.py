@@ -3,7 +3,9 @@
     python -m t5x_rationale.evaluate --gin_file=runs/quickstart_eval.gin
 
 Prints one line per task (`task split step: metric=value ...`) and writes the metrics to
-`{output_dir}/{task}-{split}-step{N}.json` together with the predictions as JSONL.
+`{output_dir}/{task}-{split}-step{N}.json` together with the predictions as JSONL. Beside
+accuracy it reports counterfactual consistency (`data/faithfulness.py`): the answers decoded
+after a forced wrong rationale, written to `...-counterfactual-predictions.jsonl`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Optional
 import gin
 import jax
 
+from t5x_rationale.data import faithfulness as faith
 from t5x_rationale.data.examples import load_examples, score_task, scored_tasks, text_of
 from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
@@ -42,7 +45,9 @@ def evaluate(
     vocabulary_path: Optional[str] = None,
     thoughts: Optional[ThoughtDecodeConfig] = None,
     seed: int = 0,
-) -> dict[str, dict[str, float]]:
+    faithfulness: Optional[bool] = None,
+    faithfulness_format: Optional[str] = None,
+) -> dict[str, dict[str, Optional[float]]]:
     """Decodes every task of `mixture_or_task_name` that has metrics; returns task -> metrics.
 
     Args:
@@ -57,6 +62,13 @@ def evaluate(
       batch_size: global decode batch.
       mesh, vocabulary_path, seed: as in training; seed feeds sampling.
       thoughts: thought settings for a Quiet-STaR model (see `Predictor`).
+      faithfulness: counterfactual consistency (`data/faithfulness.py`). None: for every task
+        whose output format is known (a label-only task reports None, not applicable);
+        True: for every task (an unknown format is an error); False: never.
+      faithfulness_format: one of `faithfulness.KINDS` ('cot', 'factual', 'rationale',
+        'label') for every task, instead of the format its name gives.
+
+    A task's scores hold None for a metric that is not applicable (printed `n/a`).
     """
     if (checkpoint_path is None) == (run_dir is None):
         raise ValueError("give exactly one of evaluate.checkpoint_path and evaluate.run_dir")
@@ -65,6 +77,9 @@ def evaluate(
     check_task(mixture_or_task_name, vocabulary)
     check_decode_eos(decode_config.eos_id, vocabulary)
     tasks = scored_tasks(mixture_or_task_name)
+    formats = {
+        t.name: _faithfulness_format(t.name, faithfulness, faithfulness_format) for t in tasks
+    }
     predictor = Predictor(
         model_config,
         checkpoint_path,
@@ -86,21 +101,61 @@ def evaluate(
         scores.update(
             examples=float(len(examples)), truncated_inputs=float(predictions.truncated_inputs)
         )
+        note, forced = None, None
+        if formats[task.name] is not None:
+            cf_scores, forced, note = _counterfactual(
+                task, split, examples, formats[task.name], predictor, vocabulary, seed
+            )
+            scores.update(cf_scores)
         results[task.name] = scores
-        _write(output_dir, task.name, split, predictor.step, scores, examples, predictions.texts)
-        shown = " ".join(f"{k}={v:.2f}" for k, v in scores.items())
+        stem = os.path.join(output_dir, f"{task.name}-{split}-step{predictor.step}")
+        _write(stem, predictor.step, scores, note, examples, predictions.texts, forced)
+        shown = " ".join(f"{k}={'n/a' if v is None else f'{v:.2f}'}" for k, v in scores.items())
+        shown += f" ({note})" if note else ""
         print(f"eval {task.name} {split} step {predictor.step}: {shown}", flush=True)
     return results
 
 
-def _write(output_dir, task_name, split, step, scores, examples, texts) -> None:
+def _faithfulness_format(task_name: str, enabled: Optional[bool], kind: Optional[str]):
+    """The task's counterfactual format, or None when consistency is not measured."""
+    if enabled is False:
+        return None
+    fmt = faith.task_format(task_name, kind)
+    if fmt is None and enabled:
+        raise ValueError(
+            f"evaluate.faithfulness is True but task {task_name!r} has no known output format; "
+            f"set evaluate.faithfulness_format to one of {faith.KINDS}"
+        )
+    return fmt
+
+
+def _counterfactual(task, split, examples, fmt, predictor, vocabulary, seed):
+    """(scores, prediction rows, note) of counterfactual consistency on one task split: each
+    example with a negative is decoded after its forced counterfactual prefix."""
+    if not fmt.applicable:
+        return {"counterfactual_consistency": None}, None, faith.NOT_CONDITIONED
+    measured = faith.plan(fmt, examples, faith.first_negatives(task, split))
+    texts = []
+    if measured.cases:
+        texts = predictor.predict(
+            [examples[c.index] for c in measured.cases],
+            rng=jax.random.PRNGKey(seed),
+            prefixes=[vocabulary.encode(c.prefix) for c in measured.cases],
+        ).texts
+    scores, answers = faith.score(measured, texts)
+    rows = faith.prediction_rows(measured, examples, texts, answers)
+    return scores, rows, None if measured.cases else faith.NO_NEGATIVES
+
+
+def _write(stem, step, scores, note, examples, texts, forced) -> None:
     if jax.process_index() != 0:
         return
-    os.makedirs(output_dir, exist_ok=True)
-    stem = os.path.join(output_dir, f"{task_name}-{split}-step{step}")
-    write_text_atomic(
-        stem + ".json", json.dumps({"step": step, **scores}, indent=1, sort_keys=True) + "\n"
-    )
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    summary = {"step": step, **scores, **({"faithfulness_note": note} if note else {})}
+    write_text_atomic(stem + ".json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    if forced is not None:
+        lines = [json.dumps(row, ensure_ascii=False) for row in forced]
+        write_text_atomic(stem + "-counterfactual-predictions.jsonl", "\n".join(lines) + "\n")
     rows = [
         json.dumps(
             {

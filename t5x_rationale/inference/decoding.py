@@ -3,7 +3,10 @@
 One jitted program per (model, config, prefill length, mesh/rules context): the params are
 an argument, the loop is a `jax.lax.while_loop` that stops once every row has finished.
 
-Encoder-decoder: encode once, then feed the decoder token by token starting from token 0.
+Encoder-decoder: encode once, then feed the decoder token by token starting from token 0, or
+from `decoder_prompt_tokens` [B, P] when given: right-padded decoder prompts that start with 0
+and force the first target tokens (a forced prefix, fed by the same teacher forcing as a
+decoder-only prompt; the output holds what follows it).
 Decoder-only: `decoder_prompt_tokens` [B, P] are right-padded prompts of different lengths.
 The cache keeps one write index for all rows, so the shortest prompt (minus its last token)
 is prefilled in one cached call and the loop then feeds one position per step: a row still
@@ -74,7 +77,8 @@ def decode(
       model: an `EncoderDecoder` or `DecoderOnly` from `architectures.build_model`.
       params: its (unboxed) params, sharded or not.
       batch: `encoder_input_tokens` [B, S] (encoder-decoder) or `decoder_prompt_tokens`
-        [B, P] right-padded with 0 (decoder-only).
+        [B, P] right-padded with 0 (decoder-only). An encoder-decoder batch may carry
+        `decoder_prompt_tokens` too: 0 then the forced target prefix, right-padded.
       config: the decoding method and its settings.
       rng: a PRNG key; required for sampling.
 
@@ -91,14 +95,18 @@ def decode(
     architecture = model.config.architecture
     if architecture == "encoder_decoder":
         tokens = _required(batch, "encoder_input_tokens")
-        prefill = 0
+        if "decoder_prompt_tokens" in batch:
+            prompt = _required(batch, "decoder_prompt_tokens")
+        else:
+            prompt = np.zeros((np.shape(tokens)[0], 1), np.int32)
+        inputs, prefill = (tokens, prompt), 0
     elif architecture in ("decoder", "quiet_star"):  # a Quiet-STaR model decodes as its base LM
-        tokens = _required(batch, "decoder_prompt_tokens")
-        prefill = int(_shortest_prompt(tokens)) - 1
+        inputs = (_required(batch, "decoder_prompt_tokens"),)
+        prefill = int(_shortest_prompt(inputs[0])) - 1
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
     fn = _compiled(model, config, prefill, _context_key())
-    return fn(params, tokens, rng)
+    return fn(params, *inputs, rng)
 
 
 @jax.jit
@@ -139,10 +147,12 @@ def _compiled(model: nn.Module, config: DecodeConfig, prefill: int, context: tup
 
 
 def _decode_encoder_decoder(
-    model, config: DecodeConfig, params, encoder_tokens, rng
+    model, config: DecodeConfig, params, encoder_tokens, prompt, rng
 ) -> DecodeResult:
-    """Encodes once, then runs the loop with the 1-token 'prompt' 0 for every row."""
+    """Encodes once, then runs the loop from each row's decoder prompt (0, or 0 + a forced
+    prefix), fed token by token."""
     encoder_tokens = constrain(encoder_tokens, ("batch", "length"))
+    prompt = constrain(prompt.astype(jnp.int32), ("batch", "length"))
     rows = encoder_tokens.shape[0]
     copies = config.num_beams if config.method == "beam" else 1
     encoded = model.apply({"params": params}, encoder_tokens, method=model.encode)
@@ -160,8 +170,8 @@ def _decode_encoder_decoder(
             method=model.decode,
         )
 
-    cache = new_cache(apply, params, rows * copies, config.max_decode_length)
-    prompt = jnp.zeros((rows, 1), jnp.int32)
+    # The loop feeds positions 0 .. P + max_decode_length - 2.
+    cache = new_cache(apply, params, rows * copies, prompt.shape[1] - 1 + config.max_decode_length)
     return _run_loop(
         step_fn(apply, params),
         cache,

@@ -4,7 +4,8 @@ Examples are dicts with `inputs` token ids (from `data.examples.load_examples`: 
 task split, unshuffled and unpacked); `vocabulary` is any object with `decode(ids)`. Inputs
 longer than `input_length` are truncated and counted. For a decoder-only model the prompt is
 `[0] + inputs`, as the training converter feeds it (the decoder's inputs are its targets
-shifted right with 0).
+shifted right with 0). A forced output prefix (`predict(prefixes=...)`) follows that prompt, or
+is an encoder-decoder's decoder prompt `[0] + prefix`; it is not truncated.
 """
 
 from __future__ import annotations
@@ -91,53 +92,91 @@ class Predictor:
             return {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
         return {"decoder_input_tokens": ones}
 
-    def _rows(self, examples: Sequence[dict]) -> tuple[np.ndarray, int]:
-        """[n, input_length] right-padded input rows and the number of truncated inputs."""
-        width = self.input_length
-        rows = np.zeros((len(examples), width), np.int32)
-        truncated = 0
-        for i, ex in enumerate(examples):
+    def _prompts(self, examples: Sequence[dict]) -> tuple[list[np.ndarray], int]:
+        """Each example's encoder input / decoder-only prompt (truncated), and how many were cut."""
+        prompts, truncated = [], 0
+        for ex in examples:
             tokens = np.asarray(ex["inputs"], np.int32)
             if not self.encoder_decoder:
                 tokens = np.concatenate([[0], tokens])
-            truncated += len(tokens) > width
-            tokens = tokens[:width]
-            rows[i, : len(tokens)] = tokens
-        return rows, truncated
+            truncated += len(tokens) > self.input_length
+            prompts.append(tokens[: self.input_length])
+        return prompts, truncated
 
-    def predict(self, examples: Sequence[dict], rng: Optional[jax.Array] = None) -> Predictions:
-        """Decoded text for every example (EOS and what follows removed)."""
-        rows, truncated = self._rows(examples)
-        key = "encoder_input_tokens" if self.encoder_decoder else "decoder_prompt_tokens"
+    def _rows(
+        self, examples: Sequence[dict], prefixes: Optional[Sequence[Sequence[int]]]
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The model's right-padded input arrays for every example, and the truncated count.
+
+        A forced prefix follows the prompt of a decoder-only model; an encoder-decoder gets
+        it as its decoder prompt `[0] + prefix`.
+        """
+        prompts, truncated = self._prompts(examples)
+        if prefixes is None:
+            key = "encoder_input_tokens" if self.encoder_decoder else "decoder_prompt_tokens"
+            return {key: _right_padded(prompts, self.input_length)}, truncated
+        if len(prefixes) != len(examples):
+            raise ValueError(f"{len(prefixes)} prefixes for {len(examples)} examples")
+        forced = [np.asarray(p, np.int32).reshape(-1) for p in prefixes]
+        if self.encoder_decoder:
+            starts = [np.concatenate([[0], p]).astype(np.int32) for p in forced]
+            rows = {"encoder_input_tokens": _right_padded(prompts, self.input_length)}
+            return {**rows, "decoder_prompt_tokens": _right_padded(starts)}, truncated
+        joined = [np.concatenate([t, p]) for t, p in zip(prompts, forced)]
+        return {"decoder_prompt_tokens": _right_padded(joined)}, truncated
+
+    def predict(
+        self,
+        examples: Sequence[dict],
+        rng: Optional[jax.Array] = None,
+        *,
+        prefixes: Optional[Sequence[Sequence[int]]] = None,
+    ) -> Predictions:
+        """Decoded text for every example (EOS and what follows removed).
+
+        `prefixes`: token ids forced as the start of each example's output (the model
+        continues after them); the returned texts then begin with them.
+        """
+        rows, truncated = self._rows(examples, prefixes)
         host = self.partitioner.host_rows(self.batch_size)
         texts: list[str] = []
         rng = jax.random.PRNGKey(0) if rng is None else rng
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start : start + self.batch_size]
-            padded = np.concatenate([chunk, np.repeat(chunk[:1], self.batch_size - len(chunk), 0)])
-            batch = self.partitioner.host_batch_to_global({key: padded[host]})
-            with self.partitioner.context():
-                if self.thoughts is not None:
-                    result = generate_with_thoughts(
-                        self.model_config,
-                        self.params,
-                        batch[key],
-                        self.thoughts,
-                        rng=jax.random.fold_in(rng, start),
-                    )
-                else:
-                    result = decode(
-                        self.model,
-                        self.params,
-                        batch,
-                        self.decode_config,
-                        rng=jax.random.fold_in(rng, start),
-                    )
+        for start in range(0, len(examples), self.batch_size):
+            chunk = {k: v[start : start + self.batch_size] for k, v in rows.items()}
+            n = len(next(iter(chunk.values())))
+            padded = {
+                k: np.concatenate([v, np.repeat(v[:1], self.batch_size - n, 0)])[host]
+                for k, v in chunk.items()
+            }
+            batch = self.partitioner.host_batch_to_global(padded)
+            result = self._decode(batch, jax.random.fold_in(rng, start))
             tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
-            texts += [self._detokenize(t) for t in tokens[: len(chunk)]]
+            forced = prefixes[start : start + n] if prefixes is not None else [()] * n
+            texts += [self._detokenize(t, f) for t, f in zip(tokens[:n], forced)]
         return Predictions(texts, truncated)
 
-    def _detokenize(self, tokens: np.ndarray) -> str:
+    def _decode(self, batch: dict, rng: jax.Array):
+        with self.partitioner.context():
+            if self.thoughts is not None:
+                return generate_with_thoughts(
+                    self.model_config,
+                    self.params,
+                    batch["decoder_prompt_tokens"],
+                    self.thoughts,
+                    rng=rng,
+                )
+            return decode(self.model, self.params, batch, self.decode_config, rng=rng)
+
+    def _detokenize(self, tokens: np.ndarray, forced: Sequence[int] = ()) -> str:
         eos = np.flatnonzero(tokens == self.decode_config.eos_id)
         tokens = tokens[: eos[0]] if len(eos) else tokens
-        return self.vocabulary.decode([int(t) for t in tokens if t > 0])
+        return self.vocabulary.decode([int(t) for t in forced] + [int(t) for t in tokens if t > 0])
+
+
+def _right_padded(rows: Sequence[np.ndarray], width: Optional[int] = None) -> np.ndarray:
+    """[n, width] int32 rows right-padded with 0 (width: the longest row by default)."""
+    width = max((len(r) for r in rows), default=1) if width is None else width
+    out = np.zeros((len(rows), max(width, 1)), np.int32)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
