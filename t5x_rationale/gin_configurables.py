@@ -6,7 +6,7 @@ Names as written in configs: `@model_config()`, `@OptimizerConfig()`, `@MeshConf
 `@step_by_step_loss`, `@counterfactual_loss`, `@kd_loss`, `@DecodeConfig()`, `@register_gsm8k()`,
 `@gsm8k_task_name()`, `@register_jsonl()`, `@quiet_star_config()`, `@quiet_star_loss`,
 `@ThinkingSpec()`, `@ThoughtDecodeConfig()`, `@qcrd_loss`, `@discriminator_loss`,
-`@discriminator_model()`. The entry points register themselves when they
+`@discriminator_model()`, `@QcrdSettings()`. The entry points register themselves when they
 run (`gin_launch.register`); nothing here imports them.
 """
 
@@ -30,6 +30,7 @@ from t5x_rationale.objectives.discriminator import discriminator_loss
 from t5x_rationale.objectives.pinto import pinto_loss
 from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
+from t5x_rationale.qcrd.settings import QcrdSettings
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.optimizers import OptimizerConfig
 from t5x_rationale.runtime.partitioning import MeshConfig
@@ -113,6 +114,7 @@ gin.external_configurable(quiet_star_loss)
 gin.external_configurable(ChoicesConverter)
 gin.external_configurable(pinto_loss)
 gin.external_configurable(qcrd_loss)
+gin.external_configurable(QcrdSettings)
 gin.external_configurable(discriminator_loss)
 gin.external_configurable(registry.register_gsm8k)
 gin.external_configurable(registry.gsm8k_task_name)

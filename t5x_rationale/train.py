@@ -27,6 +27,8 @@ from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.interop.checkpoint_files import gin_model_file
 from t5x_rationale.interop.hf_start import hf_params, is_hf_dir
 from t5x_rationale.objectives import token_loss
+from t5x_rationale.qcrd.launch import QcrdRun, qcrd_step_counts
+from t5x_rationale.qcrd.settings import QcrdSettings
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
 from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
@@ -76,6 +78,7 @@ def train(
     teacher_config=None,
     teacher_checkpoint: Optional[str] = None,
     thinking: Optional[ThinkingSpec] = None,
+    qcrd: Optional[QcrdSettings] = None,
 ) -> TrainState:
     """Trains `model_config` on a seqio task or mixture until step `num_steps`.
 
@@ -115,6 +118,10 @@ def train(
         passed to the objective as `constants["teacher"]`, with `teacher_model=` bound.
       thinking: a Quiet-STaR model's thinking settings (`@ThinkingSpec()`), handed to the
         objective as `spec=` and to the FLOP count; required for one, refused otherwise.
+      qcrd: QCRD's settings (`@QcrdSettings()`): the run reads `mixture_or_task_name`'s label
+        rows and the settings' candidate task side by side, keeps a ring of lagged params and
+        an online discriminator in the train state and samples self-adversarial negatives
+        (`qcrd/`); the objective is `@qcrd_loss`.
     """
     objective = _with_thinking(objective, model_config, thinking)
     vocabulary = load_vocabulary(vocabulary_path, model_config)
@@ -130,15 +137,15 @@ def train(
         seed=data_seed,
         host_sharding=host_sharding,
     )
-    stream = _stream(spec, converter, partitioner)
+    stream, qcrd_run = _stream(spec, converter, partitioner, qcrd, vocabulary)
     example = next(stream)  # proves the data reads and gives the batch shapes
-    teacher_load = _hf_loader(teacher_checkpoint, teacher_config)  # None: our checkpoint
-    objective, constants = attach_teacher(
-        objective, teacher_config, teacher_checkpoint, partitioner, example, load=teacher_load
-    )
-    trainer = _trainer(
-        model_config, objective, optimizer, partitioner, num_microbatches, constants, max_bad_steps
-    )
+    setup = dict(num_microbatches=num_microbatches, max_bad_steps=max_bad_steps, qcrd_run=qcrd_run)
+    setup.update(teacher=(teacher_config, teacher_checkpoint))
+    trainer = _trainer(model_config, objective, optimizer, partitioner, example, **setup)
+    prepare = qcrd_run.prepare(trainer) if qcrd_run else None
+    example = prepare(None, example) if prepare else example
+    fresh = _init(trainer, seed, example, model_config, init_from, init_from_hf)
+    fresh = qcrd_run.with_finish_init(trainer, fresh, spec) if qcrd_run else fresh
     with contextlib.ExitStack() as stack:
         checkpointer = stack.enter_context(_locked(run_dir, keep_checkpoints, save_every))
         state, data_state, source = _start(
@@ -147,14 +154,15 @@ def train(
             example,
             model_config,
             run_dir=run_dir,
-            fresh=_init(trainer, seed, example, model_config, init_from, init_from_hf),
+            fresh=fresh,
             restore_path=restore_path,
             allow_config_change=allow_config_change,
             strict=strict_restore,
         )
         stream.set_state(data_state if data_state else {"position": 0})
         _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
-        throughput = _throughput(model_config, spec, converter, measure_mfu, thinking)
+        qcrd_batch = example if qcrd_run else None
+        throughput = _throughput(model_config, spec, converter, measure_mfu, thinking, qcrd_batch)
         writer = stack.enter_context(
             MetricsWriter(
                 run_dir,
@@ -171,23 +179,34 @@ def train(
             num_steps=num_steps,
             checkpointer=checkpointer,
             throughput=throughput,
-            on_metrics=lambda step, values: writer(step, {**values, **stream.stats()}),
+            on_metrics=lambda step, values: writer(step, {**values, **_stats(stream, prepare)}),
+            prepare=prepare,
         )
 
 
+def _stats(stream, prepare) -> dict:
+    return {**stream.stats(), **(prepare.stats() if prepare else {})}
+
+
 def _trainer(
-    model_config, objective, optimizer, partitioner, num_microbatches, constants, max_bad_steps
+    model_config, objective, optimizer, partitioner, example, *, teacher, qcrd_run, **loop
 ):
+    """The run's trainer (a QCRD one for QCRD), with a teacher's params as constants; `loop`:
+    num_microbatches and max_bad_steps."""
+    teacher_config, teacher_checkpoint = teacher
+    teacher_load = _hf_loader(teacher_checkpoint, teacher_config)  # None: our checkpoint
+    objective, constants = attach_teacher(
+        objective, teacher_config, teacher_checkpoint, partitioner, example, load=teacher_load
+    )
     tx, schedule = make_optimizer(optimizer)
-    return Trainer(
+    return (qcrd_run.trainer if qcrd_run else Trainer)(
         build_model(model_config),
         objective,
         tx,
         partitioner,
         learning_rate_fn=schedule,
-        num_microbatches=num_microbatches,
-        max_bad_steps=max_bad_steps,
         constants=constants,
+        **loop,
     )
 
 
@@ -276,15 +295,20 @@ def _with_thinking(objective: Callable, model_config, thinking: Optional[Thinkin
     return functools.partial(objective, spec=thinking)
 
 
-def _stream(spec: StreamSpec, converter, partitioner: Partitioner) -> TaskStream:
-    """This host's rows of the resumable batch stream."""
-    return TaskStream(
+def _stream(spec: StreamSpec, converter, partitioner: Partitioner, qcrd, vocabulary):
+    """(this host's rows of the resumable batch stream, the QCRD run or None); a QCRD run
+    pairs it with its candidate stream."""
+    stream = TaskStream(
         spec,
         converter,
         host_rows=partitioner.host_rows(spec.batch_size),
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    if qcrd is None:
+        return stream, None
+    qcrd_run = QcrdRun(qcrd, partitioner, vocabulary)
+    return qcrd_run.stream(stream), qcrd_run
 
 
 def _announce(task: str, source: str, step: int, num_steps: int, console: bool) -> None:
@@ -294,11 +318,13 @@ def _announce(task: str, source: str, step: int, num_steps: int, console: bool) 
 
 
 def _throughput(
-    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking
+    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking, qcrd_batch=None
 ) -> Throughput:
+    """Tokens and model FLOPs per step (a QCRD run's from its batch: `qcrd_step_counts`)."""
     lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
     input_length = lengths.get("encoder_input_tokens", 0)
     target_length = lengths["decoder_target_tokens"]
+    tokens = spec.batch_size * (input_length + target_length)
     flops = train_step_flops(
         model_config,
         spec.batch_size,
@@ -306,12 +332,10 @@ def _throughput(
         input_length=input_length,
         thinking=thinking,
     )
+    if qcrd_batch is not None:
+        tokens, flops = qcrd_step_counts(model_config, qcrd_batch)
     peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
-    return Throughput(
-        tokens_per_step=spec.batch_size * (input_length + target_length),
-        flops_per_step=flops,
-        peak_flops=peak,
-    )
+    return Throughput(tokens_per_step=tokens, flops_per_step=flops, peak_flops=peak)
 
 
 def main() -> None:

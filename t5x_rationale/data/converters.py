@@ -310,11 +310,9 @@ class MultiTaskDecoderConverter(DecoderConverter):
 class CandidatesConverter(_Converter):
     """Question plus a fixed number of positive and negative candidate targets per example.
 
-    The task gives `inputs` [L_in], `positives` and `negatives` (ragged [n, None] token
-    lists). Slots `0..num_positives-1` hold positives, the rest negatives; missing
-    candidates are all-padding slots with `candidate_mask` 0, extra ones are dropped (and
-    counted as truncation). Candidates are targets of the encoder-decoder's decoder.
-    """
+    The task gives `inputs` [L_in], `positives` and `negatives` (ragged [n, None] token lists).
+    Slots `0..num_positives-1` hold positives, the rest negatives; missing candidates are
+    padding slots with `candidate_mask` 0, extra ones are dropped (counted as truncation)."""
 
     TASK_FEATURES = {
         "inputs": FeatureSpec(dtype=tf.int32),
@@ -361,31 +359,33 @@ class CandidatesConverter(_Converter):
         return dense, mask, cut
 
     def _convert_features(self, ds, task_feature_lengths):
-        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
-        if task_feature_lengths["negatives"] != n_c:
+        if task_feature_lengths["negatives"] != task_feature_lengths["positives"]:
             raise ValueError(
                 f"positives and negatives need the same length, got {dict(task_feature_lengths)}"
             )
+        return ds.map(
+            lambda ex: self._candidate_row(ex, task_feature_lengths), num_parallel_calls=AUTOTUNE
+        )
 
-        def convert(ex):
-            inputs, cut_in = _cut(ex["inputs"], n_in)
-            pos, pos_mask, cut_p = self._slots(ex["positives"], self.num_positives, n_c)
-            neg, neg_mask, cut_n = self._slots(ex["negatives"], self.num_negatives, n_c)
-            targets = tf.concat([pos, neg], 0)
-            k = self.num_positives + self.num_negatives
-            return {
-                "encoder_input_tokens": tf.pad(inputs, [[0, n_in - tf.size(inputs)]]),
-                "candidate_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
-                "candidate_target_tokens": targets,
-                "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
-                "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
-                "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
-                "candidate_truncated": _flag_first(
-                    tf.zeros([k], tf.int32), tf.reduce_max(tf.stack([cut_in, cut_p, cut_n]))
-                ),
-            }
-
-        return ds.map(convert, num_parallel_calls=AUTOTUNE)
+    def _candidate_row(self, ex, task_feature_lengths):
+        """One example's question and dense candidate block."""
+        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
+        inputs, cut_in = _cut(ex["inputs"], n_in)
+        pos, pos_mask, cut_p = self._slots(ex["positives"], self.num_positives, n_c)
+        neg, neg_mask, cut_n = self._slots(ex["negatives"], self.num_negatives, n_c)
+        targets = tf.concat([pos, neg], 0)
+        k = self.num_positives + self.num_negatives
+        return {
+            "encoder_input_tokens": tf.pad(inputs, [[0, n_in - tf.size(inputs)]]),
+            "candidate_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
+            "candidate_target_tokens": targets,
+            "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
+            "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
+            "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
+            "candidate_truncated": _flag_first(
+                tf.zeros([k], tf.int32), tf.reduce_max(tf.stack([cut_in, cut_p, cut_n]))
+            ),
+        }
 
     def get_model_feature_lengths(self, task_feature_lengths):
         n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]

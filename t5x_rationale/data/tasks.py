@@ -10,7 +10,7 @@
 | `{name}_step_by_step`     | mixture of the two above (distilling step-by-step)           |
 | `{name}_cot`              | `input`                    | `rationale + " --> " + label`   |
 | `{name}_cot_decoder`      | `input + " ###"`           | `rationale + " --> " + label`   |
-| `{name}_contrastive`      | `input`                    | `positives` / `negatives` sets  |
+| `{name}_contrastive`      | `input`                    | `positives` / `negatives`, label |
 | `{name}_counterfactual`   | SCOTT's factual and counterfactual rows (`counterfactual.py`) |
 | `{name}_factual`          | `"[factual] " + input`     | `"[factual] " + r + ... + label` |
 
@@ -94,12 +94,15 @@ def _one_row_per_rationale(ds, build_inputs, build_targets, all_rationales: bool
 
 
 def _contrastive_rows(ds):
+    """Question, positives, negatives and the label (self-adversarial samples are checked
+    against it; `self_consistency.py` filters the positives on the host)."""
     return ds.map(
         lambda ex: {
             "id": ex["id"],
             "inputs": ex["input"],
             "positives": ex["rationales"],
             "negatives": ex["negatives"],
+            "targets": ex["label"],
         },
         num_parallel_calls=AUTOTUNE,
     )
@@ -245,7 +248,7 @@ def register_rationale_tasks(
     )
     _register_cot_tasks(names, source, text, formats, all_rationales_for_cot, overwrite)
     contrastive = {
-        "inputs": seqio.Feature(vocabulary, add_eos=True),
+        **_features(vocabulary, ("inputs", "targets")),
         **_features(vocabulary, ("positives", "negatives"), rank=2),
     }
     _register(names.contrastive, source, _contrastive_rows, contrastive, None, [], overwrite)

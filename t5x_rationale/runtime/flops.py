@@ -64,13 +64,20 @@ def quiet_star_forward_flops(
     return once_per_row + rows * length * (later_steps - idle_head + mixing)
 
 
+def t5_encoder_flops(c: T5Config, batch: int, input_length: int) -> int:
+    """Forward matmul FLOPs of T5's encoder stack over [batch, input_length]."""
+    d_attn = c.num_heads * c.head_dim
+    per_token = 4 * 2 * c.emb_dim * d_attn + 2 * _mlp_params(c) + 4 * input_length * d_attn
+    return batch * input_length * c.num_encoder_layers * per_token
+
+
 def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: int) -> int:
     """Forward matmul FLOPs of T5 over [batch, input_length] -> [batch, target_length]."""
     d_attn = c.num_heads * c.head_dim
     proj = 2 * c.emb_dim * d_attn  # one of q, k, v, o
     mlp = 2 * _mlp_params(c)
     enc_tokens, dec_tokens = batch * input_length, batch * target_length
-    encoder = enc_tokens * c.num_encoder_layers * (4 * proj + mlp + 4 * input_length * d_attn)
+    encoder = t5_encoder_flops(c, batch, input_length)
     decoder_per_token = (
         4 * proj  # self-attention q, k, v, o
         + 2 * proj  # cross-attention q, o

@@ -128,9 +128,15 @@ class Trainer:
                 skipped_steps=PartitionSpec(),
                 bad_streak=PartitionSpec(),
             )
+            specs = self._extend_specs(boxed, abstract, specs)
             shardings, notes = self.partitioner.shardings_for(abstract, specs)
             self._layout = (abstract, specs, shardings, notes)
         return self._layout
+
+    def _extend_specs(self, boxed, abstract, specs):
+        """Logical specs of the fields a subclass adds to the state (none here)."""
+        del boxed, abstract
+        return specs
 
     def abstract_state(self, example_batch: dict) -> TrainState:
         """ShapeDtypeStructs carrying this mesh's shardings (the restore target)."""

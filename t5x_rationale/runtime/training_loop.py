@@ -80,12 +80,15 @@ def train_loop(
     checkpointer: Optional[Checkpointer] = None,
     throughput: Optional[Throughput] = None,
     on_metrics: Optional[MetricsCallback] = None,
+    prepare: Optional[Callable[[TrainState, dict], dict]] = None,
 ) -> TrainState:
     """Trains until `state.step == num_steps`, starting wherever `state` and `data` are.
 
     `data` yields host-local NumPy batches and has `get_state()` (saved with every
-    checkpoint). The last step is always checkpointed; a SIGTERM or a multi-host preemption
-    notice saves the current step (when there is a checkpointer) and raises `Preempted`.
+    checkpoint); `prepare(state, host_batch)` may add to each batch what the state decides
+    (QCRD's sampled negatives). The last step is always checkpointed; a SIGTERM or a
+    multi-host preemption notice saves the current step (when there is a checkpointer) and
+    raises `Preempted`.
     """
     partitioner = trainer.partitioner
     step = int(state.step)
@@ -93,7 +96,10 @@ def train_loop(
         throughput.start()
     with _StopFlag(coordinated=jax.process_count() > 1) as stop:
         while step < num_steps:
-            batch = partitioner.host_batch_to_global(next(data))
+            host_batch = next(data)
+            if prepare is not None:
+                host_batch = prepare(state, host_batch)
+            batch = partitioner.host_batch_to_global(host_batch)
             state, metrics = trainer.train_step(state, batch)
             step += 1
             values = host_metrics(metrics)
