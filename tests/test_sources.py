@@ -131,6 +131,11 @@ BAD_ROWS = {
     "bool_id": (with_fields(id=True), "id", "got bool (True)"),
     "unknown_field": (with_fields(rationale=["x"]), "rationale", "unknown field"),
     "label_not_in_choices": (with_fields(choices=["1", "2"]), "label", "not one of the choices"),
+    "negative_repeats_rationale": (
+        with_fields(rationales=["r1", "r2"], negatives=["x", " r2 "]),
+        "negatives[1]",
+        "is the same text as rationales[1]",
+    ),
     "negative_labels_mismatch": (
         with_fields(negatives=["a", "b"], negative_labels=["1"]),
         "negative_labels",

@@ -18,7 +18,8 @@ Required fields:
 
 Optional fields (absent means an empty list in the rows that readers return):
 
-- ``negatives``: list of non-empty strings, incorrect rationales.
+- ``negatives``: list of non-empty strings, incorrect rationales; none may repeat a
+  rationale's text (a contrastive loss would push the same text both ways).
 - ``negative_labels``: list of strings, the wrong answer each negative reaches. Either
   absent/empty or exactly as long as ``negatives``.
 - ``choices``: list of strings, multiple-choice options. When non-empty, ``label`` must
@@ -88,7 +89,8 @@ def _parse_teacher_row(
 
 
 def _check_row_consistency(row: dict[str, Any], *, require_rationales: bool) -> None:
-    """Cross-field rules: rationales present, label among choices, label counts match."""
+    """Cross-field rules: rationales present, label among choices, no negative repeats a
+    rationale, label counts match."""
     if require_rationales and not row["rationales"]:
         raise RowError(
             "rationales",
@@ -96,6 +98,11 @@ def _check_row_consistency(row: dict[str, Any], *, require_rationales: bool) -> 
         )
     if row["choices"] and row["label"] not in row["choices"]:
         raise RowError("label", f"{row['label']!r} is not one of the choices {row['choices']!r}")
+    positives = {r.strip(): i for i, r in enumerate(row["rationales"])}
+    for j, negative in enumerate(row["negatives"]):
+        if negative.strip() in positives:
+            i = positives[negative.strip()]
+            raise RowError(f"negatives[{j}]", f"is the same text as rationales[{i}]")
     num_labels, num_negatives = len(row["negative_labels"]), len(row["negatives"])
     if num_labels and num_labels != num_negatives:
         raise RowError(

@@ -46,6 +46,14 @@ _TEACHER = [  # the student's own shape, so a short run of the plain kind is a t
 RUN_KINDS = {
     "plain": ["--gin_file=runs/quickstart.gin", *_TINY_T5],
     "kd": ["--gin_file=runs/distill_kd.gin", *_TINY_T5, *_TEACHER],
+    "qcrd": [
+        "--gin_file=runs/qcrd.gin",
+        *_TINY_T5,
+        "--gin.QcrdSettings.lag=2",
+        "--gin.QcrdSettings.sample_every=3",
+        "--gin.QcrdSettings.discriminator_every=2",
+        "--gin.QcrdSettings.discriminator_pretrain_steps=2",
+    ],
     "quiet_star": [
         "--gin_file=runs/quiet_star.gin",
         "--gin.LENGTH=32",

@@ -1,10 +1,11 @@
-"""kill -9 at random moments of real runs of each kind (plain, KD with a teacher, Quiet-STaR):
-every rerun resumes from the last complete checkpoint and ends bit for bit equal to an
-uninterrupted run (losses of every step, params, optimizer state, data position).
+"""kill -9 at random moments of real runs of each kind (plain, KD with a teacher, Quiet-STaR,
+QCRD): every rerun resumes from the last complete checkpoint and ends bit for bit equal to an
+uninterrupted run (losses of every step, params, optimizer state, data position; for QCRD
+also the lagged ring and the discriminator's params and optimizer state).
 
 Trial 0 of each kind kills inside an asynchronous checkpoint write; the others at a random
 moment (seeded by kind and trial): during start-up, or a random time after a random step.
-Trial 0 of the plain and Quiet-STaR kinds runs in the test command; `-m full_faults` runs
+Trial 0 of the plain and QCRD kinds runs in the test command; `-m full_faults` runs
 the rest.
 """
 
@@ -31,9 +32,11 @@ from fault_runs import (
     wait_until,
 )
 
-KINDS = ("plain", "kd", "quiet_star")
+KINDS = ("plain", "kd", "quiet_star", "qcrd")
 TRIALS = 10
-IN_CI = {("plain", 0), ("quiet_star", 0)}  # KD: the same loop with a teacher; full count
+# KD is the same loop with a teacher and Quiet-STaR the same loop with another model: the
+# full count; QCRD's state (ring, discriminator, sampled negatives) is in the test command
+IN_CI = {("plain", 0), ("qcrd", 0)}
 
 
 def _trials():
