@@ -36,8 +36,10 @@ import jax
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.benchmarks.dense_mask_parts import dense_mask_parts
+from t5x_rationale.benchmarks.qcrd_step import QcrdBenchShape, run_qcrd
 from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import step_by_step_loss, token_loss
+from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.objectives.quiet_star import quiet_star_loss
 from t5x_rationale.quiet_star.functional_decoder import FunctionalDecoder
 from t5x_rationale.quiet_star.spec import IMPLEMENTATIONS, RECORDABLE, ThinkingSpec
@@ -47,7 +49,12 @@ from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import Trainer
 
-OBJECTIVES = {"token": token_loss, "step_by_step": step_by_step_loss, "quiet_star": quiet_star_loss}
+OBJECTIVES = {
+    "token": token_loss,
+    "step_by_step": step_by_step_loss,
+    "quiet_star": quiet_star_loss,
+    "qcrd": qcrd_loss,
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,8 +82,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="token",
         choices=sorted(OBJECTIVES),
         help="token: plain cross-entropy; step_by_step: per-task means over label + rationale "
-        "spans; quiet_star: thoughts at every position (decoder presets)",
+        "spans; quiet_star: thoughts at every position (decoder presets); qcrd: label rows + "
+        "candidate slots, with the sampler's and discriminator's amortised cost",
     )
+    p.add_argument("--candidates", type=int, default=5, help="qcrd: slots per question")
+    p.add_argument("--num_samples", type=int, default=2, help="qcrd: sampled slots of those")
+    p.add_argument("--sample_every", type=int, default=10, help="qcrd: N")
+    p.add_argument("--discriminator_every", type=int, default=10, help="qcrd: M")
     p.add_argument("--implementation", default=ThinkingSpec.implementation, choices=IMPLEMENTATIONS)
     p.add_argument("--num_ahead", type=int, default=ThinkingSpec.num_ahead)
     p.add_argument("--num_talk", type=int, default=ThinkingSpec.num_talk)
@@ -145,6 +157,8 @@ def _model_and_objective(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> dict:
+    if args.objective == "qcrd":
+        return _run_qcrd(args)
     config, objective, thinking = _model_and_objective(args)
     if config.architecture == "encoder_decoder" and args.input_length <= 0:
         raise ValueError(f"preset {args.preset} is an encoder-decoder: pass --input_length")
@@ -201,6 +215,43 @@ def run(args: argparse.Namespace) -> dict:
         row["loss"] = float(metrics["loss"])
     row.update(_memory_stats(compiled))
     return row
+
+
+def _run_qcrd(args: argparse.Namespace) -> dict:
+    """`benchmarks/qcrd_step.py`'s row, with the peak measured before and after."""
+    shape = QcrdBenchShape(
+        args.preset,
+        args.batch,
+        args.input_length,
+        args.target_length,
+        candidates=args.candidates,
+        num_samples=args.num_samples,
+        sample_every=args.sample_every,
+        discriminator_every=args.discriminator_every,
+    )
+    peak = measure_peak_matmul_flops(args.peak_matmul_size)
+    partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
+    row = dict(
+        preset=args.preset,
+        objective="qcrd",
+        batch=args.batch,
+        input_length=args.input_length,
+        target_length=args.target_length,
+        candidates=args.candidates,
+        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
+        devices=jax.device_count(),
+        backend=jax.default_backend(),
+        huge_pages=huge_pages_enabled(),
+    )
+    timed = run_qcrd(shape, partitioner, max(args.steps, 1))
+    peak = max(peak, measure_peak_matmul_flops(args.peak_matmul_size)) * jax.device_count()
+    flops = timed["model_gflop_per_step"] * 1e9
+    timed.update(
+        peak_matmul_gflop_per_s=peak / 1e9,
+        mfu=flops / timed["step_s"] / peak,
+        mfu_best_step=flops / timed["step_s_min"] / peak,
+    )
+    return dict(row, **timed)
 
 
 def _trainer_and_batches(args, config, objective, partitioner: Partitioner, input_length: int):
@@ -299,6 +350,16 @@ def _objective_name(args: argparse.Namespace) -> str:
     return f"quiet_star/{args.implementation}" if args.objective == "quiet_star" else args.objective
 
 
+QCRD_COLUMNS = (
+    "candidates",
+    "sampler_s_per_call",
+    "amortised_sampler_s_per_step",
+    "discriminator_s_per_update",
+    "amortised_discriminator_s_per_step",
+    "amortised_overhead_fraction",
+)
+
+
 def format_table(rows: list[dict]) -> str:
     cols = [
         "preset",
@@ -321,6 +382,7 @@ def format_table(rows: list[dict]) -> str:
         "huge_pages",
         "compile_s",
     ]
+    cols += [c for c in QCRD_COLUMNS if any(c in r for r in rows)]
     fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
     cells = [[fmt(r.get(c, "")) for c in cols] for r in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]

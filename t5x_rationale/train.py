@@ -27,11 +27,15 @@ from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.interop.checkpoint_files import gin_model_file
 from t5x_rationale.interop.hf_start import hf_params, is_hf_dir
 from t5x_rationale.objectives import token_loss
-from t5x_rationale.qcrd.launch import QcrdRun, qcrd_step_counts
+from t5x_rationale.qcrd.launch import QcrdRun
 from t5x_rationale.qcrd.settings import QcrdSettings
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
-from t5x_rationale.runtime.flops import measure_peak_matmul_flops, train_step_flops
+from t5x_rationale.runtime.flops import (
+    measure_peak_matmul_flops,
+    qcrd_step_counts,
+    train_step_flops,
+)
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.metrics_writer import MetricsWriter
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer

@@ -2,11 +2,12 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from t5x_rationale import bench
 from t5x_rationale.architectures import QuietStarConfig, get_preset
-from t5x_rationale.runtime.flops import quiet_star_forward_flops
+from t5x_rationale.runtime.flops import qcrd_step_counts, quiet_star_forward_flops
 
 
 def test_bench_runs_and_writes_json(tmp_path, capsys):
@@ -230,3 +231,26 @@ def test_bench_by_parts_rejects_what_it_does_not_time(flags):
             ]
             + flags
         )
+
+
+def test_bench_qcrd_reports_the_step_and_the_amortised_sampler_and_discriminator(tmp_path):
+    out = tmp_path / "row.json"
+    flags = "--preset t5-tiny --batch 8 --input_length 16 --target_length 8 --steps 1"
+    flags += " --peak_matmul_size 64 --objective qcrd --candidates 4 --num_samples 2"
+    flags += " --sample_every 5 --discriminator_every 4"
+    bench.main(flags.split() + ["--json", str(out)])
+    row = json.loads(out.read_text())
+    shapes = {  # 8 label rows 16 -> 8, 8 questions of 16 with 4 slots of 8 (2 sampled)
+        "encoder_input_tokens": np.zeros((8, 16)),
+        "decoder_target_tokens": np.zeros((8, 8)),
+        "candidate_encoder_input_tokens": np.zeros((8, 16)),
+        "candidate_target_tokens": np.zeros((8, 4, 8)),
+    }
+    tokens, flops = qcrd_step_counts(get_preset("t5-tiny"), shapes)
+    assert row["model_gflop_per_step"] == pytest.approx(flops / 1e9)
+    assert row["tokens_per_s"] == pytest.approx(tokens / row["step_s"])
+    assert row["amortised_sampler_s_per_step"] == pytest.approx(row["sampler_s_per_call"] / 5)
+    assert row["amortised_discriminator_s_per_step"] == pytest.approx(
+        row["discriminator_s_per_update"] / 4
+    )
+    assert row["loss"] > 0 and 0 < row["mfu"]

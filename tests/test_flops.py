@@ -18,11 +18,13 @@ from t5x_rationale.architectures import (
     get_preset,
     model_inputs,
 )
+from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
 from t5x_rationale.quiet_star.think import think
 from t5x_rationale.runtime.flops import (
     decoder_forward_flops,
     measure_peak_matmul_flops,
+    qcrd_step_counts,
     quiet_star_forward_flops,
     t5_forward_flops,
     train_step_flops,
@@ -304,3 +306,28 @@ def test_measure_peak_matmul_flops():
     assert np.isfinite(peak) and peak > 1e6
     other = measure_peak_matmul_flops(size=128, repeats=2, device=jax.devices()[1])
     assert np.isfinite(other) and other > 0
+
+
+def test_qcrd_step_counts_equal_the_loss_forwards_matmuls():
+    """The QCRD count is the label forward plus the candidates' decoders over one encoding per
+    question: it equals the dot_generals of `qcrd_loss`'s own forward."""
+    c = get_preset("t5-tiny", **T5)
+    b, lin, lt, k, lc = 2, 24, 8, 3, 16
+    batch = {
+        "encoder_input_tokens": jnp.ones((b, lin), jnp.int32),
+        "decoder_input_tokens": jnp.ones((b, lt), jnp.int32),
+        "decoder_target_tokens": jnp.ones((b, lt), jnp.int32),
+        "candidate_encoder_input_tokens": jnp.ones((b, lin), jnp.int32),
+        "candidate_input_tokens": jnp.ones((b, k, lc), jnp.int32),
+        "candidate_target_tokens": jnp.ones((b, k, lc), jnp.int32),
+        "candidate_loss_weights": jnp.ones((b, k, lc), jnp.float32),
+        "candidate_mask": jnp.ones((b, k), jnp.int32),
+        "candidate_is_positive": jnp.ones((b, k), jnp.int32),
+    }
+    forward, params, _ = _forward(c, b, lt, lin)
+    model = build_model(c)
+    jaxpr = jax.make_jaxpr(lambda p: qcrd_loss(model, p, batch, None)[0])(params)
+    counted = _dot_flops(jaxpr.jaxpr, (c.num_heads, c.relative_attention_num_buckets))
+    tokens, flops = qcrd_step_counts(c, batch)
+    assert flops == 3 * counted
+    assert tokens == b * (lin + lt) + b * (lin + k * lc)

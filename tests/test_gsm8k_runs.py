@@ -31,6 +31,11 @@ TINY = [
     "evaluate.batch_size = 8",
     "DecodeConfig.max_decode_length = 16",
 ]
+TINY_DISCRIMINATOR = [
+    "discriminator_model.preset = 't5-tiny'",
+    "discriminator_model.vocab_size = 2048",
+    "QcrdSettings.sample_every = 2",
+]
 TINY_TEACHER = ["teacher/model_config.preset = 't5-tiny'", "teacher/model_config.vocab_size = 2048"]
 
 
@@ -62,7 +67,7 @@ def _train_and_evaluate(run_file, run_dir, eval_task, metric_keys, extra=()):
 
 @pytest.mark.slow
 def test_gsm8k_distillation_runs_train_and_evaluate(tmp_path):
-    _train_and_evaluate("gsm8k_label_only.gin", tmp_path / "label", "gsm8k_label", ["label_loss"])
+    # label-only is step-by-step's own code with alpha = 1 (tests/test_gin_configs.py reads it)
     _train_and_evaluate(
         "gsm8k_step_by_step.gin",
         tmp_path / "sbs",
@@ -77,6 +82,14 @@ def test_gsm8k_distillation_runs_train_and_evaluate(tmp_path):
         "gsm8k_cot",
         ["kl", "teacher_accuracy"],
         extra=TINY_TEACHER + [f"TEACHER_CHECKPOINT = '{tmp_path / 'cot' / 'checkpoints'}'"],
+    )
+    # QCRD: GSM8K's rationale as the positive, the student's own wrong samples as negatives
+    _train_and_evaluate(
+        "gsm8k_qcrd.gin",
+        tmp_path / "qcrd",
+        "gsm8k_label",
+        ["positive_term", "self_adversarial/kept", "discriminator/updated"],
+        extra=TINY_DISCRIMINATOR,
     )
 
 

@@ -19,7 +19,6 @@ from t5x_rationale.objectives.qcrd import merge_qcrd_batches
 from t5x_rationale.qcrd.negatives import SelfAdversarialNegatives
 from t5x_rationale.qcrd.settings import QcrdSettings
 from t5x_rationale.qcrd.trainer import QcrdTrainer, QcrdTrainState
-from t5x_rationale.runtime.flops import t5_encoder_flops, t5_forward_flops
 from t5x_rationale.runtime.partitioning import Partitioner
 
 
@@ -104,18 +103,3 @@ class QcrdRun:
         while True:
             batch, _ = filter_positives(next(stream), self.vocabulary)
             yield self.partitioner.host_batch_to_global(batch)
-
-
-def qcrd_step_counts(model_config, batch: dict) -> tuple[int, int]:
-    """(token positions, model FLOPs) of one QCRD student step: the label rows plus every
-    candidate slot's decoder over its question, encoded once per question (FLOPs are 3x the
-    forward). D's small forward inside the loss is not counted (MFU errs low)."""
-    label_rows, label_len = batch["decoder_target_tokens"].shape
-    label_in = batch["encoder_input_tokens"].shape[1]
-    rows, slots, length = batch["candidate_target_tokens"].shape
-    question = batch["candidate_encoder_input_tokens"].shape[1]
-    forward = t5_forward_flops(model_config, label_rows, label_in, label_len)
-    forward += t5_forward_flops(model_config, rows * slots, question, length)
-    forward -= (slots - 1) * t5_encoder_flops(model_config, rows, question)
-    tokens = label_rows * (label_in + label_len) + rows * (question + slots * length)
-    return tokens, 3 * forward

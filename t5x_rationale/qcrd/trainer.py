@@ -56,6 +56,11 @@ class QcrdTrainer(Trainer):
 
     def __init__(self, *args, settings: QcrdSettings, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.model.config.architecture != "encoder_decoder":
+            raise ValueError(
+                "QCRD trains an encoder-decoder student; a "
+                f"{self.model.config.architecture} model is not supported yet (docs/methods.md 3.1)"
+            )
         self.discriminator = discriminator = settings.discriminator
         self.settings = settings
         self.discriminator_optimizer = optax.adam(settings.discriminator_learning_rate)
