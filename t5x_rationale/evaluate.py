@@ -6,27 +6,41 @@ Prints one line per task (`task split step: metric=value ...`) and writes the me
 `{output_dir}/{task}-{split}-step{N}.json` together with the predictions as JSONL. Beside
 accuracy it reports counterfactual consistency (`data/faithfulness.py`): the answers decoded
 after a forced wrong rationale, written to `...-counterfactual-predictions.jsonl`.
+
+A multiple-choice task (`{name}_choices`, PINTO) is scored instead of decoded:
+`choice_accuracy` is the percentage of questions whose highest-scoring choice (PINTO's own
+length-normalised log-likelihood, `objectives.pinto.choice_predictions`) is the label.
+Counterfactual consistency is not measured there (`CHOICE_FAITHFULNESS_NOTE`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Iterator, Mapping, Optional
 
 import gin
 import jax
 
 from t5x_rationale.data import faithfulness as faith
+from t5x_rationale.data.choice_tasks import is_choice_task
 from t5x_rationale.data.examples import load_examples, score_task, scored_tasks, text_of
+from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
+from t5x_rationale.inference.choice_scoring import ChoiceScorer
 from t5x_rationale.inference.decoding import DecodeConfig
 from t5x_rationale.inference.prediction import Predictor
 from t5x_rationale.inference.thought_generation import ThoughtDecodeConfig
+from t5x_rationale.objectives.pinto import choice_predictions
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.run_files import write_text_atomic
+
+CHOICE_FAITHFULNESS_NOTE = (
+    "not applicable: a multiple-choice student reads the rationale as input and decodes no "
+    "answer after it, so no forced rationale can be continued"
+)
 
 
 def evaluate(
@@ -47,6 +61,8 @@ def evaluate(
     seed: int = 0,
     faithfulness: Optional[bool] = None,
     faithfulness_format: Optional[str] = None,
+    task_feature_lengths: Optional[Mapping[str, int]] = None,
+    converter=None,
 ) -> dict[str, dict[str, Optional[float]]]:
     """Decodes every task of `mixture_or_task_name` that has metrics; returns task -> metrics.
 
@@ -67,6 +83,8 @@ def evaluate(
         True: for every task (an unknown format is an error); False: never.
       faithfulness_format: one of `faithfulness.KINDS` ('cot', 'factual', 'rationale',
         'label') for every task, instead of the format its name gives.
+      task_feature_lengths, converter: for a multiple-choice task only, its batches (as in
+        training: `ChoicesConverter` and its `inputs` / `rationale` / `choices` lengths).
 
     A task's scores hold None for a metric that is not applicable (printed `n/a`).
     """
@@ -75,6 +93,23 @@ def evaluate(
     checkpoint_path = checkpoint_path or os.path.join(run_dir, "checkpoints")
     vocabulary = load_vocabulary(vocabulary_path, model_config)
     check_task(mixture_or_task_name, vocabulary)
+    output_dir = output_dir or os.path.join(
+        os.path.dirname(os.path.abspath(checkpoint_path.rstrip("/"))), "eval"
+    )
+    if is_choice_task(mixture_or_task_name):
+        spec = StreamSpec(
+            mixture_or_task_name,
+            split,
+            task_feature_lengths or {},
+            batch_size,
+            shuffle=False,
+            num_epochs=1,
+            host_sharding="rows",
+        )
+        scores = _evaluate_choices(
+            spec, converter, model_config, checkpoint_path, mesh, max_examples, output_dir
+        )
+        return {mixture_or_task_name: scores}
     check_decode_eos(decode_config.eos_id, vocabulary)
     tasks = scored_tasks(mixture_or_task_name)
     formats = {
@@ -89,9 +124,6 @@ def evaluate(
         batch_size=batch_size,
         input_length=input_length,
         thoughts=thoughts,
-    )
-    output_dir = output_dir or os.path.join(
-        os.path.dirname(os.path.abspath(checkpoint_path.rstrip("/"))), "eval"
     )
     results = {}
     for task in tasks:
@@ -114,6 +146,57 @@ def evaluate(
         shown += f" ({note})" if note else ""
         print(f"eval {task.name} {split} step {predictor.step}: {shown}", flush=True)
     return results
+
+
+def _evaluate_choices(spec, converter, model_config, checkpoint_path, mesh, max_examples, out):
+    """The scores of a multiple-choice task split (PINTO's choice, no decoding), written to
+    `{out}/{task}-{split}-step{N}.json`."""
+    if converter is None or not spec.task_feature_lengths:
+        raise ValueError(
+            f"{spec.mixture_or_task!r} is a multiple-choice task: set evaluate.converter "
+            "(@ChoicesConverter()) and evaluate.task_feature_lengths as in training"
+        )
+    partitioner = Partitioner(create_mesh(mesh))
+    stream = TaskStream(spec, converter, host_rows=partitioner.host_rows(spec.batch_size))
+    lengths = converter.get_model_feature_lengths(dict(spec.task_feature_lengths))
+    scorer = ChoiceScorer(
+        model_config,
+        checkpoint_path,
+        partitioner,
+        choice_predictions,
+        batch_size=spec.batch_size,
+        input_length=lengths["encoder_input_tokens"],
+    )
+    result = scorer.score(_first_rows(stream, max_examples))
+    scores = {
+        "choice_accuracy": result.accuracy,
+        "examples": float(result.rows),
+        "skipped_rows": float(result.rows - result.counted),
+        "truncated_inputs": float(stream.truncated_examples),
+        "counterfactual_consistency": None,
+    }
+    shown = " ".join(f"{k}={'n/a' if v is None else f'{v:.2f}'}" for k, v in scores.items())
+    note = CHOICE_FAITHFULNESS_NOTE
+    print(f"eval {spec.mixture_or_task} {spec.split} step {scorer.step}: {shown} ({note})")
+    if jax.process_index() == 0:
+        summary = {"step": scorer.step, **scores, "faithfulness_note": note}
+        stem = os.path.join(out, f"{spec.mixture_or_task}-{spec.split}-step{scorer.step}")
+        os.makedirs(out, exist_ok=True)
+        write_text_atomic(stem + ".json", json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    return scores
+
+
+def _first_rows(batches, limit: Optional[int]) -> Iterator[dict]:
+    """The batches up to `limit` rows in all (the last one cut short); all of them for None."""
+    left = limit
+    for batch in batches:
+        if left is not None:
+            batch = {k: v[:left] for k, v in batch.items()}
+            left -= len(batch["choice_label"])
+        if len(batch["choice_label"]):
+            yield batch
+        if left is not None and left <= 0:
+            return
 
 
 def _faithfulness_format(task_name: str, enabled: Optional[bool], kind: Optional[str]):

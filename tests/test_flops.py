@@ -308,26 +308,33 @@ def test_measure_peak_matmul_flops():
     assert np.isfinite(other) and other > 0
 
 
-def test_qcrd_step_counts_equal_the_loss_forwards_matmuls():
-    """The QCRD count is the label forward plus the candidates' decoders over one encoding per
-    question: it equals the dot_generals of `qcrd_loss`'s own forward."""
-    c = get_preset("t5-tiny", **T5)
+@pytest.mark.parametrize("preset", ["t5-tiny", "decoder-tiny"])
+def test_qcrd_step_counts_equal_the_loss_forwards_matmuls(preset):
+    """The QCRD count is the label forward plus every candidate slot over its question (one
+    encoding per question for T5, a question ++ candidate row for a decoder): it equals the
+    dot_generals of `qcrd_loss`'s own forward."""
+    c = get_preset(preset, **(T5 if preset.startswith("t5") else DECODER))
     b, lin, lt, k, lc = 2, 24, 8, 3, 16
+    ones = lambda *s: jnp.ones(s, jnp.int32)  # noqa: E731
     batch = {
-        "encoder_input_tokens": jnp.ones((b, lin), jnp.int32),
-        "decoder_input_tokens": jnp.ones((b, lt), jnp.int32),
-        "decoder_target_tokens": jnp.ones((b, lt), jnp.int32),
-        "candidate_encoder_input_tokens": jnp.ones((b, lin), jnp.int32),
-        "candidate_input_tokens": jnp.ones((b, k, lc), jnp.int32),
-        "candidate_target_tokens": jnp.ones((b, k, lc), jnp.int32),
+        "decoder_input_tokens": ones(b, lt),
+        "decoder_target_tokens": ones(b, lt),
+        "candidate_encoder_input_tokens": ones(b, lin),
+        "candidate_input_tokens": ones(b, k, lc),
+        "candidate_target_tokens": ones(b, k, lc),
         "candidate_loss_weights": jnp.ones((b, k, lc), jnp.float32),
-        "candidate_mask": jnp.ones((b, k), jnp.int32),
-        "candidate_is_positive": jnp.ones((b, k), jnp.int32),
+        "candidate_mask": ones(b, k),
+        "candidate_is_positive": ones(b, k),
     }
-    forward, params, _ = _forward(c, b, lt, lin)
+    t5 = c.architecture == "encoder_decoder"
+    if t5:
+        batch["encoder_input_tokens"] = ones(b, lin)
+    _, params, _ = _forward(c, b, lt, lin if t5 else 0)
     model = build_model(c)
     jaxpr = jax.make_jaxpr(lambda p: qcrd_loss(model, p, batch, None)[0])(params)
-    counted = _dot_flops(jaxpr.jaxpr, (c.num_heads, c.relative_attention_num_buckets))
+    lookup = (c.num_heads, c.relative_attention_num_buckets) if t5 else None
     tokens, flops = qcrd_step_counts(c, batch)
-    assert flops == 3 * counted
-    assert tokens == b * (lin + lt) + b * (lin + k * lc)
+    assert flops == 3 * _dot_flops(jaxpr.jaxpr, lookup)
+    label_tokens = b * (lin + lt) if t5 else b * lt
+    cand_tokens = b * (lin + k * lc) if t5 else b * k * (lin + lc)
+    assert tokens == label_tokens + cand_tokens

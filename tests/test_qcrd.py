@@ -12,6 +12,7 @@ from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.architectures.discriminator import Discriminator, pair_rows
 from t5x_rationale.objectives.discriminator import discriminator_loss
 from t5x_rationale.objectives.qcrd import (
+    candidate_cross_entropy,
     contrastive_terms,
     merge_qcrd_batches,
     qcrd_loss,
@@ -337,3 +338,57 @@ def test_discriminator_loss_matches_the_reference(judge):
     np.testing.assert_allclose(float(loss), total / count, rtol=1e-5)
     np.testing.assert_allclose(float(metrics["accuracy"]), correct / count, rtol=1e-6)
     assert any(np.any(np.asarray(leaf)) for leaf in jax.tree.leaves(grads))
+
+
+def _reference_decoder_ce(model, params, batch, z_loss=1e-4):
+    """(L_pred, candidate CE [B, K]) of a decoder-only student: each (question, candidate)
+    pair built as its own Python list `question's tokens + candidate's tokens` and run alone."""
+    forward = jax.jit(lambda x: model.apply({"params": params}, x))
+    logits = forward(batch["decoder_input_tokens"])
+    w = batch["decoder_loss_weights"]
+    per_row, _ = _token_means(logits, batch["decoder_target_tokens"], w, z_loss)
+    pred = float(np.sum(per_row * w.sum(axis=1)) / w.sum())
+    b, k, _ = batch["candidate_target_tokens"].shape
+    ce = np.zeros((b, k))
+    for r in range(b):
+        question = [int(t) for t in batch["candidate_encoder_input_tokens"][r] if t > 0]
+        for j in range(k):
+            cand = [int(t) for t in batch["candidate_target_tokens"][r, j] if t > 0]
+            if not cand:
+                continue
+            row = np.array([question + cand])
+            out = forward(np.pad(row[:, :-1], ((0, 0), (1, 0))))
+            weights = np.array([[0.0] * len(question) + [1.0] * len(cand)])
+            ce[r, j] = _token_means(out, row, weights, z_loss)[0][0]
+    return pred, ce
+
+
+def test_decoder_only_student_matches_the_reference():
+    rng = np.random.default_rng(3)
+    enc_batch = _qcrd_batch(rng)
+    b, lt = enc_batch["decoder_target_tokens"].shape
+    prompt = rng.integers(3, 256, (b, 3))  # a prefix-LM label row: prompt (no loss), label
+    targets = np.concatenate([prompt, enc_batch["decoder_target_tokens"]], axis=1)
+    batch = {k: v for k, v in enc_batch.items() if k != "encoder_input_tokens"}
+    batch.update(
+        decoder_target_tokens=targets.astype(np.int32),
+        decoder_input_tokens=np.pad(targets[:, :-1], ((0, 0), (1, 0))).astype(np.int32),
+        decoder_loss_weights=np.concatenate(
+            [np.zeros_like(prompt), enc_batch["decoder_loss_weights"]], axis=1
+        ).astype(np.float32),
+    )
+    model = build_model(dataclasses.replace(get_preset("decoder-tiny"), num_layers=1))
+    params = random_params(model, decoder_input_tokens=batch["decoder_input_tokens"])
+    pred, ce = _reference_decoder_ce(model, params, batch)
+    valid = (batch["candidate_mask"] > 0) & (batch["candidate_loss_weights"].sum(-1) > 0)
+    delta = float(np.median(ce[valid]))
+    scores, is_pos = batch["candidate_scores"], batch["candidate_is_positive"] > 0
+    pos, neg, *_ = _reference_terms(ce, valid, is_pos, scores, 1, 1, delta)
+    loss, metrics = jax.jit(lambda p, x: qcrd_loss(model, p, x, None, delta=delta))(params, batch)
+    np.testing.assert_allclose(float(metrics["pred_loss"]), pred, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), pred + pos + neg, rtol=1e-5)
+    assert 0 < float(metrics["hinge_active_fraction"]) < 1
+    got, _ = jax.jit(lambda p, c: candidate_cross_entropy(model, p, c, None))(
+        params, split_qcrd_batch(batch)[1]
+    )
+    np.testing.assert_allclose(np.asarray(got)[valid], ce[valid], rtol=1e-5)

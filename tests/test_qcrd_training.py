@@ -255,3 +255,35 @@ def test_qcrd_steps_on_8_devices_match_one_device(one_device, mesh):
         b = jax.tree.leaves(jax.device_get(getattr(state1, name)))
         for x, y in zip(a, b):
             np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_decoder_only_student_trains_and_samples_after_its_question():
+    partitioner = Partitioner(create_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    tx, _ = make_optimizer(OptimizerConfig(name="sgd", learning_rate=1e-2))
+    model = build_model(dataclasses.replace(get_preset("decoder-tiny"), num_layers=1))
+    trainer = QcrdTrainer(model, qcrd_loss, tx, partitioner, settings=_settings(lag=2))
+    negatives = SelfAdversarialNegatives(trainer, _every_other_row_disagrees)
+
+    def decoder_batch(seed):
+        batch = _batch(seed)
+        del batch["encoder_input_tokens"]  # the label row is a prefix-LM row
+        return batch
+
+    host = negatives(None, decoder_batch(0))
+    state = trainer.init_state(0, partitioner.host_batch_to_global(host))
+    initial = jax.device_get(state.params)
+    for step in range(3):
+        host = negatives(state, decoder_batch(step))
+        if step == 2:  # a sampling step: the lagged params are the initial ones (lag 2)
+            rng = jax.random.fold_in(jax.random.fold_in(state.rng, 2), SAMPLE_TAG)
+            config = DecodeConfig(max_decode_length=LC, method="sample", temperature=1.5)
+            prompts = np.repeat(host["candidate_encoder_input_tokens"], 2, axis=0)
+            want = decode(model, initial, {"decoder_prompt_tokens": prompts}, config, rng=rng)
+            keep = host["candidate_mask"][:, 3:, None]
+            np.testing.assert_array_equal(
+                host["candidate_target_tokens"][:, 3:],
+                np.asarray(want.tokens).reshape(B, 2, LC) * keep,
+            )
+        state, metrics = trainer.train_step(state, partitioner.host_batch_to_global(host))
+        assert np.isfinite(float(metrics["loss"])) and float(metrics["positive_term"]) > 0
+    assert not _equal_trees(jax.device_get(state.params), initial)

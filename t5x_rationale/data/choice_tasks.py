@@ -84,6 +84,13 @@ def register_choice_task(
     return task
 
 
+def is_choice_task(name: str) -> bool:
+    """Whether `name` is a registered multiple-choice task (it has a `choices` feature)."""
+    if name not in seqio.TaskRegistry.names():
+        return False
+    return "choices" in seqio.TaskRegistry.get(name).output_features
+
+
 @functools.lru_cache(maxsize=None)
 def _choice_rows(split: str, num_examples: int, seed: int, difficulty) -> tuple[dict, ...]:
     rows = synthetic.generate_split(

@@ -125,6 +125,22 @@ def real_choices(batch: dict) -> jax.Array:
     return (batch["choice_mask"] > 0) & (jnp.sum(weights, axis=-1) > 0)
 
 
+def counted_rows(labels: jax.Array, real: jax.Array) -> jax.Array:
+    """[B] bool: the rows whose label points at a real choice (the others are skipped)."""
+    in_range = (labels >= 0) & (labels < real.shape[-1])
+    label_real = jnp.take_along_axis(real, jnp.where(in_range, labels, 0)[:, None], axis=-1)
+    return label_real[:, 0] & in_range
+
+
+def choice_predictions(model: nn.Module, params: Any, batch: dict) -> tuple[jax.Array, jax.Array]:
+    """(predicted choice [B] int32, counted [B] bool) of an evaluation batch: the argmax of
+    the loss's own score (`choice_scores`, no dropout, the rationale as given), and whether the
+    row counts (`counted_rows`), as in the `accuracy` metric of `pinto_loss`."""
+    scores = choice_scores(model, params, batch, batch["encoder_input_tokens"], None)
+    labels = batch["choice_label"].astype(jnp.int32)
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32), counted_rows(labels, real_choices(batch))
+
+
 def choice_cross_entropy(
     scores: jax.Array, labels: jax.Array, real: jax.Array, label_smoothing: float = 0.0
 ) -> jax.Array:
@@ -176,9 +192,7 @@ def pinto_loss(
     factual, counterfactual = jnp.split(scores, 2)
     labels = batch["choice_label"].astype(jnp.int32)
     real = real_choices(batch)
-    in_range = (labels >= 0) & (labels < real.shape[-1])
-    label_real = jnp.take_along_axis(real, jnp.where(in_range, labels, 0)[:, None], axis=-1)
-    rows = (label_real[:, 0] & in_range).astype(jnp.float32)
+    rows = counted_rows(labels, real).astype(jnp.float32)
     task_loss = _row_mean(choice_cross_entropy(factual, labels, real), rows)
     cf_loss = _row_mean(choice_cross_entropy(counterfactual, labels, real, label_smoothing), rows)
     loss = task_loss + cf_weight * cf_loss

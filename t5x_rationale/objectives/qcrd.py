@@ -3,7 +3,8 @@
     L = L_pred + w_pos * s(p*) * CE(p*) + w_neg * (1 - s(n*)) * max(0, delta - CE(n*)),
     p* = argmin_{r in S+} CE(r),  n* = argmin_{r in S-} CE(r),  delta = 3,
 
-for an encoder-decoder student. No reference code exists; the choices below are ours.
+for an encoder-decoder or decoder-only student. No reference code exists; the choices below
+are ours.
 
 - L_pred: the token-mean CE of the `predict: x -> y` label rows (as `token_loss`).
 - CE(r): the token mean of candidate r's per-token CE (z-loss included) over its weighted
@@ -26,7 +27,8 @@ for an encoder-decoder student. No reference code exists; the choices below are 
 Batch (one flat dict whose every value has the leading B axis, as `Trainer` splits
 microbatches): the label part under its usual names (`encoder_input_tokens`,
 `decoder_input_tokens`, `decoder_target_tokens`, `decoder_loss_weights`, optional packing
-features) from the `{name}_label` task through `EncDecConverter`; the candidate part from the
+features) from the `{name}_label` task through `EncDecConverter` (decoder-only:
+`DecoderConverter`, prompt then label); the candidate part from the
 `{name}_contrastive` task through `CandidatesConverter`, its `encoder_input_tokens` renamed
 `candidate_encoder_input_tokens` (`merge_qcrd_batches`). The two streams are separate
 seqio pipelines; the trainer's data stream draws one batch from each, with the same B, and
@@ -44,7 +46,7 @@ Hooks left for the rest of QCRD (issue 22):
   the candidate part as extra slots with `candidate_is_positive` 0 and `candidate_mask` 1;
   `contrastive_terms` takes any K.
 - `candidate_cross_entropy` is the one place that runs the student on candidates; a
-  decoder-only student needs a variant over `prompt ++ candidate` rows.
+  decoder-only student gets `prompt ++ candidate` rows (`decoder_candidate_rows`).
 """
 
 from __future__ import annotations
@@ -116,35 +118,61 @@ def candidate_cross_entropy(
 ) -> tuple[jax.Array, jax.Array]:
     """(CE [B, K], token count [B, K]): each candidate's token-mean CE under the student.
 
-    The question is encoded once per row and its encoding repeated for the K candidates.
+    Encoder-decoder: the question is encoded once per row and its encoding repeated for the
+    K candidates. Decoder-only: each (question, candidate) pair is one row, the question's
+    valid tokens then the candidate (`decoder_candidate_rows`), with loss on the candidate.
     """
     targets = candidates["candidate_target_tokens"]
     batch, num, length = targets.shape
     weights = candidates["candidate_loss_weights"].astype(jnp.float32)
-    deterministic = rng is None
     rngs = lambda i: {} if rng is None else {"dropout": jax.random.fold_in(rng, i)}  # noqa: E731
     variables = {"params": params}
     encoder_tokens = candidates["encoder_input_tokens"]
-    encoded = model.apply(
-        variables, encoder_tokens, deterministic=deterministic, rngs=rngs(0), method="encode"
-    )
-    logits = model.apply(
-        variables,
-        jnp.repeat(encoded, num, axis=0),
-        jnp.repeat(encoder_tokens, num, axis=0),
-        candidates["candidate_input_tokens"].reshape(batch * num, length),
-        deterministic=deterministic,
-        rngs=rngs(1),
-        method="decode",
-    )
+    if model.config.architecture != "encoder_decoder":
+        inputs, targets, weights = decoder_candidate_rows(encoder_tokens, targets, weights)
+        logits = model.apply(variables, inputs, deterministic=rng is None, rngs=rngs(0))
+        logits = logits.reshape(batch, num, inputs.shape[-1], -1)
+    else:
+        encoded = model.apply(
+            variables, encoder_tokens, deterministic=rng is None, rngs=rngs(0), method="encode"
+        )
+        logits = model.apply(
+            variables,
+            jnp.repeat(encoded, num, axis=0),
+            jnp.repeat(encoder_tokens, num, axis=0),
+            candidates["candidate_input_tokens"].reshape(batch * num, length),
+            deterministic=rng is None,
+            rngs=rngs(1),
+            method="decode",
+        ).reshape(batch, num, length, -1)
     per_token, _ = token_cross_entropy(
-        logits.reshape(batch, num, length, -1),
-        targets,
-        z_loss=z_loss,
-        label_smoothing=label_smoothing,
+        logits, targets, z_loss=z_loss, label_smoothing=label_smoothing
     )
     tokens = jnp.sum(weights, axis=-1)
     return jnp.sum(per_token * weights, axis=-1) / jnp.maximum(tokens, 1e-8), tokens
+
+
+def decoder_candidate_rows(
+    question: jax.Array, candidates: jax.Array, weights: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Decoder-only rows for K candidates of B questions, as the prefix-LM converter lays
+    out `inputs ++ targets`: (inputs [B*K, L], targets [B, K, L], weights [B, K, L]) with
+    L = Lq + Lc. Row (b, k) holds question b's valid tokens, then candidate k, then padding;
+    inputs are the targets shifted right; only candidate tokens carry their weights."""
+    batch, num, cand_len = candidates.shape
+    length = question.shape[1] + cand_len
+    pos = jnp.arange(length)[None, None, :]
+    n_q = jnp.sum(question > 0, axis=1)[:, None, None]  # questions are left-justified
+    q_index = jnp.broadcast_to(jnp.minimum(pos, question.shape[1] - 1), (batch, 1, length))
+    q_tokens = jnp.take_along_axis(question[:, None, :], q_index, axis=-1)
+    c_index = jnp.broadcast_to(jnp.clip(pos - n_q, 0, cand_len - 1), (batch, num, length))
+    in_candidate = (pos >= n_q) & (pos - n_q < cand_len)
+    c_tokens = jnp.where(in_candidate, jnp.take_along_axis(candidates, c_index, axis=-1), 0)
+    targets = jnp.where(pos < n_q, q_tokens, c_tokens)
+    row_weights = jnp.where(in_candidate, jnp.take_along_axis(weights, c_index, axis=-1), 0.0)
+    flat = targets.reshape(batch * num, length)
+    inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))
+    return inputs, targets, row_weights
 
 
 def _masked_argmin(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -82,8 +82,11 @@ class SelfAdversarialNegatives:
         rows = trainer.partitioner.host_batch_to_global({"q": repeated})["q"]
         lagged = trainer.lagged_params(state)
         rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), SAMPLE_TAG)
+        key = "encoder_input_tokens"  # the question, or a decoder-only student's prompt
+        if trainer.model.config.architecture != "encoder_decoder":
+            key = "decoder_prompt_tokens"
         with trainer.context():
-            tokens = decode(trainer.model, lagged, {"encoder_input_tokens": rows}, config, rng=rng)
+            tokens = decode(trainer.model, lagged, {key: rows}, config, rng=rng)
         tokens = tokens.tokens
         if jax.process_count() > 1:
             mine = trainer.partitioner.host_rows(tokens.shape[0])

@@ -56,10 +56,10 @@ class QcrdTrainer(Trainer):
 
     def __init__(self, *args, settings: QcrdSettings, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.model.config.architecture != "encoder_decoder":
+        if self.model.config.architecture not in ("encoder_decoder", "decoder"):
             raise ValueError(
-                "QCRD trains an encoder-decoder student; a "
-                f"{self.model.config.architecture} model is not supported yet (docs/methods.md 3.1)"
+                "QCRD trains an encoder-decoder or decoder-only student, not a "
+                f"{self.model.config.architecture} model"
             )
         self.discriminator = discriminator = settings.discriminator
         self.settings = settings

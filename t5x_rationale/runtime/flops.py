@@ -122,12 +122,18 @@ def train_step_flops(
 
 def qcrd_step_counts(model_config, batch: dict) -> tuple[int, int]:
     """(token positions, model FLOPs) of one QCRD student step: the label rows plus every
-    candidate slot's decoder over its question, encoded once per question (FLOPs are 3x the
-    forward). D's small forward inside the loss is not counted (MFU errs low)."""
+    candidate slot over its question (FLOPs are 3x the forward). Encoder-decoder: the
+    question is encoded once for its slots. Decoder-only: each slot is a row of question
+    ++ candidate. D's small forward inside the loss is not counted (MFU errs low)."""
     label_rows, label_len = batch["decoder_target_tokens"].shape
-    label_in = batch["encoder_input_tokens"].shape[1]
     rows, slots, length = batch["candidate_target_tokens"].shape
     question = batch["candidate_encoder_input_tokens"].shape[1]
+    if model_config.architecture != "encoder_decoder":
+        forward = decoder_forward_flops(model_config, label_rows, label_len)
+        forward += decoder_forward_flops(model_config, rows * slots, question + length)
+        tokens = label_rows * label_len + rows * slots * (question + length)
+        return tokens, 3 * forward
+    label_in = batch["encoder_input_tokens"].shape[1]
     forward = t5_forward_flops(model_config, label_rows, label_in, label_len)
     forward += t5_forward_flops(model_config, rows * slots, question, length)
     forward -= (slots - 1) * t5_encoder_flops(model_config, rows, question)
