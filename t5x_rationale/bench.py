@@ -36,7 +36,7 @@ import jax
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.benchmarks.dense_mask_parts import dense_mask_parts
-from t5x_rationale.benchmarks.qcrd_step import QcrdBenchShape, run_qcrd
+from t5x_rationale.benchmarks.qcrd_step import QCRD_COLUMNS, QcrdBenchShape, qcrd_row
 from t5x_rationale.benchmarks.random_batches import RandomBatches
 from t5x_rationale.objectives import step_by_step_loss, token_loss
 from t5x_rationale.objectives.qcrd import qcrd_loss
@@ -218,7 +218,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _run_qcrd(args: argparse.Namespace) -> dict:
-    """`benchmarks/qcrd_step.py`'s row, with the peak measured before and after."""
     shape = QcrdBenchShape(
         args.preset,
         args.batch,
@@ -229,29 +228,7 @@ def _run_qcrd(args: argparse.Namespace) -> dict:
         sample_every=args.sample_every,
         discriminator_every=args.discriminator_every,
     )
-    peak = measure_peak_matmul_flops(args.peak_matmul_size)
-    partitioner = Partitioner(create_mesh(MeshConfig.parse(args.mesh)))
-    row = dict(
-        preset=args.preset,
-        objective="qcrd",
-        batch=args.batch,
-        input_length=args.input_length,
-        target_length=args.target_length,
-        candidates=args.candidates,
-        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
-        devices=jax.device_count(),
-        backend=jax.default_backend(),
-        huge_pages=huge_pages_enabled(),
-    )
-    timed = run_qcrd(shape, partitioner, max(args.steps, 1))
-    peak = max(peak, measure_peak_matmul_flops(args.peak_matmul_size)) * jax.device_count()
-    flops = timed["model_gflop_per_step"] * 1e9
-    timed.update(
-        peak_matmul_gflop_per_s=peak / 1e9,
-        mfu=flops / timed["step_s"] / peak,
-        mfu_best_step=flops / timed["step_s_min"] / peak,
-    )
-    return dict(row, **timed)
+    return qcrd_row(shape, MeshConfig.parse(args.mesh), args.steps, args.peak_matmul_size)
 
 
 def _trainer_and_batches(args, config, objective, partitioner: Partitioner, input_length: int):
@@ -348,16 +325,6 @@ def _step_by_parts(
 
 def _objective_name(args: argparse.Namespace) -> str:
     return f"quiet_star/{args.implementation}" if args.objective == "quiet_star" else args.objective
-
-
-QCRD_COLUMNS = (
-    "candidates",
-    "sampler_s_per_call",
-    "amortised_sampler_s_per_step",
-    "discriminator_s_per_update",
-    "amortised_discriminator_s_per_step",
-    "amortised_overhead_fraction",
-)
 
 
 def format_table(rows: list[dict]) -> str:

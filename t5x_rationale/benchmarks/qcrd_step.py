@@ -26,9 +26,19 @@ from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.qcrd.negatives import SelfAdversarialNegatives
 from t5x_rationale.qcrd.settings import QcrdSettings
 from t5x_rationale.qcrd.trainer import QcrdTrainer, candidate_part
-from t5x_rationale.runtime.flops import qcrd_step_counts
+from t5x_rationale.runtime.flops import measure_peak_matmul_flops, qcrd_step_counts
+from t5x_rationale.runtime.host_memory import huge_pages_enabled
 from t5x_rationale.runtime.optimizers import OptimizerConfig, make_optimizer
-from t5x_rationale.runtime.partitioning import Partitioner
+from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+
+QCRD_COLUMNS = (  # beside bench.py's usual columns
+    "candidates",
+    "sampler_s_per_call",
+    "amortised_sampler_s_per_step",
+    "discriminator_s_per_update",
+    "amortised_discriminator_s_per_step",
+    "amortised_overhead_fraction",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,3 +158,31 @@ def run_qcrd(shape: QcrdBenchShape, partitioner: Partitioner, steps: int) -> dic
         "amortised_discriminator_s_per_step": disc,
         "amortised_overhead_fraction": (sampler + disc) / step_s,
     }
+
+
+def qcrd_row(shape: QcrdBenchShape, mesh: MeshConfig, steps: int, peak_size: int) -> dict:
+    """`bench`'s result row: the timings, with MFU against the best matmul peak measured
+    before and after them."""
+    peak = measure_peak_matmul_flops(peak_size)
+    partitioner = Partitioner(create_mesh(mesh))
+    row = dict(
+        preset=shape.preset,
+        objective="qcrd",
+        batch=shape.batch,
+        input_length=shape.input_length,
+        target_length=shape.target_length,
+        candidates=shape.candidates,
+        mesh="x".join(map(str, partitioner.mesh.devices.shape)),
+        devices=jax.device_count(),
+        backend=jax.default_backend(),
+        huge_pages=huge_pages_enabled(),
+    )
+    timed = run_qcrd(shape, partitioner, max(steps, 1))
+    peak = max(peak, measure_peak_matmul_flops(peak_size)) * jax.device_count()
+    flops = timed["model_gflop_per_step"] * 1e9
+    timed.update(
+        peak_matmul_gflop_per_s=peak / 1e9,
+        mfu=flops / timed["step_s"] / peak,
+        mfu_best_step=flops / timed["step_s_min"] / peak,
+    )
+    return dict(row, **timed)
