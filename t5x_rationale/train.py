@@ -33,7 +33,7 @@ from t5x_rationale.quiet_star.spec import ThinkingSpec
 from t5x_rationale.runtime.checkpoints import Checkpointer
 from t5x_rationale.runtime.flops import (
     measure_peak_matmul_flops,
-    qcrd_step_counts,
+    objective_step_counts,
     train_step_flops,
 )
 from t5x_rationale.runtime.host_memory import reexec_with_huge_pages
@@ -165,8 +165,7 @@ def train(
         )
         stream.set_state(data_state if data_state else {"position": 0})
         _announce(mixture_or_task_name, source, int(state.step), num_steps, console)
-        qcrd_batch = example if qcrd_run else None
-        throughput = _throughput(model_config, spec, converter, measure_mfu, thinking, qcrd_batch)
+        throughput = _throughput(model_config, spec, converter, measure_mfu, thinking, example)
         writer = stack.enter_context(
             MetricsWriter(
                 run_dir,
@@ -322,9 +321,10 @@ def _announce(task: str, source: str, step: int, num_steps: int, console: bool) 
 
 
 def _throughput(
-    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking, qcrd_batch=None
+    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking, example: dict
 ) -> Throughput:
-    """Tokens and model FLOPs per step (a QCRD run's from its batch: `qcrd_step_counts`)."""
+    """Tokens and model FLOPs per step (QCRD's and PINTO's from the batch's shapes:
+    `objective_step_counts`)."""
     lengths = converter.get_model_feature_lengths(spec.task_feature_lengths)
     input_length = lengths.get("encoder_input_tokens", 0)
     target_length = lengths["decoder_target_tokens"]
@@ -336,8 +336,9 @@ def _throughput(
         input_length=input_length,
         thinking=thinking,
     )
-    if qcrd_batch is not None:
-        tokens, flops = qcrd_step_counts(model_config, qcrd_batch)
+    counts = objective_step_counts(model_config, example)
+    if counts is not None:
+        tokens, flops = counts
     peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
     return Throughput(tokens_per_step=tokens, flops_per_step=flops, peak_flops=peak)
 

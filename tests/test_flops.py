@@ -18,12 +18,14 @@ from t5x_rationale.architectures import (
     get_preset,
     model_inputs,
 )
+from t5x_rationale.objectives.pinto import pinto_loss
 from t5x_rationale.objectives.qcrd import qcrd_loss
 from t5x_rationale.quiet_star.spec import Context, ThinkingSpec
 from t5x_rationale.quiet_star.think import think
 from t5x_rationale.runtime.flops import (
     decoder_forward_flops,
     measure_peak_matmul_flops,
+    objective_step_counts,
     qcrd_step_counts,
     quiet_star_forward_flops,
     t5_forward_flops,
@@ -338,3 +340,27 @@ def test_qcrd_step_counts_equal_the_loss_forwards_matmuls(preset):
     label_tokens = b * (lin + lt) if t5 else b * lt
     cand_tokens = b * (lin + k * lc) if t5 else b * k * (lin + lc)
     assert tokens == label_tokens + cand_tokens
+
+
+def test_pinto_step_counts_equal_the_loss_forwards_matmuls():
+    """PINTO scores every choice of the batch and of its perturbed copy over one encoding per
+    row: the count equals the dot_generals of `pinto_loss`'s forward."""
+    c = get_preset("t5-tiny", **T5)
+    b, lin, k, lc = 2, 24, 4, 8
+    ones = lambda *s: jnp.ones(s, jnp.int32)  # noqa: E731
+    batch = {
+        "encoder_input_tokens": ones(b, lin) * 7,
+        "rationale_mask": ones(b, lin),
+        "choice_input_tokens": ones(b, k, lc),
+        "choice_target_tokens": ones(b, k, lc),
+        "choice_loss_weights": jnp.ones((b, k, lc), jnp.float32),
+        "choice_mask": ones(b, k),
+        "choice_label": jnp.zeros((b,), jnp.int32),
+    }
+    _, params, _ = _forward(c, b, lc, lin)
+    model = build_model(c)
+    jaxpr = jax.make_jaxpr(lambda p: pinto_loss(model, p, batch, None)[0])(params)
+    tokens, flops = objective_step_counts(c, batch)
+    assert flops == 3 * _dot_flops(jaxpr.jaxpr, (c.num_heads, c.relative_attention_num_buckets))
+    assert tokens == 2 * b * (lin + k * lc)
+    assert objective_step_counts(c, {"decoder_target_tokens": ones(b, lc)}) is None

@@ -141,6 +141,27 @@ def qcrd_step_counts(model_config, batch: dict) -> tuple[int, int]:
     return tokens, 3 * forward
 
 
+def pinto_step_counts(model_config, batch: dict) -> tuple[int, int]:
+    """(token positions, model FLOPs) of one PINTO step: the batch and its perturbed copy, each
+    row encoded once and decoded once per choice slot (FLOPs are 3x the forward)."""
+    rows, choices, length = batch["choice_target_tokens"].shape
+    rows *= 2  # the perturbed copy
+    inputs = batch["encoder_input_tokens"].shape[1]
+    forward = t5_forward_flops(model_config, rows * choices, inputs, length)
+    forward -= (choices - 1) * t5_encoder_flops(model_config, rows, inputs)
+    return rows * (inputs + choices * length), 3 * forward
+
+
+def objective_step_counts(model_config, batch: dict) -> tuple[int, int] | None:
+    """QCRD's or PINTO's (tokens, FLOPs) by the batch's features; None for a batch whose rows
+    are the model's rows (`train_step_flops` counts those)."""
+    if "candidate_target_tokens" in batch:
+        return qcrd_step_counts(model_config, batch)
+    if "choice_target_tokens" in batch:
+        return pinto_step_counts(model_config, batch)
+    return None
+
+
 def measure_peak_matmul_flops(
     size: int = 2048, dtype=jnp.float32, repeats: int = 10, device=None
 ) -> float:
