@@ -198,8 +198,8 @@ STUDENT_CORPUS = "synthetic_arith_multistep"  # the corpus every student's run f
 def compare_students(args, seeds: list[int]) -> str:
     """`--students`: every (student, seed) run, then the table and files under `--out_dir`."""
     keys = sc.parse_students(args.students)
-    # Longest first (SCOTT's and QCRD's steps, then rationale decoding), so the last are short.
-    cost = {"scott": 0, "qcrd": 1, "cot": 2, "step-by-step": 3}
+    # Longest first (QCRD's steps, SCOTT's, then rationale decoding), so the last are short.
+    cost = {"qcrd": 0, "scott": 1, "cot": 2, "step-by-step": 3}
     order = sorted(((k, s) for k in keys for s in seeds), key=lambda r: cost.get(r[0], 4))
     os.makedirs(args.out_dir, exist_ok=True)
     start = time.perf_counter()
