@@ -321,7 +321,7 @@ def _announce(task: str, source: str, step: int, num_steps: int, console: bool) 
 
 
 def _throughput(
-    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking, example: dict
+    model_config, spec: StreamSpec, converter, measure_mfu: bool, thinking, example=None
 ) -> Throughput:
     """Tokens and model FLOPs per step (QCRD's and PINTO's from the batch's shapes:
     `objective_step_counts`)."""
@@ -336,7 +336,7 @@ def _throughput(
         input_length=input_length,
         thinking=thinking,
     )
-    counts = objective_step_counts(model_config, example)
+    counts = objective_step_counts(model_config, example) if example else None
     if counts is not None:
         tokens, flops = counts
     peak = measure_peak_matmul_flops() * jax.device_count() if measure_mfu else None
