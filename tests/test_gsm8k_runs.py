@@ -74,14 +74,14 @@ def test_gsm8k_distillation_runs_train_and_evaluate(tmp_path):
         "gsm8k_label",
         ["label_loss", "rationale_loss", "label_token_fraction"],
     )
-    _train_and_evaluate("gsm8k_cot.gin", tmp_path / "cot", "gsm8k_cot", ["loss", "accuracy"])
-    # The CoT run's checkpoint serves as the (tiny) teacher of the KD student.
+    # gsm8k_cot.gin is the KD run's task and loss without a teacher: the KD run below trains
+    # and evaluates it, with the step-by-step run's checkpoint as its (tiny) teacher
     _train_and_evaluate(
         "gsm8k_kd.gin",
         tmp_path / "kd",
         "gsm8k_cot",
         ["kl", "teacher_accuracy"],
-        extra=TINY_TEACHER + [f"TEACHER_CHECKPOINT = '{tmp_path / 'cot' / 'checkpoints'}'"],
+        extra=TINY_TEACHER + [f"TEACHER_CHECKPOINT = '{tmp_path / 'sbs' / 'checkpoints'}'"],
     )
     # QCRD: GSM8K's rationale as the positive, the student's own wrong samples as negatives
     _train_and_evaluate(

@@ -241,7 +241,7 @@ def test_prepare_appends_only_disagreeing_samples_on_sampling_steps(one_device):
     assert negatives.counts["sampled"] == B * 2  # counted when read, not when drawn
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 2, 2)])
+@pytest.mark.parametrize("mesh", [(2, 4, 1), (2, 2, 2)])  # data x fsdp, and x tensor
 def test_qcrd_steps_on_8_devices_match_one_device(one_device, mesh):
     _, state1, metrics1, _ = one_device
     state8, metrics8, _ = _run(_trainer(mesh, sgd=True), 7)
