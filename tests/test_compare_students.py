@@ -78,6 +78,7 @@ def test_students_table_holds_what_evaluate_wrote(tmp_path, monkeypatch):
         [
             "--students=step-by-step,pinto",
             f"--steps={STEPS}",
+            "--batch=8",
             "--seeds=0",
             f"--out_dir={out}",
             f"--eval_examples={EXAMPLES}",
@@ -88,7 +89,7 @@ def test_students_table_holds_what_evaluate_wrote(tmp_path, monkeypatch):
         written = json.load(f)
     runs = {r["key"]: r for r in written["runs"]}
     assert set(runs) == {"step-by-step", "pinto"}
-    assert written["steps"] == STEPS and written["batch"] == 32
+    assert written["steps"] == STEPS and written["batch"] == 8
 
     sbs_dir = os.path.join(out, "step-by-step-seed0")
     label = _evaluated(sbs_dir, f"{CORPUS}_label")
