@@ -1,0 +1,1 @@
+"""Teacher annotation entry point (being built)."""

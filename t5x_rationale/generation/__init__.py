@@ -1,0 +1,1 @@
+"""Generation at scale: batched, sharded, resumable sampling over a dataset into JSONL shards."""

@@ -1,0 +1,1 @@
+"""STaR entry point (being built)."""
