@@ -138,22 +138,35 @@ class Predictor:
         continues after them); the returned texts then begin with them.
         """
         rows, truncated = self._rows(examples, prefixes)
-        host = self.partitioner.host_rows(self.batch_size)
         texts: list[str] = []
         rng = jax.random.PRNGKey(0) if rng is None else rng
         for start in range(0, len(examples), self.batch_size):
             chunk = {k: v[start : start + self.batch_size] for k, v in rows.items()}
-            n = len(next(iter(chunk.values())))
-            padded = {
-                k: np.concatenate([v, np.repeat(v[:1], self.batch_size - n, 0)])[host]
-                for k, v in chunk.items()
-            }
-            batch = self.partitioner.host_batch_to_global(padded)
-            result = self._decode(batch, jax.random.fold_in(rng, start))
-            tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
-            forced = prefixes[start : start + n] if prefixes is not None else [()] * n
-            texts += [self._detokenize(t, f) for t, f in zip(tokens[:n], forced)]
+            tokens = self.decode_rows(chunk, jax.random.fold_in(rng, start))
+            forced = (
+                [()] * len(tokens) if prefixes is None else prefixes[start : start + len(tokens)]
+            )
+            texts += [self.detokenize(t, f) for t, f in zip(tokens, forced)]
         return Predictions(texts, truncated)
+
+    def decode_rows(self, rows: dict[str, np.ndarray], rng: jax.Array) -> np.ndarray:
+        """Output tokens [n, max_decode_length] of n <= batch_size global input rows.
+
+        Every process passes the same rows; the batch is padded to `batch_size` with copies of
+        its first row, each process feeds its own rows, and the outputs are gathered back.
+        """
+        n = len(next(iter(rows.values())))
+        if not 0 < n <= self.batch_size:
+            raise ValueError(f"{n} rows for a decode batch of {self.batch_size}")
+        host = self.partitioner.host_rows(self.batch_size)
+        padded = {
+            k: np.concatenate([v, np.repeat(v[:1], self.batch_size - n, 0)])[host]
+            for k, v in rows.items()
+        }
+        batch = self.partitioner.host_batch_to_global(padded)
+        result = self._decode(batch, rng)
+        tokens = np.asarray(multihost_utils.process_allgather(result.tokens, tiled=True))
+        return tokens[:n]
 
     def _decode(self, batch: dict, rng: jax.Array):
         with self.partitioner.context():
@@ -167,7 +180,8 @@ class Predictor:
                 )
             return decode(self.model, self.params, batch, self.decode_config, rng=rng)
 
-    def _detokenize(self, tokens: np.ndarray, forced: Sequence[int] = ()) -> str:
+    def detokenize(self, tokens: np.ndarray, forced: Sequence[int] = ()) -> str:
+        """Text of one output row: the forced prefix, then the tokens up to EOS."""
         eos = np.flatnonzero(tokens == self.decode_config.eos_id)
         tokens = tokens[: eos[0]] if len(eos) else tokens
         return self.vocabulary.decode([int(t) for t in forced] + [int(t) for t in tokens if t > 0])
