@@ -110,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--gin_file", default="runs/star_compare.gin")
     p.add_argument("--num_seed", type=int, default=200, help="questions with a rationale")
-    p.add_argument("--num_questions", type=int, default=800, help="questions with a label only")
+    p.add_argument("--num_questions", type=int, default=600, help="questions with a label only")
     p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--steps", type=int, default=120, help="each baseline's steps")
-    p.add_argument("--star_steps", type=int, default=100, help="STaR's first iteration's steps")
+    p.add_argument("--steps", type=int, default=100, help="each baseline's steps")
+    p.add_argument("--star_steps", type=int, default=60, help="STaR's first iteration's steps")
     p.add_argument("--eval_examples", type=int, default=200, help="test questions scored")
     p.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))))
     return p
@@ -181,9 +181,10 @@ def main(argv: list[str]) -> str:
     note = (
         f"{args.num_seed} seed questions with a teacher rationale, {args.num_questions} more "
         f"with a label only; first {args.eval_examples} test questions; STaR starts from the "
-        "seed-set student and fine-tunes each iteration from the fresh init on the seed set "
-        "(and its hinted copies) plus the kept rationales; wall time per row and seed, one "
-        "CPU core per seed."
+        "seed-set student (model 0) and fine-tunes it again in each iteration (never model "
+        "n - 1) on the seed set (and its hinted copies) plus the kept rationales; wall time "
+        "per row and seed (STaR rows: that iteration's generation, rationalization, "
+        "fine-tuning and test), one CPU core per seed."
     )
     text = table(per_seed, wall, note)
     print(text, flush=True)

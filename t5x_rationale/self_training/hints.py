@@ -6,8 +6,9 @@ from __future__ import annotations
 import re
 
 HINT_TEMPLATE = " (hint: {label})"
-# The hint as the model may echo it: "(hint: 42)", "hint: 42", "[hint 42]", any case.
-_HINT_ECHO = re.compile(r"[\(\[]?\s*hint\s*:?\s*[^\s\)\]]*\s*[\)\]]?", re.IGNORECASE)
+# The hint as the model may echo it: "(hint: 42)", "hint: 42", "[HINT: 42]"; any other
+# mention of a hint is not stripped, and `mentions_hint` rejects the rationale.
+_HINT_ECHO = re.compile(r"[\(\[]?\s*hint\s*:\s*[^\s\)\]]*\s*[\)\]]?", re.IGNORECASE)
 
 
 def with_hint(question: str, label: str) -> str:

@@ -30,9 +30,9 @@ class StarPlan:
       out_dir: gets `iter-1/`, `iter-2/`, ... and `summary.json`.
       iterations: how many outer iterations.
       base_steps, growth: iteration n fine-tunes `base_steps * growth ** (n - 1)` steps.
-      initial_checkpoint: model 0, which generates in iteration 1 (default: the base).
-      base_checkpoint: what every iteration fine-tunes from; None: the fresh init of the run's
-        seed (never model n - 1).
+      initial_checkpoint: model 0, which generates in iteration 1, and the original base
+        every iteration fine-tunes from (never model n - 1).
+      fresh_base: fine-tune every iteration from the fresh init of the run's seed instead.
       hinted_seed: also train on the seed rows with the hint in their input (how a hint is
         used; STaR's rationalization prompt).
       rationalize: regenerate wrong questions with the hint.
@@ -43,27 +43,27 @@ class StarPlan:
     base_steps: int
     growth: float = 1.2
     initial_checkpoint: Optional[str] = None
-    base_checkpoint: Optional[str] = None
+    fresh_base: bool = False
     hinted_seed: bool = True
     rationalize: bool = True
 
     def __post_init__(self):
         if self.iterations < 1:
             raise ValueError(f"star needs at least one iteration, got {self.iterations}")
-        if self.initial_checkpoint is None and self.base_checkpoint is None:
-            raise ValueError("set star.initial_checkpoint: iteration 1 generates with it")
+        if self.initial_checkpoint is None:
+            raise ValueError("STaR needs an initial checkpoint (or a seed set to train one)")
         ls.iteration_steps(self.base_steps, 1, self.growth)  # validates
 
     def steps(self, iteration: int) -> int:
         return ls.iteration_steps(self.base_steps, iteration, self.growth)
 
     def generator(self, iteration: int) -> str:
-        initial = self.initial_checkpoint or self.base_checkpoint
-        return ls.model_for_generation(self.out_dir, iteration, initial, self.steps)
+        return ls.model_for_generation(self.out_dir, iteration, self.initial_checkpoint, self.steps)
 
     def finetune_from(self, iteration: int) -> Optional[str]:
-        del iteration  # the same base in every iteration
-        return self.base_checkpoint
+        """The same base in every iteration (None: the fresh init)."""
+        del iteration
+        return None if self.fresh_base else self.initial_checkpoint
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,7 +124,7 @@ def run_iteration(plan, n, questions, seed_rows, work: StarWork, log) -> dict:
     prompts = [_prompt(q, q["input"]) for q in questions]
     phase("generate", lambda: work.generate(model, prompts, f"{d}/generate"))
     first = _texts(work.read(f"{d}/generate"))
-    wrong = [q for q in questions if not judge(q, first[q["id"]], None)["correct"]]
+    wrong = [q for q in questions if not judge(q, first.get(q["id"], ""), None)["correct"]]
     hinted_prompts = [_prompt(q, with_hint(q["input"], q["label"])) for q in wrong]
     hinted_prompts = hinted_prompts if plan.rationalize else []
     if hinted_prompts:
@@ -145,7 +145,7 @@ def run_iteration(plan, n, questions, seed_rows, work: StarWork, log) -> dict:
 def _select(plan, n, d, questions, first, hinted, seed_rows, model) -> None:
     """Judges every question; writes `generated.jsonl` (one record per question), `kept.jsonl`
     (the kept rationales, teacher JSONL), `train.jsonl` (seed + kept) and `stats.json`."""
-    records = [judge(q, first[q["id"]], hinted.get(q["id"])) for q in questions]
+    records = [judge(q, first.get(q["id"], ""), hinted.get(q["id"])) for q in questions]
     kept = kept_rows(records)
     rows = training_rows(seed_rows, kept, plan.hinted_seed)
     if not rows:
@@ -159,7 +159,8 @@ def _select(plan, n, d, questions, first, hinted, seed_rows, model) -> None:
 
 
 def _texts(rows: Sequence[dict]) -> dict[str, str]:
-    """id -> the first sample's text."""
+    """id -> the first sample's text (a prompt skipped as too long has none: it counts as
+    unparseable)."""
     return {r["id"]: r["text"] for r in rows if r.get("sample", 0) == 0}
 
 
