@@ -110,10 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--gin_file", default="runs/star_compare.gin")
     p.add_argument("--num_seed", type=int, default=200, help="questions with a rationale")
-    p.add_argument("--num_questions", type=int, default=600, help="questions with a label only")
+    p.add_argument("--num_questions", type=int, default=400, help="questions with a label only")
     p.add_argument("--iterations", type=int, default=3)
-    p.add_argument("--steps", type=int, default=100, help="each baseline's steps")
-    p.add_argument("--star_steps", type=int, default=60, help="STaR's first iteration's steps")
+    p.add_argument("--steps", type=int, default=80, help="each baseline's steps")
+    p.add_argument("--star_steps", type=int, default=50, help="STaR's first iteration's steps")
     p.add_argument("--eval_examples", type=int, default=200, help="test questions scored")
     p.add_argument("--jobs", type=int, default=min(2, len(os.sched_getaffinity(0))))
     return p
