@@ -11,7 +11,7 @@ from t5x_rationale.data.metrics import extract_answer, normalize_answer
 from t5x_rationale.self_training import loop_state as ls
 from t5x_rationale.self_training.hints import strip_hint, with_hint
 from t5x_rationale.self_training.loop import StarPlan, StarWork, run_star
-from t5x_rationale.self_training.questions import training_rows
+from t5x_rationale.self_training.questions import read_questions, training_rows
 from t5x_rationale.self_training.selection import iteration_stats, judge
 
 QUESTIONS = [
@@ -30,7 +30,7 @@ def _answers(question, hinted: bool) -> str:
         3: f"(hint: {label}) --> {label}",
         5: f"{i} + {i} = 0 --> 0",
         7: "I do not know",
-    }[i]
+    }.get(i, "no idea")
 
 
 class FakeWork:
@@ -168,3 +168,24 @@ def test_bad_input_is_refused_or_counted(tmp_path):
     counts = iteration_stats(garbage)
     assert counts["unparseable"] == len(garbage) and counts["kept"] == 0
     assert iteration_stats([])["coverage_pct"] == 0.0
+
+
+def test_an_empty_questions_file_is_refused_and_a_missing_output_counted(tmp_path):
+    empty = tmp_path / "questions.jsonl"
+    empty.write_text("")
+    with pytest.raises(ValueError, match="questions.jsonl"):
+        read_questions(str(empty))
+
+    class Skipping(FakeWork):  # generation skipped q2's prompt (too long)
+        def read(self, out_dir):
+            return [r for r in super().read(out_dir) if r["id"] != "q2"]
+
+    run_star(
+        StarPlan(str(tmp_path), 1, 4, initial_checkpoint="b"),
+        QUESTIONS,
+        SEED,
+        Skipping().work(),
+        log=lambda s: None,
+    )
+    saved = json.load(open(f"{ls.iteration_dir(str(tmp_path), 1)}/stats.json"))
+    assert saved["questions"] == 8 and saved["unparseable"] == 5 and saved["correct"] == 3
