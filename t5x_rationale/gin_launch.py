@@ -33,7 +33,15 @@ from t5x_rationale.runtime.training_loop import PREEMPTED_EXIT_CODE, Preempted
 CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
 # Every entry point's gin name. A gin file may bind several (a run file binds `train` and
 # `evaluate`); bindings of the ones not running are skipped, any other unknown name is an error.
-ENTRY_POINTS = ("train", "evaluate", "infer", "inspect_thoughts", "evaluate_thoughts", "star")
+ENTRY_POINTS = (
+    "train",
+    "evaluate",
+    "infer",
+    "inspect_thoughts",
+    "evaluate_thoughts",
+    "star",
+    "annotate",
+)
 _REGISTERED: dict[str, Callable] = {}
 
 

@@ -39,8 +39,9 @@ def prompts(n: int = NUM_PROMPTS) -> list[dict]:
     ]
 
 
-def save_checkpoint(preset: str, directory: str) -> None:
-    """A randomly initialised tiny preset saved at step 0 in `directory`."""
+def save_checkpoint(preset: str, directory: str, **overrides) -> None:
+    """A randomly initialised tiny preset (fields overridden) saved at step 0 in `directory`."""
+    import jax
     import numpy as np
     import optax
 
@@ -49,14 +50,13 @@ def save_checkpoint(preset: str, directory: str) -> None:
     from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
     from t5x_rationale.runtime.trainer import Trainer
 
-    config = get_preset(preset)
+    config = get_preset(preset, **overrides)
     ones = np.ones((8, 16), np.int32)
     batch = {"decoder_input_tokens": ones}
     if config.architecture == "encoder_decoder":
         batch = {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
-    trainer = Trainer(
-        build_model(config), None, optax.identity(), Partitioner(create_mesh(MeshConfig()))
-    )
+    one_device = Partitioner(create_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
+    trainer = Trainer(build_model(config), None, optax.identity(), one_device)
     checkpointer = Checkpointer(directory, save_every=1)
     checkpointer.save(0, trainer.init_state(3, batch))
     checkpointer.wait()
