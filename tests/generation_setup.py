@@ -40,25 +40,35 @@ def prompts(n: int = NUM_PROMPTS) -> list[dict]:
 
 
 def save_checkpoint(preset: str, directory: str, **overrides) -> None:
-    """A randomly initialised tiny preset (fields overridden) saved at step 0 in `directory`."""
-    import jax
+    """A tiny preset (fields overridden) with random params (`random_params`, drawn with numpy:
+    nothing is compiled), saved at step 0 in `directory`."""
+    import jax.numpy as jnp
     import numpy as np
     import optax
+    from random_params import random_params
 
     from t5x_rationale.architectures import build_model, get_preset
     from t5x_rationale.runtime.checkpoints import Checkpointer
-    from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
-    from t5x_rationale.runtime.trainer import Trainer
+    from t5x_rationale.runtime.trainer import TrainState
 
     config = get_preset(preset, **overrides)
-    ones = np.ones((8, 16), np.int32)
-    batch = {"decoder_input_tokens": ones}
+    model = build_model(config)
+    ones = np.ones((1, 4), np.int32)
+    inputs = {"decoder_input_tokens": ones}
     if config.architecture == "encoder_decoder":
-        batch = {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
-    one_device = Partitioner(create_mesh(MeshConfig(1, 1, 1), jax.devices()[:1]))
-    trainer = Trainer(build_model(config), None, optax.identity(), one_device)
+        inputs = {"encoder_input_tokens": ones, "decoder_input_tokens": ones}
+    params = random_params(model, seed=3, **inputs)
+    zero = jnp.zeros((), jnp.int32)
+    state = TrainState(
+        step=zero,
+        params=params,
+        opt_state=optax.identity().init(params),
+        rng=jnp.zeros((2,), jnp.uint32),
+        skipped_steps=zero,
+        bad_streak=zero,
+    )
     checkpointer = Checkpointer(directory, save_every=1)
-    checkpointer.save(0, trainer.init_state(3, batch))
+    checkpointer.save(0, state)
     checkpointer.wait()
     checkpointer.close()
 
@@ -67,7 +77,10 @@ def generation_config(**overrides):
     from t5x_rationale.generation import GenerationConfig
     from t5x_rationale.inference.decoding import DecodeConfig
 
-    settings = dict(num_samples=2, batch_size=8, input_length=48, shard_size=5, seed=11)
+    # One padded width (bucket_width = input_length) keeps each mesh to one decode program.
+    settings = dict(
+        num_samples=2, batch_size=8, input_length=48, shard_size=5, seed=11, bucket_width=48
+    )
     settings.update(overrides)
     decode = DecodeConfig(**{**SAMPLE, **settings.pop("decode", {})})
     return GenerationConfig(decode=decode, **settings)
