@@ -6,12 +6,21 @@ from pathlib import Path
 import gin
 import pytest
 
-from t5x_rationale import evaluate, evaluate_thoughts, gin_launch, infer, inspect_thoughts, train
+from t5x_rationale import (
+    annotate,
+    evaluate,
+    evaluate_thoughts,
+    gin_launch,
+    infer,
+    inspect_thoughts,
+    star,
+    train,
+)
 from t5x_rationale.architectures import DecoderConfig, QuietStarConfig, T5Config
 from t5x_rationale.runtime.partitioning import MeshConfig
 
 CONFIGS = Path(gin_launch.CONFIGS_DIR)
-for _module in (train, evaluate, infer, inspect_thoughts, evaluate_thoughts):
+for _module in (train, evaluate, infer, inspect_thoughts, evaluate_thoughts, star, annotate):
     gin_launch.register(getattr(_module, _module.__name__.rsplit(".", 1)[1]))
 ENTRY_POINTS = gin_launch.ENTRY_POINTS
 # Macros that run files leave to the command line.
