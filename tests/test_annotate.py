@@ -158,6 +158,11 @@ def test_annotate_end_to_end(tmp_path, checkpoint):
     assert len(lines) == summary["questions_written"]
     assert summary["generation"]["tokens_per_second"] > 0
     assert summary["generation"]["rows"] == 15
+    # Run again: the finished generations are read back, not sampled again.
+    teacher = (tmp_path / "out" / "teacher.jsonl").read_text()
+    again = _annotate(tmp_path, checkpoint, questions, skip_long_prompts=True)
+    assert again["generation"]["shards_written_now"] == 0
+    assert (tmp_path / "out" / "teacher.jsonl").read_text() == teacher
     with pytest.raises(ValueError, match=r"id 'd'\) is \d+ tokens, over input_length 32"):
         _annotate(tmp_path / "again", checkpoint, questions)
 

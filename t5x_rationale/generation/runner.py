@@ -116,8 +116,13 @@ def _plan_counts(plan: planning.Plan, config: GenerationConfig) -> dict[str, Any
 def _start_manifest(out_dir: str, record: dict, fresh: dict) -> dict[str, Any]:
     """The manifest to continue (checked against `record`), written back by process 0."""
     manifest = shards.resume_manifest(out_dir, record, fresh)
-    if jax.process_count() > 1:  # every process has read the directory before anyone writes
-        multihost_utils.sync_global_devices("generation: resume checked")
+    if jax.process_count() > 1:  # also a barrier: every process reads before process 0 writes
+        done = np.asarray(multihost_utils.process_allgather(np.int32(len(manifest["shards"]))))
+        if len(set(done.tolist())) > 1:
+            raise ValueError(
+                f"the processes see different numbers of finished shards in {out_dir} "
+                f"({done.tolist()}): it must be on a filesystem every process shares"
+            )
     if jax.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
         shards.write_json(os.path.join(out_dir, shards.MANIFEST), manifest)
