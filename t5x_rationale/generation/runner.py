@@ -77,10 +77,12 @@ def generate_to_shards(
     for index in range(first, plan.num_shards):
         if stop_after_shards is not None and index - first >= stop_after_shards:
             break
+        shard_started = time.perf_counter()
         rows = _shard_rows(predictor, plan, index, config)
         name, tokens = _record_shard(out_dir, manifest, index, rows, writer)
         generated += tokens
-        log(f"generation: wrote {name} ({len(rows)} rows, {tokens} tokens)")
+        rate = tokens / (time.perf_counter() - shard_started)
+        log(f"generation: wrote {name} ({len(rows)} rows, {tokens} tokens, {rate:.0f} tokens/s)")
     seconds = time.perf_counter() - started
     summary = {
         **counts,
