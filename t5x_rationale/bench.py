@@ -8,6 +8,8 @@
     python -m t5x_rationale.bench --preset decoder-125m --batch 4 --target_length 256 \
         --objective quiet_star --implementation streams --steps 2 --warmup 0
 
+`--decode` runs the decoding benchmark instead (`benchmarks/decode_speed.py`, its own flags).
+
 For `quiet_star` the preset is wrapped in a `QuietStarConfig`; rows are the batch repeated
 `--num_thoughts` times and model FLOPs count only what the streams decomposition needs
 (`flops.quiet_star_forward_flops`), for either implementation. `--compile_only` reports the
@@ -35,6 +37,7 @@ import jax
 
 from t5x_rationale.architectures import build_model, get_preset
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
+from t5x_rationale.benchmarks import decode_speed
 from t5x_rationale.benchmarks.dense_mask_parts import dense_mask_parts
 from t5x_rationale.benchmarks.qcrd_step import QCRD_COLUMNS, QcrdBenchShape, qcrd_row
 from t5x_rationale.benchmarks.random_batches import RandomBatches
@@ -360,6 +363,10 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--decode" in argv:
+        decode_speed.main([a for a in argv if a != "--decode"])
+        return 0
     args = parse_args(argv)
     row = run(args)
     print(format_table([row]))

@@ -85,7 +85,8 @@ def test_decoder_only_cached_decoding_matches_full_forward(overrides):
         if "cached_key" in str(path)
     ]
     lead = (c.num_layers,) if c.scan_layers else ()
-    assert cached and all(k.shape == lead + (2, length, c.kv_heads, c.head_dim) for k in cached)
+    # heads-major: [batch, kv_heads, length, head_dim]
+    assert cached and all(k.shape == lead + (2, c.kv_heads, length, c.head_dim) for k in cached)
 
     step = jax.jit(
         lambda cache, toks: model.apply(

@@ -17,6 +17,8 @@ import jax.numpy as jnp
 from t5x_rationale.architectures.axes import constrain
 from t5x_rationale.architectures.layers import DenseGeneral, Dtype
 from t5x_rationale.architectures.softmax_attention import (
+    cached_attention,
+    heads_first,
     heads_major,
     probabilities,
     softmax_attention,
@@ -142,10 +144,10 @@ class MultiHeadAttention(nn.Module):
     with `qkv_bias`, query/key/value biases [heads or kv_heads, kv] added before RoPE.
     `__call__` is `qkv`, `attend`, then the `out` projection; callers with an attention of
     their own use the pieces. In decode mode the layer keeps `cached_key`/`cached_value`
-    [batch, max_len, kv_heads, kv] in the 'cache' collection; the caller supplies the write
-    position (`cache_index`) and the mask over all max_len keys, so one index lives in the
-    stack rather than in every layer. Writing past max_len is not checked inside the jitted
-    step: decoders cap their length.
+    [batch, kv_heads, max_len, kv] (heads-major) in the 'cache' collection; the caller
+    supplies the write position (`cache_index`) and the mask over all max_len keys, so one
+    index lives in the stack rather than in every layer. Writing past max_len is not
+    checked inside the jitted step: decoders cap their length.
     """
 
     num_heads: int
@@ -187,8 +189,17 @@ class MultiHeadAttention(nn.Module):
         decode: bool = False,
         cache_index: Optional[jax.Array] = None,
         deterministic: bool = True,
+        static_kv: bool = False,
     ) -> jax.Array:
-        query, key, value = self.qkv(inputs_q, inputs_kv, query_positions, key_positions)
+        """`static_kv`: `inputs_kv` is the same at every decode step (cross attention), so in
+        decode mode its keys and values are projected once, by the init pass, and cached."""
+        if decode and static_kv and self.has_variable("cache", "cached_key"):
+            query = constrain(
+                self.query(inputs_q, query_positions), ("batch", "length", "heads", "kv")
+            )
+            key = value = None
+        else:
+            query, key, value = self.qkv(inputs_q, inputs_kv, query_positions, key_positions)
         out = self.attend(
             query,
             key,
@@ -198,6 +209,7 @@ class MultiHeadAttention(nn.Module):
             decode=decode,
             cache_index=cache_index,
             deterministic=deterministic,
+            static_kv=static_kv,
         )
         return self.out(out)
 
@@ -215,12 +227,14 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact  # the decode cache's variables are created here
     def attend(
-        self, query, key, value, *, mask, bias, decode, cache_index, deterministic
+        self, query, key, value, *, mask, bias, decode, cache_index, deterministic, static_kv=False
     ) -> jax.Array:
         """Attention of projected queries over keys and values (and the cache when decoding):
         [batch, q_len, heads, kv], before the `out` projection."""
         if decode:
-            key, value = self._update_cache(key, value, cache_index)
+            cached_key, cached_value = self._decode_cache(key, value, cache_index, static_kv)
+            out = cached_attention(query, cached_key, cached_value, bias, mask, self.scale)
+            return constrain(out, ("batch", "length", "heads", "kv"))
         dropout_rng = None
         if not deterministic and self.dropout_rate > 0.0:
             dropout_rng = self.make_rng("dropout")
@@ -237,16 +251,28 @@ class MultiHeadAttention(nn.Module):
         )
         return constrain(out, ("batch", "length", "heads", "kv"))
 
-    def _update_cache(self, key, value, cache_index):
-        """Writes this call's keys/values at `cache_index`; returns the whole cache."""
+    def _decode_cache(self, key, value, cache_index, static_kv: bool):
+        """The whole cache, heads-major [batch, kv_heads, max_len, kv], after writing this
+        call's keys/values at `cache_index`.
+
+        Heads-major is the layout the attention matmuls read, so a step reads the cache in
+        place instead of transposing all of it. The init pass creates the cache: its input
+        length is the cache length (zeros), or, with `static_kv`, its keys and values are
+        the cache and later calls only read it (they pass key = value = None).
+        """
+        if static_kv:
+            cached_key = self.variable("cache", "cached_key", heads_first, key)
+            cached_value = self.variable("cache", "cached_value", heads_first, value)
+            return cached_key.value, cached_value.value
         is_initialized = self.has_variable("cache", "cached_key")
+        key, value = heads_first(key), heads_first(value)
         cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
         cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
-        if not is_initialized:  # init pass: the input length defines the cache length
+        if not is_initialized:
             return key, value
         if cache_index is None:
             raise ValueError("decode=True needs cache_index")
-        start = (0, cache_index, 0, 0)
+        start = (0, 0, cache_index, 0)
         cached_key.value = jax.lax.dynamic_update_slice(
             cached_key.value, key.astype(cached_key.value.dtype), start
         )

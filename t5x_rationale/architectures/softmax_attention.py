@@ -45,6 +45,23 @@ def tokens_major(x: jax.Array, q_len: int) -> jax.Array:
     return x.reshape(b, q_len, -1, d)
 
 
+def heads_first(x: jax.Array) -> jax.Array:
+    """[b, len, kv_heads, d] -> [b, kv_heads, len, d], the decode cache's layout."""
+    return x.transpose(0, 2, 1, 3)
+
+
+def cached_attention(query, key, value, bias, mask, scale) -> jax.Array:
+    """Softmax attention over heads-major keys and values [b, kv_heads, k, d] (the decode
+    cache), forward only: query [b, q, heads, d] -> [b, q, heads, d] in the value dtype.
+    `scale` None is 1/sqrt(d)."""
+    q_len = query.shape[1]
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    qh = heads_major(query, key.shape[1])
+    probs = probabilities(qh, key, bias, mask, scale, q_len)
+    out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), value)
+    return tokens_major(out, q_len)
+
+
 def probabilities(qh, kh, bias, mask, scale, q_len):
     """Softmax probabilities [b, kv_heads, group * q, k] in float32 from heads-major q, k."""
     b, kv_heads, gq, _ = qh.shape

@@ -132,7 +132,12 @@ class T5DecoderLayer(_T5Block):
         x = self.residual(x, h)
         h = self.norm("pre_cross_attention_layer_norm")(x)
         h = self.attention("encoder_decoder_attention")(
-            h, encoded, mask=cross_mask, deterministic=self.deterministic
+            h,
+            encoded,
+            mask=cross_mask,
+            decode=self.decode,
+            static_kv=True,
+            deterministic=self.deterministic,
         )
         x = self.residual(x, h)
         x = self.residual(x, self.mlp(self.norm("pre_mlp_layer_norm")(x)))

@@ -36,8 +36,9 @@ def _is_kv(path) -> bool:
 def map_cache_rows(fn: Callable[[jax.Array, int], jax.Array], cache):
     """Applies fn(leaf, batch_axis) to the per-row cache leaves (keys and values).
 
-    Their layout is [..., batch, length, kv_heads, head_dim] (a leading layer axis when
-    layers are scanned); positions and the write index are shared by all rows.
+    Their layout is [..., batch, kv_heads, length, head_dim] (a leading layer axis when
+    layers are scanned); positions and the write index are shared by all rows. An
+    encoder-decoder's cross-attention keys/values (the encoded input's) have it too.
     """
     return jax.tree_util.tree_map_with_path(
         lambda path, x: fn(x, x.ndim - 4) if _is_kv(path) else x, cache
@@ -47,6 +48,6 @@ def map_cache_rows(fn: Callable[[jax.Array, int], jax.Array], cache):
 def constrain_cache(cache):
     """Keeps cached keys/values sharded like the model's keys/values (rows over the batch axes)."""
     return map_cache_rows(
-        lambda x, axis: constrain(x, ("layers",) * axis + ("batch", "length", "kv_heads", "kv")),
+        lambda x, axis: constrain(x, ("layers",) * axis + ("batch", "kv_heads", "length", "kv")),
         cache,
     )

@@ -1,4 +1,5 @@
-"""Greedy and sampled decoding (temperature, top-k, top-p), one sequence per row."""
+"""Greedy and sampled decoding (temperature, top-k, top-p), one sequence per row; the
+per-row choice of a token is `sampling`'s."""
 
 from __future__ import annotations
 
@@ -15,25 +16,7 @@ from t5x_rationale.inference.decode_config import (
     prompt_lengths,
     prompt_token,
 )
-
-
-def filter_logits(logits: jax.Array, config: DecodeConfig) -> jax.Array:
-    """Temperature, then top-k, then top-p (nucleus) filtering; removed tokens get -inf."""
-    logits = logits / config.temperature
-    # Ties with the last kept value are kept too.
-    if config.top_k > 0 and config.top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, config.top_k)[0][..., -1:]
-        logits = jnp.where(logits >= kth, logits, -jnp.inf)
-    if config.top_p < 1.0:
-        descending = -jnp.sort(-logits, axis=-1)
-        probs = jax.nn.softmax(descending, axis=-1)
-        mass_before = jnp.cumsum(probs, axis=-1) - probs
-        # The smallest prefix whose mass reaches top_p; the top token is always kept.
-        threshold = jnp.min(
-            jnp.where(mass_before < config.top_p, descending, jnp.inf), axis=-1, keepdims=True
-        )
-        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-    return logits
+from t5x_rationale.inference.sampling import first_argmax, sample_token
 
 
 class _TokenState(NamedTuple):
@@ -55,20 +38,21 @@ def token_loop(
     lengths_in = prompt_lengths(prompt)
     columns = jnp.arange(limit, dtype=jnp.int32)
 
-    def choose(logits, log_probs, pos):
+    def choose(logits, pos):
+        allowed = jnp.where(forbidden, -jnp.inf, logits)
         if config.method == "greedy":
-            return jnp.argmax(jnp.where(forbidden, -jnp.inf, log_probs), axis=-1)
-        filtered = filter_logits(jnp.where(forbidden, -jnp.inf, logits), config)
-        return jax.random.categorical(jax.random.fold_in(rng, pos), filtered, axis=-1)
+            return first_argmax(allowed)
+        return sample_token(jax.random.fold_in(rng, pos), allowed, config)
 
     def body(s: _TokenState) -> _TokenState:
         fed = jnp.where(s.pos < lengths_in, prompt_token(prompt, s.pos), s.last)
         logits, cache = step(s.cache, fed)
-        log_probs = jax.nn.log_softmax(logits, axis=-1)
         generated = s.pos + 1 - lengths_in  # output column of the token predicted now
         active = (generated >= 0) & ~s.done
-        token = jnp.where(active, choose(logits, log_probs, s.pos), 0).astype(jnp.int32)
-        token_log_prob = jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
+        token = jnp.where(active, choose(logits, s.pos), 0).astype(jnp.int32)
+        # the token's log-softmax without materialising it over the vocabulary
+        log_norm = jax.nn.logsumexp(logits, axis=-1)
+        token_log_prob = jnp.take_along_axis(logits, token[:, None], axis=-1)[:, 0] - log_norm
         write = active[:, None] & (columns[None] == generated[:, None])
         return _TokenState(
             pos=s.pos + 1,

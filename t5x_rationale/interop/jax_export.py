@@ -18,8 +18,10 @@ position lives in the cache (its `cache_index` arrays), as in `decoding.decode`:
   `prefill(params, cache, tokens[b, p]) -> (logits[b, p, V], cache)` for any 1 <= p <= P,
   `step(params, cache, token[b]) -> (logits[b, V], cache)`.
 - encoder-decoder: `encode(params, inputs[b, S]) -> encoded[b, S, D]`,
-  `init_cache(params, inputs[b, S]) -> cache` (T positions),
-  `step(params, cache, token[b], encoded, inputs) -> (logits[b, V], cache)`.
+  `init_cache(params, inputs[b, S]) -> cache` (T positions, and the cross-attention keys
+  and values of `inputs`, projected once),
+  `step(params, cache, token[b], encoded, inputs) -> (logits[b, V], cache)` (the step reads
+  `inputs` for its padding mask; `encoded` stays in the signature but the cache has it).
 
 Logits are float32. P (or S) is `max_input_length`, T `max_decode_length`. A Quiet-STaR
 model exports as a decoder that decodes without thinking, as `decode` runs it.
@@ -134,7 +136,7 @@ def _symbolic(x, batch, batch_axis=None) -> jax.ShapeDtypeStruct:
 
 
 def _cache_batch_axis(path, x):
-    """Keys and values are [..., batch, length, kv_heads, head_dim]; the rest is shared."""
+    """Keys and values are [..., batch, kv_heads, length, head_dim]; the rest is shared."""
     return x.ndim - 4 if getattr(path[-1], "key", None) in ("cached_key", "cached_value") else None
 
 
@@ -172,11 +174,10 @@ class _Functions:
         return logits.astype(jnp.float32), mutated["cache"]
 
     def _empty_cache(self, flat_params, inputs):
-        """The init pass: its token length sets the cache length (XLA drops its logits)."""
+        """The init pass: its token length sets the cache length (XLA drops its logits). An
+        encoder-decoder's cache also holds the cross-attention keys/values of `inputs`."""
         rows = inputs.shape[0]
-        encoded = None
-        if self.enc_dec:
-            encoded = jnp.zeros((rows,) + self.encoded.shape[1:], self.encoded.dtype)
+        encoded = self.encode(flat_params, inputs) if self.enc_dec else None
         zeros = jnp.zeros((rows, self.cache_length), jnp.int32)
         return self._decode(self._variables(flat_params), zeros, encoded, inputs)[1]
 

@@ -12,7 +12,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from t5x_rationale.architectures.configs import DecoderConfig, T5Config
+from t5x_rationale.architectures.configs import DecoderConfig, T5Config, resolve_dtype
 from t5x_rationale.architectures.quiet_star_lm import QuietStarConfig
 from t5x_rationale.quiet_star.spec import ThinkingSpec
 
@@ -90,6 +90,34 @@ def t5_forward_flops(c: T5Config, batch: int, input_length: int, target_length: 
     cross_kv = enc_tokens * c.num_decoder_layers * 2 * proj
     logits = dec_tokens * 2 * c.emb_dim * c.vocab_size
     return encoder + decoder + cross_kv + logits
+
+
+def decode_step_counts(
+    c: T5Config | DecoderConfig, batch: int, prompt_length: int, new_tokens: int
+) -> tuple[float, float]:
+    """(model FLOPs, bytes that must be read) of one KV-cached decode step, averaged over the
+    steps after the first: every matmul weight once, the self-attention keys/values of the
+    positions written so far and an encoder-decoder's cross-attention keys/values.
+
+    Each matmul weight element costs 2 FLOPs per row, so the weights a step reads are its
+    token FLOPs without attention, halved (the embedding table counts only as the logits).
+    """
+    param_bytes = jnp.dtype(resolve_dtype(c.param_dtype)).itemsize
+    cache_bytes = jnp.dtype(resolve_dtype(c.dtype)).itemsize
+    if c.architecture == "encoder_decoder":
+        d_attn = c.num_heads * c.head_dim
+        self_keys, cross_keys = new_tokens / 2, prompt_length
+        dense = c.num_decoder_layers * 2 * (6 * c.emb_dim * d_attn + _mlp_params(c))
+        dense += 2 * c.emb_dim * c.vocab_size
+        attention = c.num_decoder_layers * 4 * (self_keys + cross_keys) * d_attn
+        kv = c.num_decoder_layers * 2 * (self_keys + cross_keys) * d_attn
+    else:
+        keys = prompt_length + new_tokens / 2
+        dense = _decoder_token_flops(c, 0)
+        attention = _decoder_token_flops(c, keys) - dense
+        kv = c.num_layers * 2 * keys * c.kv_heads * c.head_dim
+    flops = batch * (dense + attention)
+    return flops, dense / 2 * param_bytes + batch * kv * cache_bytes
 
 
 def train_step_flops(
