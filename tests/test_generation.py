@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 
 import jax
 import pytest
@@ -91,7 +92,7 @@ def test_sharded_generation_writes_the_one_device_tokens(
     assert any(a["text"] != b["text"] for a, b in zip(rows[::2], rows[1::2]))
 
 
-def test_output_files_and_rows(reference):
+def test_output_files_and_rows(tmp_path, reference):
     one, summary = reference("t5-tiny")
     assert sorted(os.listdir(one)) == [
         "manifest.json",
@@ -100,6 +101,15 @@ def test_output_files_and_rows(reference):
     ]
     assert summary["rows"] == 2 * len(prompts()) and summary["complete"]
     assert summary["tokens_per_second"] > 0
+    copy = tmp_path / "copy"
+    shutil.copytree(one, copy)
+    shard = copy / "shard-00001-of-00003.jsonl"
+    shard.write_text(shard.read_text().replace('"sample": 1', '"sample": 2', 1))
+    with pytest.raises(ValueError, match="shard-00001-of-00003.jsonl: contents differ"):
+        read_generations(str(copy))
+    shard.unlink()
+    with pytest.raises(FileNotFoundError, match="shard listed in the manifest is missing"):
+        read_generations(str(copy))
 
 
 def test_stopped_run_resumes_to_the_same_bytes(tmp_path, reference, checkpoint):
