@@ -6,7 +6,8 @@
 Each (preset, method) decodes one batch of random prompts with random weights through
 `decoding.decode`, best of `repeats` after compilation (a row that happens to choose EOS
 stops, the others go on; the table counts such rows). Time to first token (TTFT) is a
-decode of one token: the encoder or the prompt prefill plus the first step. The step time is (total - TTFT) / (new_tokens - 1).
+decode of one token: the encoder or the prompt prefill plus the first step. The step time
+is (total - TTFT) / (new_tokens - 1).
 
 The bound of one step is the larger of two times, both from rates measured in the same run:
 reading the weights a step uses (every matmul weight; the embedding table only where it is
