@@ -120,8 +120,11 @@ def test_kill9_in_generation_and_in_finetuning_resumes_bitwise(tmp_path):
     out = _finish(_start(run, cache))
     assert "train: starting from " + str(checkpoints) in out, out[-3000:]
 
-    _finish(reference)
     ref = tmp_path / "reference"
+    model0 = ref / "baselines" / "cot-seed" / "checkpoints" / "2"
+    # Model 0 generated, and the iteration fine-tuned model 0 again (the base), not a fresh init.
+    assert f"train: starting from the params of {model0} " in _finish(reference)
+    assert json.loads((ref / "iter-1" / "stats.json").read_text())["generator"] == str(model0)
     for name in ("kept.jsonl", "generated.jsonl", "train.jsonl"):
         assert (run / "iter-1" / name).read_bytes() == (ref / "iter-1" / name).read_bytes()
     got, want = _params(run), _params(ref)
