@@ -70,7 +70,8 @@ def star_rows(stats: list[dict]) -> list[dict]:
     return [
         {
             "key": f"star-{s['iteration']}",
-            "row": f"STaR iteration {s['iteration']} (coverage {s['coverage_pct']:.0f}%)",
+            "row": f"STaR iteration {s['iteration']}",
+            "coverage": s["coverage_pct"],
             "accuracy": s["test_accuracy"],
             "steps": s["steps"],
             "seconds": round(sum(s["seconds"].values()), 1),
@@ -96,9 +97,12 @@ def table(per_seed: dict[int, list[dict]], wall: float, note: str) -> str:
         accs = [r["accuracy"] for r in rows]
         shown = ", ".join(f"{a:.1f}" for a in accs)
         times = ", ".join(f"{r['seconds']:.0f}" for r in rows)
+        name = rows[0]["row"]
+        if "coverage" in rows[0]:
+            covered = ", ".join(f"{r['coverage']:.0f}%" for r in rows)
+            name += f" (coverage {covered})"
         lines.append(
-            f"| {rows[0]['row']} | {rows[0]['steps']} | {shown} "
-            f"| {statistics.mean(accs):.1f} | {times} |"
+            f"| {name} | {rows[0]['steps']} | {shown} | {statistics.mean(accs):.1f} | {times} |"
         )
     lines += ["", note, "", f"Wall time of the whole command: {wall:.0f} s."]
     return "\n".join(lines) + "\n"
