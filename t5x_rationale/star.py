@@ -195,7 +195,9 @@ def star(
         rows = comparison.baseline_rows(model.work(), files, out_dir, baseline_steps, hinted_seed)
     elif initial_checkpoint is None and seed_file:
         rows = [
-            comparison.seed_student(model.work(), seed_file, out_dir, baseline_steps, hinted_seed)
+            comparison.seed_student(
+                model.work(), seed_file, out_dir, baseline_steps, hinted_seed, evaluate=False
+            )
         ]
     initial_checkpoint = initial_checkpoint or (rows[0]["checkpoint"] if rows else None)
     plan = StarPlan(

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = 8  # the single iteration's fine-tuning steps
+STEPS = 6  # the single iteration's fine-tuning steps
 TINY = [
     "--gin_file=runs/star.gin",
     "--gin.INPUT_LENGTH=64",

@@ -28,13 +28,17 @@ from t5x_rationale.self_training.questions import read_seed, training_rows, writ
 RESULT = "comparison.json"
 
 
-def seed_student(work, seed_file: str, out_dir: str, steps: int, hinted_seed: bool) -> dict:
+def seed_student(
+    work, seed_file: str, out_dir: str, steps: int, hinted_seed: bool, evaluate: bool = True
+) -> dict:
     """The CoT student of the seed set (and its hinted copies): STaR's model 0 when no
-    initial checkpoint is given; its row, with its final checkpoint."""
+    initial checkpoint is given; its row, with its final checkpoint (and, with `evaluate`,
+    its test accuracy)."""
     seed_train = os.path.join(out_dir, "data", "seed_train.jsonl")
     os.makedirs(os.path.dirname(seed_train), exist_ok=True)
     write_jsonl(seed_train, training_rows(read_seed(seed_file), [], hinted_seed))
-    return _baseline(work, out_dir, steps, "cot-seed", "CoT, seed set only", seed_train, "cot")
+    name = "CoT, seed set only"
+    return _baseline(work, out_dir, steps, "cot-seed", name, seed_train, "cot", evaluate)
 
 
 def baseline_rows(work, files: dict, out_dir: str, steps: int, hinted_seed: bool) -> list[dict]:
@@ -48,16 +52,18 @@ def baseline_rows(work, files: dict, out_dir: str, steps: int, hinted_seed: bool
     return [first] + [_baseline(work, out_dir, steps, *run) for run in runs]
 
 
-def _baseline(work, out_dir, steps, key, name, train_file, kind) -> dict:
+def _baseline(work, out_dir, steps, key, name, train_file, kind, evaluate=True) -> dict:
     directory = os.path.join(out_dir, "baselines", key)
     path = os.path.join(directory, "result.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            row = json.load(f)
+        if row["accuracy"] is not None or not evaluate:  # else: trained, not yet evaluated
+            return row
     start = time.perf_counter()
     work.finetune(key, train_file, steps, directory, None, kind)
     checkpoint = os.path.join(directory, "checkpoints", str(steps))
-    accuracy = work.evaluate(checkpoint, os.path.join(directory, "eval"), kind)
+    accuracy = work.evaluate(checkpoint, f"{directory}/eval", kind) if evaluate else None
     row = {"key": key, "row": name, "accuracy": accuracy, "checkpoint": checkpoint}
     row.update(steps=steps, seconds=round(time.perf_counter() - start, 1))
     os.makedirs(directory, exist_ok=True)
