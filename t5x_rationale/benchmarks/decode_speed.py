@@ -2,6 +2,7 @@
 
     python -m t5x_rationale.bench --decode
     python -m t5x_rationale.bench --decode --presets decoder-125m --methods sample --json out.json
+    python -m t5x_rationale.bench --decode --profile   # and where each step's time goes
 
 Each (preset, method) decodes one batch of random prompts with random weights through
 `decoding.decode`, best of `repeats` after compilation (a row that happens to choose EOS
@@ -30,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.inference.decoding import DecodeConfig, decode
+from t5x_rationale.benchmarks.decode_profile import format_breakdown, step_breakdown
+from t5x_rationale.inference.decoding import DecodeConfig, decode, lower_decode
 from t5x_rationale.runtime.flops import decode_step_counts, measure_peak_matmul_flops
 
 SAMPLING = dict(temperature=0.7, top_p=0.95)
@@ -96,15 +98,17 @@ def _best_time(fn, repeats: int) -> float:
     return best
 
 
-def decode_row(preset, method, shape, *, dtype, peak, bandwidth, repeats) -> dict:
+def decode_row(preset, method, shape, *, dtype, peak, bandwidth, repeats, profile=False) -> dict:
     """One row of the table for (preset, method)."""
-    config, model, params, batch = random_setup(preset, shape, dtype)
+    model_config, model, params, batch = random_setup(preset, shape, dtype)
     settings = SAMPLING if method == "sample" else {}
     rng = jax.random.PRNGKey(1)
 
+    def settings_for(length: int) -> DecodeConfig:
+        return DecodeConfig(max_decode_length=length, method=method, **settings)
+
     def run(length: int):
-        cfg = DecodeConfig(max_decode_length=length, method=method, **settings)
-        return lambda: decode(model, params, batch, cfg, rng=rng)
+        return lambda: decode(model, params, batch, settings_for(length), rng=rng)
 
     full = run(shape.new_tokens)
     total = _best_time(lambda: full().tokens.block_until_ready(), repeats)
@@ -112,7 +116,15 @@ def decode_row(preset, method, shape, *, dtype, peak, bandwidth, repeats) -> dic
     lengths = np.asarray(full().lengths)
     ttft = _best_time(lambda: run(1)().tokens.block_until_ready(), repeats)
     step = (total - ttft) / (shape.new_tokens - 1)
-    flops, nbytes = decode_step_counts(config, shape.batch, shape.prompt_length, shape.new_tokens)
+    flops, nbytes = decode_step_counts(
+        model_config, shape.batch, shape.prompt_length, shape.new_tokens
+    )
+    if profile:
+        text = lower_decode(model, params, batch, settings_for(shape.new_tokens), rng=rng).compile()
+        breakdown = step_breakdown(
+            lambda: full().tokens.block_until_ready(), text.as_text(), shape.new_tokens
+        )
+        print(format_breakdown(f"{preset} {method}", breakdown, 1e3 * step), flush=True)
     by_memory, by_flops = nbytes / bandwidth, flops / peak
     bound = max(by_memory, by_flops)
     return dict(
@@ -147,6 +159,9 @@ def parse_args(argv) -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", help="params, compute and cache dtype")
     p.add_argument("--repeats", type=int, default=2, help="timed decodes (best is kept)")
     p.add_argument("--json", help="write the rows to this file")
+    p.add_argument(
+        "--profile", action="store_true", help="also print where a step's time goes (per op group)"
+    )
     return p.parse_args(argv)
 
 
@@ -175,6 +190,7 @@ def main(argv: Optional[list[str]] = None) -> list[dict]:
                 peak=peak,
                 bandwidth=bandwidth,
                 repeats=args.repeats,
+                profile=args.profile,
             )
             rows.append(dict(row, peak_gflops=peak / 1e9, copy_gb_per_s=bandwidth / 1e9))
             print(format_table(rows[-1:]).splitlines()[-1], flush=True)

@@ -88,6 +88,18 @@ def decode(
     Decoder-only batches cost one small host sync: the shortest prompt length sets the
     static prefill width, so each distinct shortest length compiles its own program.
     """
+    fn, inputs, rng = _program(model, batch, config, rng)
+    return fn(params, *inputs, rng)
+
+
+def lower_decode(model: nn.Module, params: Any, batch, config: DecodeConfig, *, rng=None):
+    """The `jax.stages.Lowered` program `decode` runs for these arguments (for profiling)."""
+    fn, inputs, rng = _program(model, batch, config, rng)
+    return fn.lower(params, *inputs, rng)
+
+
+def _program(model: nn.Module, batch: dict[str, Any], config: DecodeConfig, rng):
+    """(jitted decoder, its token inputs, rng) for this model, batch and config."""
     config.check_vocab(model.config.vocab_size)
     if config.method == "sample" and rng is None:
         raise ValueError("method='sample' needs an rng key")
@@ -105,8 +117,7 @@ def decode(
         prefill = int(_shortest_prompt(inputs[0])) - 1
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
-    fn = _compiled(model, config, prefill, _context_key())
-    return fn(params, *inputs, rng)
+    return _compiled(model, config, prefill, _context_key()), inputs, rng
 
 
 @jax.jit
