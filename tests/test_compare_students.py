@@ -23,7 +23,9 @@ from t5x_rationale.runtime.checkpoints import restore_params
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import abstract_params
 
-pytestmark = pytest.mark.slow
+# Trains and evaluates real students through subprocesses (about 2 minutes on 2 cores):
+# out of the test command to keep it under 25 minutes (`pytest -m extended tests`).
+pytestmark = [pytest.mark.slow, pytest.mark.extended]
 STEPS, EXAMPLES = 2, 8
 CORPUS = "synthetic_arith_multistep"
 TINY = dict(

@@ -15,7 +15,6 @@ import time
 
 import pytest
 from fault_runs import (
-    STEPS,
     Watched,
     assert_same_state,
     complete_steps,
@@ -28,6 +27,7 @@ from fault_runs import (
     saved_state,
     saving_now,
     sigkill,
+    steps_of,
     train_cmd,
     wait_until,
 )
@@ -55,17 +55,17 @@ def _uninterrupted(kind, shared_dir, compile_cache):
     return once(shared_dir, f"uninterrupted-{kind}", make), teacher
 
 
-def _strike(trial: int, rng: random.Random, run_dir, watched: Watched) -> str:
+def _strike(trial: int, rng: random.Random, run_dir, watched: Watched, steps: int) -> str:
     """Waits for this trial's moment; returns what it was."""
     if trial == 0:
-        after = rng.randrange(0, STEPS - 4)
+        after = rng.randrange(0, steps - 4)
         wait_until(lambda: logged_steps(run_dir) >= after and saving_now(run_dir), watched)
         return f"inside the asynchronous save after step >= {after}"
     if rng.random() < 0.2:
         delay = rng.uniform(0, 6)
         time.sleep(delay)
         return f"{delay:.2f} s after start (start-up)"
-    after, delay = rng.randrange(0, STEPS), rng.uniform(0, 0.3)
+    after, delay = rng.randrange(0, steps), rng.uniform(0, 0.3)
     wait_until(lambda: logged_steps(run_dir) >= after, watched)
     time.sleep(delay)
     return f"{delay:.3f} s after step {after} was logged"
@@ -77,7 +77,7 @@ def test_kill9_then_rerun_ends_bitwise_equal(kind, trial, tmp_path, shared_dir, 
     run_dir = tmp_path / "run"
     cmd = train_cmd(kind, run_dir, teacher=teacher)
     watched = Watched(cmd, env(compile_cache))
-    moment = _strike(trial, random.Random(f"{kind}-{trial}"), run_dir, watched)
+    moment = _strike(trial, random.Random(f"{kind}-{trial}"), run_dir, watched, steps_of(kind))
     assert sigkill(watched), f"the run ended before the kill ({moment}): {watched.output[-2000:]}"
     assert watched.proc.returncode == -signal.SIGKILL
     intact = complete_steps(run_dir) if run_dir.exists() else []
@@ -88,4 +88,5 @@ def test_kill9_then_rerun_ends_bitwise_equal(kind, trial, tmp_path, shared_dir, 
     print(f"TRIAL {kind}-{trial}: killed {moment}; the rerun started from {source}")
     assert losses(run_dir) == losses(reference), moment
     assert complete_steps(run_dir) == complete_steps(reference), moment
-    assert_same_state(saved_state(run_dir, STEPS), saved_state(reference, STEPS))
+    steps = steps_of(kind)
+    assert_same_state(saved_state(run_dir, steps), saved_state(reference, steps))
