@@ -45,9 +45,6 @@ def tokens_major(x: jax.Array, q_len: int) -> jax.Array:
     return x.reshape(b, q_len, -1, d)
 
 
-_FEW_QUERIES = 8  # query rows per (batch, kv head) up to which a decode step multiply-reduces
-
-
 def heads_first(x: jax.Array) -> jax.Array:
     """[b, len, kv_heads, d] -> [b, kv_heads, len, d], the decode cache's layout."""
     return x.transpose(0, 2, 1, 3)
@@ -61,11 +58,6 @@ def cached_attention(query, key, value, bias, mask, scale) -> jax.Array:
     scale = query.shape[-1] ** -0.5 if scale is None else scale
     qh = heads_major(query, key.shape[1])
     probs = probabilities(qh, key, bias, mask, scale, q_len)
-    if qh.shape[2] <= _FEW_QUERIES and jax.default_backend() == "cpu":
-        # A decode step: XLA:CPU runs this batched matrix-vector product as a dot at about
-        # half the copy bandwidth, and as a fused multiply-reduce over keys at about all of it.
-        weighted = probs[..., None] * value[:, :, None].astype(jnp.float32)
-        return tokens_major(jnp.sum(weighted, axis=-2).astype(value.dtype), q_len)
     out = jnp.einsum("bhqk,bhkd->bhqd", probs.astype(value.dtype), value)
     return tokens_major(out, q_len)
 
