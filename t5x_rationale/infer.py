@@ -16,6 +16,7 @@ from typing import Optional
 import gin
 import jax
 
+from t5x_rationale.data.annotation_inputs import json_lines
 from t5x_rationale.data.examples import load_examples, text_of
 from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
@@ -30,29 +31,18 @@ from t5x_rationale.runtime.run_files import write_text_atomic
 def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
     """`{"input": ...}` JSONL rows -> examples with tokenized `inputs`; errors name file and
     line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"infer input file {path} does not exist")
     examples = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not UTF-8 text: {e}") from e
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            if not isinstance(row, dict) or not isinstance(row.get("input"), str):
-                raise ValueError(f"{path}:{line_no}: field 'input': expected a string")
-            text = input_prefix + row["input"]
-            examples.append(
-                {
-                    "id": str(row.get("id", line_no)),
-                    "inputs_pretokenized": text,
-                    "inputs": vocabulary.encode(text) + [vocabulary.eos_id],
-                }
-            )
+    for line_no, row in json_lines(path, "infer input file"):
+        if not isinstance(row.get("input"), str):
+            raise ValueError(f"{path}:{line_no}: field 'input': expected a string")
+        text = input_prefix + row["input"]
+        examples.append(
+            {
+                "id": str(row.get("id", line_no)),
+                "inputs_pretokenized": text,
+                "inputs": vocabulary.encode(text) + [vocabulary.eos_id],
+            }
+        )
     if not examples:
         raise ValueError(f"{path}: no rows")
     return examples

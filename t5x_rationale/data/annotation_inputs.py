@@ -20,7 +20,7 @@ from t5x_rationale.data.metrics import extract_answer
 FEW_SHOT_SEPARATOR = "\n\n"
 
 
-def _json_lines(path: str, what: str):
+def json_lines(path: str, what: str):
     """(line number, dict) for each non-blank line of a JSONL file; errors name file and line."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -53,7 +53,7 @@ def _string(row: dict, key: str, where: str, *, required: bool = True) -> Option
 def read_questions(path: str) -> list[dict]:
     """`{"id", "input", "label"}` questions of a JSONL file (label None when absent)."""
     questions, seen = [], {}
-    for line_no, row in _json_lines(path, "questions file"):
+    for line_no, row in json_lines(path, "questions file"):
         where = f"{path}:{line_no}"
         key = _string(row, "id", where, required=False) or str(line_no)
         if key in seen:
@@ -97,7 +97,7 @@ def read_few_shot(path: str, prompt_suffix: str = "") -> str:
             raise ValueError(f"few-shot file {path} is empty")
         return text.rstrip("\n") + FEW_SHOT_SEPARATOR
     shots = []
-    for line_no, row in _json_lines(path, "few-shot file"):
+    for line_no, row in json_lines(path, "few-shot file"):
         where = f"{path}:{line_no}"
         question = _string(row, "input", where)
         if "target" in row:
