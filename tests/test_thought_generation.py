@@ -19,11 +19,14 @@ from t5x_rationale.quiet_star.think import think
 N_A = 6
 
 
-def _uncached(config, params, prompt_row, steps):
+def _uncached(config, params, prompt_row, steps, width):
     """Per emitted token, the whole prefix through the token-parallel forward (n_t = 1, P = 1).
 
-    The last position's end-thought step is the scored step: its mixed logits choose the
-    token; thought ids are banned by hand; thoughts are argmaxes (temperature 0).
+    The prefix's last position's end-thought step is the scored step: its mixed logits choose
+    the token; thought ids are banned by hand; thoughts are argmaxes (temperature 0). The
+    prefix is right-padded to `width` so the forward compiles once: the forward is causal
+    (a position and its thought see only earlier tokens), so padding after the prefix's last
+    position changes nothing there.
     """
     spec = ThinkingSpec(N_A, 1, sample_temperature=0.0, collect_logits=True)
     run = jax.jit(
@@ -38,13 +41,14 @@ def _uncached(config, params, prompt_row, steps):
     seq = list(prompt_row)
     tokens, thoughts, weights = [], [], []
     for _ in range(steps):
-        out = run(params, jnp.asarray([seq], jnp.int32))
-        logits = np.array(out["logits"][N_A - 2, 0, -1])
+        last = len(seq) - 1
+        out = run(params, jnp.asarray([seq + [0] * (width - len(seq))], jnp.int32))
+        logits = np.array(out["logits"][N_A - 2, 0, last])
         logits[list(config.thought_token_ids)] = -np.inf
         token = int(np.argmax(logits))
         tokens.append(token)
-        thoughts.append(np.asarray(out["next_token"][: N_A - 3, 0, -1]))
-        weights.append(float(out["mixing_weight"][N_A - 2, 0, -1]))
+        thoughts.append(np.asarray(out["next_token"][: N_A - 3, 0, last]))
+        weights.append(float(out["mixing_weight"][N_A - 2, 0, last]))
         seq.append(token)
     return np.array(tokens), np.stack(thoughts), np.array(weights)
 
@@ -72,7 +76,7 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
         ThoughtDecodeConfig(max_decode_length=steps, thinking=ThinkingSpec(N_A), eos_id=None),
     )
     for r, p in enumerate(prompts):
-        tokens, thoughts, weights = _uncached(config, params, p, steps)
+        tokens, thoughts, weights = _uncached(config, params, p, steps, padded.shape[1] + steps)
         np.testing.assert_array_equal(got.tokens[r], tokens)
         np.testing.assert_array_equal(got.thoughts[r], thoughts)
         # float32 agreement: 1e-5 of the largest weight (the two run different summation orders)
