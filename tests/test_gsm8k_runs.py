@@ -1,7 +1,7 @@
 """The shipped GSM8K distillation runs start, train a few steps and evaluate on real GSM8K.
 
 Each `configs/runs/gsm8k_*.gin` file is launched as a user would (`gin_launch.run`), with
-only the size shrunk for this CPU (a tiny T5, batch 8, 2 steps, 128-token inputs and
+only the size shrunk for this CPU (a tiny T5, batch 8, 2 steps, 64-token inputs and
 targets, 8 test questions, a short decode cap); tasks, objectives, converters and the
 reader are the shipped ones.
 Skips when `../shared/data/gsm8k` is absent.
@@ -22,8 +22,8 @@ TINY = [
     "model_config.preset = 't5-tiny'",
     "model_config.vocab_size = 2048",
     "TRAIN_STEPS = 2",
-    "INPUT_LENGTH = 128",  # longer questions are cut and counted (data/truncated_examples)
-    "TARGET_LENGTH = 128",
+    "INPUT_LENGTH = 64",  # longer questions are cut and counted (data/truncated_examples)
+    "TARGET_LENGTH = 64",
     "OptimizerConfig.warmup_steps = 1",
     "BATCH_SIZE = 8",
     "train.save_every = 2",
@@ -32,7 +32,7 @@ TINY = [
     "train.console = False",
     "evaluate.max_examples = 8",
     "evaluate.batch_size = 8",
-    "DecodeConfig.max_decode_length = 16",
+    "DecodeConfig.max_decode_length = 8",
 ]
 TINY_DISCRIMINATOR = [
     "discriminator_model.preset = 't5-tiny'",

@@ -28,17 +28,16 @@ def load_examples(
         trim_output_features=False,
     )
     examples, seen = [], set()
-    with stderr_without(is_tokenizer_notice):
-        rows = list(ds.as_numpy_iterator())
-    for ex in rows:
-        key = ex.get("id")
-        if unique_ids and key is not None:
-            if key in seen:
-                continue
-            seen.add(key)
-        examples.append(ex)
-        if max_examples is not None and len(examples) == max_examples:
-            break
+    with stderr_without(is_tokenizer_notice):  # the split is read only as far as needed
+        for ex in ds.as_numpy_iterator():
+            key = ex.get("id")
+            if unique_ids and key is not None:
+                if key in seen:
+                    continue
+                seen.add(key)
+            examples.append(ex)
+            if max_examples is not None and len(examples) == max_examples:
+                break
     return examples
 
 
