@@ -16,8 +16,8 @@ from typing import Optional
 import gin
 import jax
 
-from t5x_rationale.data.annotation_inputs import json_lines
 from t5x_rationale.data.examples import load_examples, text_of
+from t5x_rationale.data.reading import json_objects
 from t5x_rationale.data.run_inputs import check_decode_eos, check_task, load_vocabulary
 from t5x_rationale.gin_launch import main as gin_main
 from t5x_rationale.inference.decoding import DecodeConfig
@@ -32,7 +32,7 @@ def read_input_file(path: str, vocabulary, input_prefix: str) -> list[dict]:
     """`{"input": ...}` JSONL rows -> examples with tokenized `inputs`; errors name file and
     line."""
     examples = []
-    for line_no, row in json_lines(path, "infer input file"):
+    for line_no, row in json_objects(path, "infer input file"):
         if not isinstance(row.get("input"), str):
             raise ValueError(f"{path}:{line_no}: field 'input': expected a string")
         text = input_prefix + row["input"]

@@ -45,7 +45,7 @@ def test_infer_input_that_is_not_utf8_names_file_and_line(tmp_path):
 
     path = tmp_path / "questions.jsonl"
     path.write_bytes(b'{"input": "fine"}\n{"input": "caf\xe9"}\n')
-    with pytest.raises(ValueError, match=f"{path}:2: not UTF-8 text"):
+    with pytest.raises(ValueError, match=f"{path}:2: not valid UTF-8"):
         read_input_file(str(path), get_vocabulary(), "")
 
 

@@ -10,33 +10,14 @@ used verbatim. Errors name the file and line.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional
 
 from t5x_rationale.data.examples import load_examples, text_of
 from t5x_rationale.data.metrics import extract_answer
+from t5x_rationale.data.reading import json_objects
 
 FEW_SHOT_SEPARATOR = "\n\n"
-
-
-def json_lines(path: str, what: str):
-    """(line number, dict) for each non-blank line of a JSONL file; errors name file and line."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not UTF-8 text: {e}") from e
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON: {e}") from e
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, row
 
 
 def _string(row: dict, key: str, where: str, *, required: bool = True) -> Optional[str]:
@@ -53,7 +34,7 @@ def _string(row: dict, key: str, where: str, *, required: bool = True) -> Option
 def read_questions(path: str) -> list[dict]:
     """`{"id", "input", "label"}` questions of a JSONL file (label None when absent)."""
     questions, seen = [], {}
-    for line_no, row in json_lines(path, "questions file"):
+    for line_no, row in json_objects(path, "questions file"):
         where = f"{path}:{line_no}"
         key = _string(row, "id", where, required=False) or str(line_no)
         if key in seen:
@@ -97,7 +78,7 @@ def read_few_shot(path: str, prompt_suffix: str = "") -> str:
             raise ValueError(f"few-shot file {path} is empty")
         return text.rstrip("\n") + FEW_SHOT_SEPARATOR
     shots = []
-    for line_no, row in json_lines(path, "few-shot file"):
+    for line_no, row in json_objects(path, "few-shot file"):
         where = f"{path}:{line_no}"
         question = _string(row, "input", where)
         if "target" in row:

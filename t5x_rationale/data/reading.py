@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,23 @@ def _decode_object(raw: bytes, line: int) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise RowError(None, f"expected a JSON object, {_got(obj)}")
     return obj
+
+
+def json_objects(path: str, what: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSONL file that is not a row file
+    (questions, few-shot examples, inference inputs), read lazily; `what` names the file in
+    a FileNotFoundError, and a bad line raises `DataFormatError` naming file and line."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    with open(path, "rb") as f:
+        for line, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield line, _decode_object(raw, line)
+            except RowError as e:
+                raise DataFormatError(path, line, e.field, e.reason) from None
 
 
 def read_rows(
