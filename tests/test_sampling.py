@@ -1,5 +1,6 @@
 """The sort-free token choice of `inference/sampling.py` against slow references written
-here: argmax by numpy, the nucleus by sorting, the draw by a float64 running sum."""
+here: argmax by numpy, the nucleus by sorting, the two-level draw (`quiet_star/sampling.py`,
+shared with the thought sampler) by float64 running sums."""
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +8,8 @@ import numpy as np
 import pytest
 
 from t5x_rationale.inference.decode_config import DecodeConfig
-from t5x_rationale.inference.sampling import (
-    BLOCK,
-    first_argmax,
-    inverse_cdf_sample,
-    locate,
-    sample_token,
-    top_p_keep,
-)
+from t5x_rationale.inference.sampling import first_argmax, sample_token, top_p_keep
+from t5x_rationale.quiet_star.sampling import BLOCK, inverse_cdf_draw, locate
 
 
 def test_first_argmax_matches_numpy_with_ties_and_minus_inf():
@@ -60,13 +55,28 @@ def test_top_p_keep_ties():
     np.testing.assert_array_equal(np.asarray(top_p_keep(probs, 0.1))[1], [1, 1, 1, 1])
 
 
-def _locate_slowly(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
-    running = np.cumsum(weights.astype(np.float64), axis=-1)
-    target = u[:, 0] * running[:, -1]
-    return np.array([np.argmax(r > t) for r, t in zip(running, target)])
+def _first_reaching(mass: np.ndarray, u: float) -> tuple[int, float]:
+    """(first j whose float64 running sum reaches u * total, distance of the target to the
+    nearest running sum over the total: small means rounding may decide)."""
+    running = np.cumsum(mass)
+    target = max(u * running[-1], np.finfo(np.float32).tiny)
+    return int(np.argmax(running >= target)), np.min(np.abs(running - target)) / running[-1]
 
 
-def test_locate_matches_a_running_sum():
+def _locate_slowly(weights: np.ndarray, u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: the block by u[0] over block masses, then the entry inside it by u[1]; and
+    the smaller of the two levels' gaps."""
+    picks, gaps = [], []
+    for row, u_block, u_inside in zip(weights.astype(np.float64), u[0], u[1]):
+        blocks = np.pad(row, (0, -len(row) % BLOCK)).reshape(-1, BLOCK)
+        block, gap_block = _first_reaching(blocks.sum(-1), u_block)
+        inside, gap_inside = _first_reaching(blocks[block], u_inside)
+        picks.append(block * BLOCK + inside)
+        gaps.append(min(gap_block, gap_inside))
+    return np.array(picks), np.array(gaps)
+
+
+def test_locate_matches_two_running_sums():
     rng = np.random.default_rng(2)
     rows, vocab = 256, 3 * BLOCK + 37  # a padded last block
     weights = rng.exponential(size=(rows, vocab)).astype(np.float32)
@@ -74,26 +84,26 @@ def test_locate_matches_a_running_sum():
     weights[0, :] = 0.0
     weights[0, 200] = 1.0
     weights[1, : 2 * BLOCK] = 0.0  # whole empty blocks
-    u = rng.random((rows, 1)).astype(np.float32)
-    u[2] = 0.0
-    u[3] = np.nextafter(np.float32(1.0), np.float32(0.0))
+    u = rng.random((2, rows)).astype(np.float32)
+    u[:, 1] = 0.0  # the first entry with weight, past the empty blocks
+    u[:, 2] = 0.0
+    u[:, 3] = np.nextafter(np.float32(1.0), np.float32(0.0))  # the last entry with weight
     got = np.asarray(locate(jnp.asarray(weights), jnp.asarray(u)))
-    want = _locate_slowly(weights, u)
-    # skip rows whose target falls within rounding of an entry's boundary
-    running = np.cumsum(weights.astype(np.float64), axis=-1)
-    gap = np.min(np.abs(running - u * running[:, -1:]), axis=-1) / running[:, -1]
-    clear = gap > 1e-5
+    want, gaps = _locate_slowly(weights, u)
+    clear = gaps > 1e-5  # leave out targets within rounding of a boundary
     assert clear.sum() > 200
     np.testing.assert_array_equal(got[clear], want[clear])
     assert (weights[np.arange(rows), got] > 0).all()
     assert got[0] == 200
+    positive = [np.flatnonzero(weights[r] > 0) for r in (1, 2, 3)]
+    assert [got[1], got[2], got[3]] == [positive[0][0], positive[1][0], positive[2][-1]]
 
 
-def test_inverse_cdf_sample_frequencies():
+def test_inverse_cdf_draw_frequencies():
     probs = np.array([0.5, 0.0, 0.25, 0.125, 0.125], np.float32)
     n = 20000
     draws = np.asarray(
-        inverse_cdf_sample(jax.random.PRNGKey(0), jnp.broadcast_to(jnp.asarray(probs), (n, 5)))
+        inverse_cdf_draw(jax.random.PRNGKey(0), jnp.broadcast_to(jnp.asarray(probs), (n, 5)))
     )
     counts = np.bincount(draws, minlength=5)
     assert counts[1] == 0

@@ -8,8 +8,8 @@ for the Gumbel draw, 5 ms for a variadic-reduce argmax, against a 20-70 ms step)
 - `first_argmax`: the max, then the first index holding it (two plain reductions);
 - `top_p_keep`: the nucleus found by bisecting on the probabilities' float32 bit patterns
   (non-negative floats order like their bits), 31 masked sums instead of a sort;
-- `inverse_cdf_sample`: one uniform per row, located in per-block sums, then inside one
-  block of `BLOCK` entries.
+- the draw: `quiet_star.sampling.inverse_cdf_draw`, the thought sampler's two-level inverse
+  CDF (a block of 128 entries by its mass, then an entry inside it; two uniforms per row).
 
 Nucleus rule (ties included): a token is kept when the probability mass of the tokens
 strictly more probable than it is below `top_p`. The most probable token is always kept.
@@ -20,7 +20,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-BLOCK = 128
+from t5x_rationale.quiet_star.sampling import inverse_cdf_draw
+
 _ONE_BITS = 0x3F800000  # float32 1.0
 
 
@@ -52,33 +53,6 @@ def top_p_keep(probs: jax.Array, top_p: float) -> jax.Array:
     return bits >= high
 
 
-def inverse_cdf_sample(key: jax.Array, weights: jax.Array) -> jax.Array:
-    """[rows, V] non-negative weights (not all zero) -> [rows] int32 index drawn with
-    probability weight / row sum: the first index whose running sum exceeds u * total."""
-    u = jax.random.uniform(key, (weights.shape[0], 1), jnp.float32)
-    return locate(weights, u)
-
-
-def locate(weights: jax.Array, u: jax.Array) -> jax.Array:
-    """[rows] int32: for each row, the first index whose running sum of `weights` exceeds
-    u [rows, 1] times the row's total; zero-weight entries are never chosen."""
-    rows, vocab = weights.shape
-    padded = jnp.pad(weights.astype(jnp.float32), ((0, 0), (0, (-vocab) % BLOCK)))
-    blocks = padded.reshape(rows, -1, BLOCK)
-    block_sums = jnp.sum(blocks, axis=-1)
-    running = jnp.cumsum(block_sums, axis=-1)
-    target = u * running[:, -1:]
-    # the block holding the target (the last block with weight, if rounding overshoots)
-    last = blocks.shape[1] - 1 - first_argmax(jnp.flip(block_sums > 0, axis=-1).astype(jnp.int8))
-    block = jnp.minimum(jnp.sum(running <= target, axis=-1), last)
-    inside = jnp.take_along_axis(blocks, block[:, None, None], axis=1)[:, 0]
-    before = jnp.take_along_axis(running - block_sums, block[:, None], axis=-1)
-    offset = jnp.sum(jnp.cumsum(inside, axis=-1) + before <= target, axis=-1)
-    # rounding may land past the block's last non-zero entry: step back to it
-    last_inside = BLOCK - 1 - first_argmax(jnp.flip(inside > 0, axis=-1).astype(jnp.int8))
-    return (block * BLOCK + jnp.minimum(offset, last_inside)).astype(jnp.int32)
-
-
 def sample_token(key: jax.Array, logits: jax.Array, config) -> jax.Array:
     """[rows] int32 drawn from `logits` [rows, V] after the config's temperature, then top-k
     (ties with the k-th value kept), then top-p; -inf logits are never drawn."""
@@ -89,4 +63,4 @@ def sample_token(key: jax.Array, logits: jax.Array, config) -> jax.Array:
     probs = jax.nn.softmax(logits, axis=-1)
     if config.top_p < 1.0:
         probs = jnp.where(top_p_keep(probs, config.top_p), probs, 0.0)
-    return inverse_cdf_sample(key, probs)
+    return inverse_cdf_draw(key, probs)
