@@ -20,6 +20,7 @@ import argparse
 import logging
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -235,7 +236,7 @@ def quiet_libraries() -> None:
     absl_logger = logging.getLogger("absl")
     absl_logger.setLevel(logging.ERROR)
     absl_logger.addFilter(_not_from_orbax)
-    logging.getLogger("asyncio").addFilter(_not_an_orbax_task_error)
+    logging.getLogger("asyncio").addFilter(_not_an_orbax_writer_error)
     sentencepiece.set_min_log_level(1)
     sys.unraisablehook = _drop_closed_event_loop_reports(sys.unraisablehook)
 
@@ -244,10 +245,23 @@ def _not_from_orbax(record: logging.LogRecord) -> bool:
     return f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
-def _not_an_orbax_task_error(record: logging.LogRecord) -> bool:
-    """False for asyncio's "Task exception was never retrieved" of an orbax writer task."""
+def _not_an_orbax_writer_error(record: logging.LogRecord) -> bool:
+    """False for asyncio's "Task/Future exception was never retrieved" of an orbax writer.
+
+    A task's message names its coroutine's orbax file; a plain or gathering future's names
+    none, so its exception's traceback is searched for an orbax frame."""
     message = record.getMessage()
-    return not ("never retrieved" in message and f"{os.sep}orbax{os.sep}" in message)
+    if "never retrieved" not in message:
+        return True
+    if f"{os.sep}orbax{os.sep}" in message:
+        return False
+    error = record.exc_info[1] if record.exc_info else None
+    return not (error is not None and _raised_in_orbax(error))
+
+
+def _raised_in_orbax(error: BaseException) -> bool:
+    frames = traceback.extract_tb(error.__traceback__)
+    return any(f"{os.sep}orbax{os.sep}" in frame.filename for frame in frames)
 
 
 def _drop_closed_event_loop_reports(hook: Callable) -> Callable:

@@ -1,6 +1,9 @@
 """The entry points' console contract: a user error is one line and exit code 2 (`--verbose`
-shows the traceback), a preempted run one line and exit code 75."""
+shows the traceback), a preempted run one line and exit code 75, and the trail of a failed
+asynchronous checkpoint write (asyncio's unretrieved orbax errors) is hidden."""
 
+import asyncio
+import logging
 import os
 
 import pytest
@@ -62,3 +65,38 @@ def test_stderr_filter_drops_only_the_notices_at_the_file_descriptor(capfd):
         os.write(2, notice.encode())
         raise ImportError("a failed import shows everything it printed")
     assert capfd.readouterr().err == notice
+
+
+def _error_raised_in(filename: str) -> ValueError:
+    """A ValueError whose traceback's frame lies in `filename` (compiled under that name)."""
+    namespace: dict = {}
+    source = "def fail():\n    raise ValueError('write failed')\n"
+    exec(compile(source, filename, "exec"), namespace)
+    try:
+        namespace["fail"]()
+    except ValueError as e:
+        return e
+    raise AssertionError("fail() did not raise")
+
+
+@pytest.mark.parametrize("kind", ["Future", "_GatheringFuture"])
+def test_unretrieved_orbax_writer_errors_are_hidden_and_others_kept(kind, caplog):
+    """asyncio's own handler reports an unretrieved future's error; the launch filter hides
+    it when the error was raised in an orbax file (a future's message names no code, only
+    its traceback does) and keeps every other report."""
+    asyncio_logger = logging.getLogger("asyncio")
+    asyncio_logger.addFilter(gin_launch._not_an_orbax_writer_error)
+    loop = asyncio.new_event_loop()
+    try:
+        for where in (f"{os.sep}site{os.sep}orbax{os.sep}serialization.py", "/site/mine.py"):
+            loop.call_exception_handler(
+                {
+                    "message": f"{kind} exception was never retrieved",
+                    "exception": _error_raised_in(where),
+                }
+            )
+    finally:
+        loop.close()
+        asyncio_logger.removeFilter(gin_launch._not_an_orbax_writer_error)
+    reports = [r for r in caplog.records if r.name == "asyncio"]
+    assert len(reports) == 1 and "mine.py" in reports[0].exc_text
