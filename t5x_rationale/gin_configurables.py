@@ -18,7 +18,7 @@ import gin
 
 from t5x_rationale.architectures import QuietStarConfig, get_preset
 from t5x_rationale.architectures.discriminator import Discriminator
-from t5x_rationale.data import converters, counterfactual, registry
+from t5x_rationale.data import converters, counterfactual, qcrd_converter, registry
 from t5x_rationale.data.choice_converter import ChoicesConverter
 from t5x_rationale.data.hf_vocab import quiet_star_thought_ids
 from t5x_rationale.data.vocab import get_vocabulary
@@ -95,7 +95,7 @@ for _cls in (
     converters.MultiTaskEncDecConverter,
     converters.DecoderConverter,
     converters.MultiTaskDecoderConverter,
-    converters.CandidatesConverter,
+    qcrd_converter.CandidatesConverter,
     counterfactual.CounterfactualEncDecConverter,
     counterfactual.CounterfactualDecoderConverter,
 ):

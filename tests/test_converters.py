@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from t5x_rationale.data import converters
+from t5x_rationale.data import converters, qcrd_converter
 
 EXAMPLES = [
     {"inputs": [5, 6, 7, 1], "targets": [8, 9, 1], "task_id": 1},
@@ -17,6 +17,17 @@ EXAMPLES = [
     },  # inputs cut at 6
 ]
 LENGTHS = {"inputs": 6, "targets": 5}
+# The same with id 0 as a text token (byte-level BPE: "!"), first, inside and last.
+ZERO = {6: 0, 19: 0, 12: 0, 14: 0, 26: 0, 18: 0, 1: 0}
+WITH_ZERO_IDS = [
+    {
+        **ex,
+        "inputs": [ZERO.get(t, t) for t in ex["inputs"]],
+        "targets": [ZERO.get(t, t) for t in ex["targets"]],
+    }
+    for ex in EXAMPLES
+]
+BOTH = pytest.mark.parametrize("examples", [EXAMPLES, WITH_ZERO_IDS], ids=["ids>0", "id0"])
 
 
 def _dataset(examples):
@@ -46,17 +57,16 @@ def _pad(seq, n):
     return np.array(list(seq[:n]) + [0] * (n - len(seq[:n])), np.int32)
 
 
-def test_encdec_unpacked_matches_reference():
-    rows = _rows(converters.MultiTaskEncDecConverter(pack=False))
-    assert len(rows) == len(EXAMPLES)
-    for row, ex in zip(rows, EXAMPLES):
+@BOTH
+def test_encdec_unpacked_matches_reference(examples):
+    rows = _rows(converters.MultiTaskEncDecConverter(pack=False), examples)
+    assert len(rows) == len(examples)
+    for row, ex in zip(rows, examples):
         targets = ex["targets"][:5]
         np.testing.assert_array_equal(row["encoder_input_tokens"], _pad(ex["inputs"], 6))
         np.testing.assert_array_equal(row["decoder_target_tokens"], _pad(targets, 5))
         np.testing.assert_array_equal(row["decoder_input_tokens"], _pad([0] + targets[:-1], 5))
-        np.testing.assert_array_equal(
-            row["decoder_loss_weights"], (_pad(targets, 5) > 0).astype(np.float32)
-        )
+        np.testing.assert_array_equal(row["decoder_loss_weights"], _pad([1] * len(targets), 5))
         np.testing.assert_array_equal(
             row["decoder_task_ids"], _pad([ex["task_id"]] * len(targets), 5)
         )
@@ -64,9 +74,10 @@ def test_encdec_unpacked_matches_reference():
         assert row["decoder_truncated"].sum() == cut and row["decoder_truncated"][0] == cut
 
 
-def test_encdec_packing_matches_reference():
+@BOTH
+def test_encdec_packing_matches_reference(examples):
     lengths = {"inputs": 12, "targets": 10}
-    rows = _rows(converters.MultiTaskEncDecConverter(pack=True), lengths=lengths)
+    rows = _rows(converters.MultiTaskEncDecConverter(pack=True), examples, lengths)
     # Reference: concatenate every row's segments back and compare with the examples, in order.
     seen = []
     for row in rows:
@@ -76,6 +87,7 @@ def test_encdec_packing_matches_reference():
             assert list(row["decoder_positions"][t_mask]) == list(range(len(targets)))
             assert list(row["encoder_positions"][i_mask]) == list(range(i_mask.sum()))
             assert list(row["decoder_input_tokens"][t_mask]) == [0] + list(targets[:-1])
+            assert row["decoder_loss_weights"][t_mask].all()
             assert set(row["decoder_task_ids"][t_mask]) <= {1, 2}
             seen.append(
                 (
@@ -89,7 +101,7 @@ def test_encdec_packing_matches_reference():
             not row["decoder_target_tokens"][pad].any()
             and not row["decoder_loss_weights"][pad].any()
         )
-    expected = [(ex["inputs"], ex["targets"], ex["task_id"]) for ex in EXAMPLES]
+    expected = [(ex["inputs"], ex["targets"], ex["task_id"]) for ex in examples]
     assert sorted(seen) == sorted(expected)
     assert len(rows) < len(EXAMPLES)  # something was packed together
     assert sum(int(r["decoder_truncated"].sum()) for r in rows) == 0
@@ -100,9 +112,12 @@ def test_truncation_is_counted():
     assert sum(int(r["decoder_truncated"].sum()) for r in rows) == 2
 
 
-def test_decoder_prefix_lm_reference():
-    rows = _rows(converters.MultiTaskDecoderConverter(pack=False, bidirectional_prefix=True))
-    for row, ex in zip(rows, EXAMPLES):
+@BOTH
+def test_decoder_prefix_lm_reference(examples):
+    converter = converters.MultiTaskDecoderConverter(pack=False, bidirectional_prefix=True)
+    rows = _rows(converter, examples)
+    assert len(rows) == len(examples)
+    for row, ex in zip(rows, examples):
         prompt, targets = ex["inputs"][:6], ex["targets"][:5]
         seq = prompt + targets
         np.testing.assert_array_equal(row["decoder_target_tokens"], _pad(seq, 11))
@@ -118,9 +133,10 @@ def test_decoder_prefix_lm_reference():
         np.testing.assert_array_equal(row["decoder_task_ids"], _pad([ex["task_id"]] * len(seq), 11))
 
 
-def test_decoder_plain_lm_packed_loss_everywhere():
+@BOTH
+def test_decoder_plain_lm_packed_loss_everywhere(examples):
     ds = tf.data.Dataset.from_generator(
-        lambda: ({"targets": np.array(ex["targets"], np.int32)} for ex in EXAMPLES),
+        lambda: ({"targets": np.array(ex["targets"], np.int32)} for ex in examples),
         output_signature={"targets": tf.TensorSpec([None], tf.int32)},
     )
     conv = converters.DecoderConverter(pack=True, inputs=False, loss_on_targets_only=False)
@@ -131,8 +147,10 @@ def test_decoder_plain_lm_packed_loss_everywhere():
             m = row["decoder_segment_ids"] == seg
             got.append(list(row["decoder_target_tokens"][m]))
             assert row["decoder_loss_weights"][m].all()
-            assert row["decoder_input_tokens"][m][0] == 0
-    assert sorted(got) == sorted([ex["targets"][:8] for ex in EXAMPLES])
+            assert list(row["decoder_input_tokens"][m]) == [0] + got[-1][:-1]
+        pad = row["decoder_segment_ids"] == 0
+        assert not row["decoder_loss_weights"][pad].any()
+    assert sorted(got) == sorted([ex["targets"][:8] for ex in examples])
 
 
 def test_multitask_converter_needs_task_id():
@@ -157,7 +175,7 @@ def test_candidates_converter_reference():
             "negatives": tf.RaggedTensorSpec([None, None], tf.int32),
         },
     )
-    conv = converters.CandidatesConverter(num_positives=3, num_negatives=2)
+    conv = qcrd_converter.CandidatesConverter(num_positives=3, num_negatives=2)
     (row,) = list(conv(ds, {"inputs": 4, "positives": 4, "negatives": 4}).as_numpy_iterator())
     expected = np.array([[5, 6, 1, 0], [7, 1, 0, 0], [0] * 4, [8, 9, 10, 11], [0] * 4])
     np.testing.assert_array_equal(row["candidate_target_tokens"], expected)
@@ -173,4 +191,4 @@ def test_candidates_converter_reference():
 
 def test_candidates_converter_refuses_packing():
     with pytest.raises(ValueError, match="does not pack"):
-        converters.CandidatesConverter(pack=True)
+        qcrd_converter.CandidatesConverter(pack=True)

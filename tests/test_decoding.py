@@ -102,6 +102,8 @@ def _prefix(model, batch, row):
     if model.config.architecture == "encoder_decoder":
         return [0]
     prompt = list(np.asarray(batch["decoder_prompt_tokens"])[row])
+    if "decoder_prompt_lengths" in batch:
+        return prompt[: int(batch["decoder_prompt_lengths"][row])]
     nonpad = [i for i, t in enumerate(prompt) if t != 0]
     return prompt[: nonpad[-1] + 1] if nonpad else [0]
 
@@ -313,7 +315,13 @@ def test_beam_search_keeps_hypotheses_that_can_still_win():
     def beam(num_beams):
         config = DecodeConfig(3, method="beam", num_beams=num_beams, length_penalty=2.0)
         return decoding._beam_loop(
-            step, {}, jnp.zeros((1, 1), jnp.int32), 0, config, jnp.zeros(4, bool)
+            step,
+            {},
+            jnp.zeros((1, 1), jnp.int32),
+            jnp.ones(1, jnp.int32),
+            0,
+            config,
+            jnp.zeros(4, bool),
         )
 
     wide = beam(2)

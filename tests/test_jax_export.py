@@ -141,6 +141,23 @@ def test_rows_stop_at_eos_and_pad_after_as_decode_does(exported, preset):
     assert lengths[0] == end < DECODE_LENGTH and not tokens[0, end:].any()
 
 
+def test_decoder_prompts_ending_with_id_zero_decode_with_their_lengths(exported):
+    """Where id 0 is a text token, `lengths` says where each prompt ends (as `decode`'s
+    `decoder_prompt_lengths`); inferred lengths would drop the final 0s."""
+    config, params, directory = exported["decoder-tiny"]
+    prompt = np.asarray(PROMPTS[0], np.int32)
+    lengths = np.array([4, 5, 5], np.int32)  # rows 0 and 2 end with id 0
+    batch = {"decoder_prompt_tokens": _padded(prompt), "decoder_prompt_lengths": lengths}
+    want = decode(build_model(config), params, batch, DecodeConfig(DECODE_LENGTH))
+    tokens, got_lengths = ServingModel.load(str(directory)).generate(prompt, lengths=lengths)
+    np.testing.assert_array_equal(tokens, np.asarray(want.tokens))
+    np.testing.assert_array_equal(got_lengths, np.asarray(want.lengths))
+    inferred, _ = _decode(config, params, prompt)
+    assert (inferred[[0, 2]] != tokens[[0, 2]]).any(axis=1).all()
+    with pytest.raises(ValueError, match="lengths must be"):
+        ServingModel.load(str(directory)).generate(prompt, lengths=lengths + 1)
+
+
 def test_a_quiet_star_model_exports_as_its_decoder(tmp_path):
     """Decoded without thinking, as `decode` runs a Quiet-STaR model."""
     config = QuietStarConfig(get_preset("decoder-tiny"))

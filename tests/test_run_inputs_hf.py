@@ -1,5 +1,5 @@
 """What a run checks about an imported tokenizer: decoding stops at its eos, and a text
-token at id 0 (the pipeline's padding) is said out loud."""
+token at id 0 (padding to the parts that do not model it yet) is said out loud."""
 
 import os
 
@@ -31,7 +31,7 @@ def test_a_text_token_at_id_zero_is_said_once(capsys, monkeypatch):
     assert capsys.readouterr().err == ""
     run_inputs.load_vocabulary(BPE, model)
     err = capsys.readouterr().err
-    assert "id 0 of" in err and "'!'" in err and "get no loss" in err
+    assert "id 0 of" in err and "'!'" in err and "still take id 0 for padding" in err
     run_inputs.load_vocabulary(BPE, model)
     assert capsys.readouterr().err == ""
 

@@ -14,10 +14,9 @@ Model features produced (all int32 unless noted; `length` axis last):
   `decoder_causal_attention` (T5X name: 1 on prefix positions of the shifted inputs);
 - multi-task variants add `decoder_task_ids` (the example's `task_id` on each target token,
   0 on padding), so a loss can be normalised per task inside a packed batch;
-- `with_loss_start` (`counterfactual.py`): no loss before an example's `targets_loss_start`;
-- `CandidatesConverter`: `encoder_input_tokens` [L] and, per candidate slot,
-  `candidate_input_tokens`/`candidate_target_tokens`/`candidate_loss_weights` [K, L] with
-  `candidate_mask` and `candidate_is_positive` [K].
+- `with_loss_start` (`counterfactual.py`): no loss before an example's `targets_loss_start`.
+
+QCRD's candidate rows (`CandidatesConverter`) are in `qcrd_converter.py`.
 
 `decoder_truncated` / `candidate_truncated` mark truncated examples (1 on the first target
 token of each cut example); the data stream pops them and counts them on the host.
@@ -47,23 +46,40 @@ def _flag_first(length_like: tf.Tensor, flag: tf.Tensor) -> tf.Tensor:
     return tf.concat([tf.reshape(flag, [1]), tf.zeros([n - 1], tf.int32)], 0)[:n]
 
 
-def _shift_right(targets: tf.Tensor, segment_ids: tf.Tensor | None) -> tf.Tensor:
+def _shift_right(targets: tf.Tensor, segment_ids: tf.Tensor | None, real: tf.Tensor) -> tf.Tensor:
     """Decoder inputs: targets shifted right with 0, restarting at 0 in each packed segment.
 
-    Positions whose target is padding get 0 too (not the shifted EOS), so padding is all 0.
+    Positions whose target is padding (`real` 0) get 0 too (not the shifted EOS), so padding
+    is all 0.
     """
     shifted = seqio.utils.make_autoregressive_inputs(targets, sequence_id=segment_ids, bos_id=0)
-    return shifted * tf.cast(targets > 0, shifted.dtype)
+    return shifted * tf.cast(real, shifted.dtype)
 
 
 def _pack_or_pad(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) -> tf.data.Dataset:
-    """Packing takes a feature's count of non-zero items as its length: 0/1 flags pass as 1/2."""
-    if not pack:
-        return seqio.utils.trim_and_pad_dataset(ds, lengths)
-    flags = [k for k in ("targets_loss", "targets_prefix", "targets_truncated") if k in lengths]
-    ds = ds.map(lambda ex: {k: v + 1 if k in flags else v for k, v in ex.items()})
-    ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
-    return ds.map(lambda ex: {**ex, **{k: tf.maximum(ex[k] - 1, 0) for k in flags}})
+    """Packs or pads the features in `lengths`, telling padding apart from a real 0.
+
+    seqio packs a feature by its count of non-zero items and pads with 0, but a real item may
+    be 0: a 0/1 flag, or a text token at id 0 (byte-level BPE vocabularies: "!" in Llama 3 and
+    Qwen2). So every feature is stored + 1 meanwhile; afterwards it is back at its values (0 on
+    padding) and `{name}_real` is 1 on the real items of `inputs` and `targets`.
+    """
+    ds = ds.map(
+        lambda ex: {k: v + 1 if k in lengths else v for k, v in ex.items()},
+        num_parallel_calls=AUTOTUNE,
+    )
+    if pack:
+        ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
+    else:
+        ds = seqio.utils.trim_and_pad_dataset(ds, lengths)
+
+    def restore(ex):
+        real = {
+            f"{k}_real": tf.cast(ex[k] > 0, tf.int32) for k in ("inputs", "targets") if k in lengths
+        }
+        return {**ex, **{k: tf.maximum(ex[k] - 1, 0) for k in lengths}, **real}
+
+    return ds.map(restore, num_parallel_calls=AUTOTUNE)
 
 
 def _require_scalar(ds: tf.data.Dataset, converter: str, feature: str) -> None:
@@ -149,9 +165,9 @@ class EncDecConverter(_Converter):
         segments = ex.get("targets_segment_ids")
         out = {
             "encoder_input_tokens": ex["inputs"],
-            "decoder_input_tokens": _shift_right(ex["targets"], segments),
+            "decoder_input_tokens": _shift_right(ex["targets"], segments, ex["targets_real"]),
             "decoder_target_tokens": ex["targets"],
-            "decoder_loss_weights": tf.cast(ex["targets"] > 0, tf.float32),
+            "decoder_loss_weights": tf.cast(ex["targets_real"], tf.float32),
             "decoder_truncated": ex["targets_truncated"],
         }
         if self.with_task_ids:
@@ -274,11 +290,9 @@ class DecoderConverter(_Converter):
         segments = ex.get("targets_segment_ids")
         tokens = ex["targets"]
         out = {
-            "decoder_input_tokens": _shift_right(tokens, segments),
+            "decoder_input_tokens": _shift_right(tokens, segments, ex["targets_real"]),
             "decoder_target_tokens": tokens,
-            "decoder_loss_weights": tf.cast(
-                ex["targets_loss"] * tf.cast(tokens > 0, tf.int32), tf.float32
-            ),
+            "decoder_loss_weights": tf.cast(ex["targets_loss"] * ex["targets_real"], tf.float32),
             "decoder_truncated": ex["targets_truncated"],
         }
         if self.bidirectional_prefix:
@@ -305,96 +319,3 @@ class MultiTaskDecoderConverter(DecoderConverter):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.MODEL_FEATURES["decoder_task_ids"] = FeatureSpec(dtype=tf.int32)
-
-
-class CandidatesConverter(_Converter):
-    """Question plus a fixed number of positive and negative candidate targets per example.
-
-    The task gives `inputs` [L_in], `positives` and `negatives` (ragged [n, None] token lists).
-    Slots `0..num_positives-1` hold positives, the rest negatives; missing candidates are
-    padding slots with `candidate_mask` 0, extra ones are dropped (counted as truncation)."""
-
-    TASK_FEATURES = {
-        "inputs": FeatureSpec(dtype=tf.int32),
-        "positives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
-        "negatives": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
-    }
-    MODEL_FEATURES = {
-        "encoder_input_tokens": FeatureSpec(dtype=tf.int32),
-        "candidate_input_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
-        "candidate_target_tokens": FeatureSpec(dtype=tf.int32, rank=2, sequence_dim=1),
-        "candidate_loss_weights": FeatureSpec(dtype=tf.float32, rank=2, sequence_dim=1),
-        "candidate_mask": FeatureSpec(dtype=tf.int32, rank=1),
-        "candidate_is_positive": FeatureSpec(dtype=tf.int32, rank=1),
-        "candidate_truncated": FeatureSpec(dtype=tf.int32, rank=1),
-    }
-
-    def __init__(self, num_positives: int = 1, num_negatives: int = 1, pack: bool = False):
-        if pack:
-            raise ValueError(
-                "CandidatesConverter does not pack: every row is one question with its "
-                "candidate set; use pack=False"
-            )
-        if num_positives < 0 or num_negatives < 0 or num_positives + num_negatives == 0:
-            raise ValueError(
-                f"need at least one candidate slot, got num_positives={num_positives}, "
-                f"num_negatives={num_negatives}"
-            )
-        self.num_positives, self.num_negatives = num_positives, num_negatives
-        super().__init__(pack=False)
-
-    def _slots(self, candidates, count: int, length: int):
-        """Pads/trims a ragged [n, None] candidate set to a dense [count, length] block."""
-        candidates = (
-            tf.RaggedTensor.from_tensor(candidates)
-            if isinstance(candidates, tf.Tensor)
-            else candidates
-        )
-        n = candidates.nrows(out_type=tf.int32)
-        kept = candidates[:count]
-        too_long = tf.reduce_any(kept.row_lengths() > length)
-        dense = kept.to_tensor(default_value=0, shape=[count, length])
-        mask = tf.cast(tf.range(count) < n, tf.int32)
-        cut = tf.cast(tf.logical_or(n > count, too_long), tf.int32)
-        return dense, mask, cut
-
-    def _convert_features(self, ds, task_feature_lengths):
-        if task_feature_lengths["negatives"] != task_feature_lengths["positives"]:
-            raise ValueError(
-                f"positives and negatives need the same length, got {dict(task_feature_lengths)}"
-            )
-        return ds.map(
-            lambda ex: self._candidate_row(ex, task_feature_lengths), num_parallel_calls=AUTOTUNE
-        )
-
-    def _candidate_row(self, ex, task_feature_lengths):
-        """One example's question and dense candidate block."""
-        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
-        inputs, cut_in = _cut(ex["inputs"], n_in)
-        pos, pos_mask, cut_p = self._slots(ex["positives"], self.num_positives, n_c)
-        neg, neg_mask, cut_n = self._slots(ex["negatives"], self.num_negatives, n_c)
-        targets = tf.concat([pos, neg], 0)
-        k = self.num_positives + self.num_negatives
-        return {
-            "encoder_input_tokens": tf.pad(inputs, [[0, n_in - tf.size(inputs)]]),
-            "candidate_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
-            "candidate_target_tokens": targets,
-            "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
-            "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
-            "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
-            "candidate_truncated": _flag_first(
-                tf.zeros([k], tf.int32), tf.reduce_max(tf.stack([cut_in, cut_p, cut_n]))
-            ),
-        }
-
-    def get_model_feature_lengths(self, task_feature_lengths):
-        n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
-        k = self.num_positives + self.num_negatives
-        lengths = {k_: n_c for k_ in self.MODEL_FEATURES}
-        lengths.update(
-            encoder_input_tokens=n_in,
-            candidate_mask=k,
-            candidate_is_positive=k,
-            candidate_truncated=k,
-        )
-        return lengths

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from t5x_rationale.generation.config import GenerationConfig
+from t5x_rationale.inference.prediction import decoder_prompt_rows
 
 # Keys a generation row writes itself; a prompt's passthrough fields may not use them.
 RESERVED_KEYS = ("sample", "text", "num_tokens", "finished")
@@ -119,13 +120,16 @@ def batch_width(longest: int, config: GenerationConfig) -> int:
     return min(rounded, config.input_length)
 
 
-def batch_rows(plan: Plan, shard_start: int, batch: DecodeBatch, key: str) -> dict:
-    """The batch's right-padded prompt array under the model's input name `key`."""
+def batch_rows(plan: Plan, shard_start: int, batch: DecodeBatch, encoder_decoder: bool) -> dict:
+    """The batch's right-padded prompt arrays, under the model's input names (a decoder's
+    with the prompts' lengths)."""
+    prompts = [plan.tokens[shard_start + p] for p, _ in batch.rows]
+    if not encoder_decoder:
+        return decoder_prompt_rows(prompts, batch.width)
     out = np.zeros((len(batch.rows), batch.width), np.int32)
-    for i, (p, _) in enumerate(batch.rows):
-        ids = plan.tokens[shard_start + p]
+    for i, ids in enumerate(prompts):
         out[i, : len(ids)] = ids
-    return {key: out}
+    return {"encoder_input_tokens": out}
 
 
 def padding_counts(plan: Plan, config: GenerationConfig) -> tuple[int, int]:

@@ -152,11 +152,10 @@ def _shard_rows(
 ) -> list[dict]:
     """Shard `index`'s output rows, in prompt order then sample order."""
     start = plan.shard(index).start
-    key = "encoder_input_tokens" if predictor.encoder_decoder else "decoder_prompt_tokens"
     shard_rng = jax.random.fold_in(jax.random.PRNGKey(config.seed), index)
     outputs: dict[tuple[int, int], np.ndarray] = {}
     for b, batch in enumerate(planning.shard_batches(plan, index, config)):
-        arrays = planning.batch_rows(plan, start, batch, key)
+        arrays = planning.batch_rows(plan, start, batch, predictor.encoder_decoder)
         tokens = predictor.decode_rows(arrays, jax.random.fold_in(shard_rng, b))
         outputs.update(zip(batch.rows, tokens))
     eos = config.decode.eos_id

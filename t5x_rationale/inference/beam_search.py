@@ -13,7 +13,6 @@ from t5x_rationale.inference.decode_config import (
     StepFn,
     keep_going,
     length_normalizer,
-    prompt_lengths,
     prompt_token,
 )
 from t5x_rationale.inference.kv_cache import constrain_cache, map_cache_rows
@@ -41,7 +40,7 @@ class _Expansion(NamedTuple):
 
 
 def beam_loop(
-    step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden
+    step: StepFn, cache, prompt, lengths_in, start: int, config: DecodeConfig, forbidden
 ) -> DecodeResult:
     """Beam search: keep the K best expansions; EOS (or max length) moves one to 'finished'.
 
@@ -52,7 +51,6 @@ def beam_loop(
     """
     rows, width = prompt.shape
     beams, limit = config.num_beams, config.max_decode_length
-    lengths_in = prompt_lengths(prompt)
 
     def body(s: _BeamState) -> _BeamState:
         fed = jnp.where((s.pos < lengths_in)[:, None], prompt_token(prompt, s.pos)[:, None], s.last)

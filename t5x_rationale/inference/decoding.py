@@ -79,6 +79,9 @@ def decode(
       batch: `encoder_input_tokens` [B, S] (encoder-decoder) or `decoder_prompt_tokens`
         [B, P] right-padded with 0 (decoder-only). An encoder-decoder batch may carry
         `decoder_prompt_tokens` too: 0 then the forced target prefix, right-padded.
+        `decoder_prompt_lengths` [B], when given, are the prompts' lengths; without it a
+        prompt ends at its last non-zero token, which is wrong where id 0 is a text token
+        (byte-level BPE vocabularies) and the prompt ends with it.
       config: the decoding method and its settings.
       rng: a PRNG key; required for sampling.
 
@@ -109,21 +112,42 @@ def _program(model: nn.Module, batch: dict[str, Any], config: DecodeConfig, rng)
         tokens = _required(batch, "encoder_input_tokens")
         if "decoder_prompt_tokens" in batch:
             prompt = _required(batch, "decoder_prompt_tokens")
+            inputs = (tokens, prompt, _lengths(batch, prompt))
         else:
-            prompt = np.zeros((np.shape(tokens)[0], 1), np.int32)
-        inputs, prefill = (tokens, prompt), 0
+            rows = np.shape(tokens)[0]
+            inputs = (tokens, np.zeros((rows, 1), np.int32), np.ones((rows,), np.int32))
+        prefill = 0
     elif architecture in ("decoder", "quiet_star"):  # a Quiet-STaR model decodes as its base LM
-        inputs = (_required(batch, "decoder_prompt_tokens"),)
-        prefill = int(_shortest_prompt(inputs[0])) - 1
+        prompt = _required(batch, "decoder_prompt_tokens")
+        inputs = (prompt, _lengths(batch, prompt))
+        prefill = int(_shortest(inputs[1])) - 1
     else:
         raise ValueError(f"unknown architecture {architecture!r}")
     return _compiled(model, config, prefill, _context_key()), inputs, rng
 
 
+def _lengths(batch: dict[str, Any], prompt) -> jax.Array:
+    """[B] prompt lengths: `decoder_prompt_lengths` checked to fit the prompt, else inferred."""
+    if "decoder_prompt_lengths" not in batch:
+        return _inferred_lengths(prompt)
+    lengths = batch["decoder_prompt_lengths"]
+    rows, width = np.shape(prompt)
+    if np.shape(lengths) != (rows,):
+        raise ValueError(
+            f"batch['decoder_prompt_lengths'] must be [{rows}], got shape {np.shape(lengths)}"
+        )
+    if isinstance(lengths, np.ndarray) and not ((lengths >= 1) & (lengths <= width)).all():
+        raise ValueError(f"batch['decoder_prompt_lengths'] must lie in [1, {width}]: {lengths}")
+    return lengths
+
+
+_inferred_lengths = jax.jit(prompt_lengths)
+
+
 @jax.jit
-def _shortest_prompt(prompt: jax.Array) -> jax.Array:
+def _shortest(lengths: jax.Array) -> jax.Array:
     """Scalar length of the shortest prompt (read on the host: it sets the prefill width)."""
-    return jnp.min(prompt_lengths(prompt))
+    return jnp.min(lengths)
 
 
 def _required(batch: dict[str, Any], name: str):
@@ -158,12 +182,13 @@ def _compiled(model: nn.Module, config: DecodeConfig, prefill: int, context: tup
 
 
 def _decode_encoder_decoder(
-    model, config: DecodeConfig, params, encoder_tokens, prompt, rng
+    model, config: DecodeConfig, params, encoder_tokens, prompt, lengths, rng
 ) -> DecodeResult:
     """Encodes once, then runs the loop from each row's decoder prompt (0, or 0 + a forced
     prefix), fed token by token."""
     encoder_tokens = constrain(encoder_tokens, ("batch", "length"))
     prompt = constrain(prompt.astype(jnp.int32), ("batch", "length"))
+    lengths = constrain(jnp.asarray(lengths, jnp.int32), ("batch",))
     rows = encoder_tokens.shape[0]
     copies = config.num_beams if config.method == "beam" else 1
     encoded = model.apply({"params": params}, encoder_tokens, method=model.encode)
@@ -187,6 +212,7 @@ def _decode_encoder_decoder(
         step_fn(apply, params),
         cache,
         prompt,
+        lengths,
         start=0,
         config=config,
         rng=rng,
@@ -195,10 +221,11 @@ def _decode_encoder_decoder(
 
 
 def _decode_decoder_only(
-    model, config: DecodeConfig, prefill: int, params, prompt, rng
+    model, config: DecodeConfig, prefill: int, params, prompt, lengths, rng
 ) -> DecodeResult:
     """Prefills the shared prompt prefix, then runs the loop (beams copy the prefilled cache)."""
     prompt = constrain(prompt.astype(jnp.int32), ("batch", "length"))
+    lengths = constrain(jnp.asarray(lengths, jnp.int32), ("batch",))
     rows, prompt_width = prompt.shape
 
     def apply(variables, tokens):
@@ -214,6 +241,7 @@ def _decode_decoder_only(
         step_fn(apply, params),
         cache,
         prompt,
+        lengths,
         start=prefill,
         config=config,
         rng=rng,
@@ -225,11 +253,11 @@ def _decode_decoder_only(
 
 
 def _run_loop(
-    step: StepFn, cache, prompt, *, start: int, config: DecodeConfig, rng, vocab_size: int
+    step: StepFn, cache, prompt, lengths, *, start: int, config: DecodeConfig, rng, vocab_size: int
 ) -> DecodeResult:
     """Dispatches to the beam or the one-sequence-per-row loop."""
     forbidden = np.zeros((vocab_size,), bool)
     forbidden[list(config.forbidden_ids)] = True
     if config.method == "beam":
-        return beam_loop(step, cache, prompt, start, config, jnp.asarray(forbidden))
-    return token_loop(step, cache, prompt, start, config, jnp.asarray(forbidden), rng)
+        return beam_loop(step, cache, prompt, lengths, start, config, jnp.asarray(forbidden))
+    return token_loop(step, cache, prompt, lengths, start, config, jnp.asarray(forbidden), rng)

@@ -113,17 +113,20 @@ class Predictor:
         """
         prompts, truncated = self._prompts(examples)
         if prefixes is None:
-            key = "encoder_input_tokens" if self.encoder_decoder else "decoder_prompt_tokens"
-            return {key: _right_padded(prompts, self.input_length)}, truncated
+            if self.encoder_decoder:
+                return {
+                    "encoder_input_tokens": _right_padded(prompts, self.input_length)
+                }, truncated
+            return decoder_prompt_rows(prompts, self.input_length), truncated
         if len(prefixes) != len(examples):
             raise ValueError(f"{len(prefixes)} prefixes for {len(examples)} examples")
         forced = [np.asarray(p, np.int32).reshape(-1) for p in prefixes]
         if self.encoder_decoder:
             starts = [np.concatenate([[0], p]).astype(np.int32) for p in forced]
             rows = {"encoder_input_tokens": _right_padded(prompts, self.input_length)}
-            return {**rows, "decoder_prompt_tokens": _right_padded(starts)}, truncated
+            return {**rows, **decoder_prompt_rows(starts)}, truncated
         joined = [np.concatenate([t, p]) for t, p in zip(prompts, forced)]
-        return {"decoder_prompt_tokens": _right_padded(joined)}, truncated
+        return decoder_prompt_rows(joined), truncated
 
     def predict(
         self,
@@ -177,6 +180,7 @@ class Predictor:
                     batch["decoder_prompt_tokens"],
                     self.thoughts,
                     rng=rng,
+                    lengths=batch.get("decoder_prompt_lengths"),
                 )
             return decode(self.model, self.params, batch, self.decode_config, rng=rng)
 
@@ -184,7 +188,16 @@ class Predictor:
         """Text of one output row: the forced prefix, then the tokens up to EOS."""
         eos = np.flatnonzero(tokens == self.decode_config.eos_id)
         tokens = tokens[: eos[0]] if len(eos) else tokens
-        return self.vocabulary.decode([int(t) for t in forced] + [int(t) for t in tokens if t > 0])
+        return self.vocabulary.decode([int(t) for t in forced] + [int(t) for t in tokens])
+
+
+def decoder_prompt_rows(prompts: Sequence[np.ndarray], width: Optional[int] = None) -> dict:
+    """`decoder_prompt_tokens` [n, width] right-padded with 0 and `decoder_prompt_lengths` [n]:
+    the lengths are explicit, since a prompt may end with a text token at id 0."""
+    return {
+        "decoder_prompt_tokens": _right_padded(prompts, width),
+        "decoder_prompt_lengths": np.array([max(len(p), 1) for p in prompts], np.int32),
+    }
 
 
 def _right_padded(rows: Sequence[np.ndarray], width: Optional[int] = None) -> np.ndarray:

@@ -101,15 +101,21 @@ def generate_with_thoughts(
     prompt: jax.Array,
     decode: ThoughtDecodeConfig,
     rng: Optional[jax.Array] = None,
+    lengths: Optional[jax.Array] = None,
 ) -> ThoughtDecodeResult:
-    """Emits `decode.max_decode_length` tokens after each right-padded prompt row."""
+    """Emits `decode.max_decode_length` tokens after each right-padded prompt row.
+
+    `lengths` [B] are the prompts' lengths; by default a prompt ends at its last non-zero
+    token (wrong where id 0 is a text token that ends the prompt)."""
     if config.architecture != "quiet_star":
         raise TypeError(
             f"generate_with_thoughts needs a Quiet-STaR model, got {config.architecture}"
         )
     check_window(config, decode.num_ahead - 1)  # start, thought tokens, end, one talk step
     rng = jax.random.PRNGKey(0) if rng is None else rng
-    return _compiled(config, decode)(params, jnp.asarray(prompt, jnp.int32), rng)
+    prompt = jnp.asarray(prompt, jnp.int32)
+    lengths = prompt_lengths(prompt) if lengths is None else jnp.asarray(lengths, jnp.int32)
+    return _compiled(config, decode)(params, prompt, lengths, rng)
 
 
 @functools.lru_cache(maxsize=16)
@@ -125,11 +131,10 @@ class _Cache(NamedTuple):
 
 
 def _generate(
-    config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prompt, rng
+    config: QuietStarConfig, decode: ThoughtDecodeConfig, params, prompt, lengths, rng
 ) -> ThoughtDecodeResult:
     fd = FunctionalDecoder(config)
     rows, prompt_len = prompt.shape
-    lengths = prompt_lengths(prompt)
     h, _, keys, values = context_forward(fd, params, prompt, None)
     keys, values = jnp.stack(keys), jnp.stack(values)
     pad = ((0, 0), (0, 0), (0, decode.max_decode_length), (0, 0), (0, 0))

@@ -13,7 +13,6 @@ from t5x_rationale.inference.decode_config import (
     DecodeResult,
     StepFn,
     keep_going,
-    prompt_lengths,
     prompt_token,
 )
 from t5x_rationale.inference.sampling import first_argmax, sample_token
@@ -30,12 +29,11 @@ class _TokenState(NamedTuple):
 
 
 def token_loop(
-    step: StepFn, cache, prompt, start: int, config: DecodeConfig, forbidden, rng
+    step: StepFn, cache, prompt, lengths_in, start: int, config: DecodeConfig, forbidden, rng
 ) -> DecodeResult:
-    """Greedy or sampled decoding, one sequence per row."""
+    """Greedy or sampled decoding, one sequence per row (prompt [B, P] of lengths_in [B])."""
     rows, width = prompt.shape
     limit = config.max_decode_length
-    lengths_in = prompt_lengths(prompt)
     columns = jnp.arange(limit, dtype=jnp.int32)
 
     def choose(logits, pos):

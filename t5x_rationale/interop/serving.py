@@ -94,8 +94,13 @@ class ServingModel:
         position; encoder-decoder context: (encoder output, 0-padded inputs)."""
         return self._call["step"](self.params, cache, jnp.asarray(token, jnp.int32), *context)
 
-    def generate(self, prompts, *, eos_id: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def generate(
+        self, prompts, *, eos_id: int | None = None, lengths=None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Greedy continuations of 0-padded prompts [B, W] (W <= max_input_length).
+
+        `lengths` [B]: a decoder's prompt lengths (by default a prompt ends at its last
+        non-zero token, which is wrong where id 0 is a text token that ends it).
 
         Returns:
           tokens [B, max_decode_length] int32 (zeros after EOS, EOS kept) and lengths [B].
@@ -109,7 +114,9 @@ class ServingModel:
             start_id = self.special_ids.get("decoder_start_token_id", 0)
             fed = np.full((prompt.shape[0], 1), start_id, np.int32)
             return self._run(cache, fed, 0, limit, eos_id, context, lengths=np.ones_like(fed[:, 0]))
-        lengths = _prompt_lengths(prompt)
+        lengths = (
+            _prompt_lengths(prompt) if lengths is None else _checked(lengths, np.asarray(prompts))
+        )
         start = int(lengths.min()) - 1
         if start > 0:
             _, cache = self._call["prefill"](self.params, cache, prompt[:, :start])
@@ -139,6 +146,18 @@ def _read_manifest(directory: str) -> dict:
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}")
     return manifest
+
+
+def _checked(lengths, prompt: np.ndarray) -> np.ndarray:
+    lengths = np.asarray(lengths, np.int32)
+    if (
+        lengths.shape != prompt.shape[:1]
+        or not ((lengths >= 1) & (lengths <= prompt.shape[1])).all()
+    ):
+        raise ValueError(
+            f"lengths must be [{prompt.shape[0]}] in [1, {prompt.shape[1]}]: {lengths}"
+        )
+    return lengths
 
 
 def _prompt_lengths(prompt: np.ndarray) -> np.ndarray:
