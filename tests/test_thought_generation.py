@@ -53,18 +53,24 @@ def _uncached(config, params, prompt_row, steps, width):
     return np.array(tokens), np.stack(thoughts), np.array(weights)
 
 
+PROMPTS = [[9, 17, 33, 70, 5], [12, 200, 41]]  # ragged: right-padded below
+# id 0 as a text token (byte-level BPE: "!"), inside and ending both prompts: lengths given
+ZERO_PROMPTS = [[9, 0, 33, 70, 0], [0, 200, 0]]
+
+
 @pytest.mark.parametrize(
-    "overrides",
+    "overrides,prompts",
     [
-        dict(num_kv_heads=4),
+        (dict(num_kv_heads=4), PROMPTS),
         # with q/k/v biases (held in the cached keys and values) and Llama 3's RoPE scaling
-        dict(num_kv_heads=8, sliding_window=6, **BIASES_AND_LLAMA3_ROPE),
+        (dict(num_kv_heads=8, sliding_window=6, **BIASES_AND_LLAMA3_ROPE), PROMPTS),
+        (dict(num_kv_heads=4), ZERO_PROMPTS),
     ],
+    ids=["gqa", "biases-llama3-rope", "id0-with-lengths"],
 )
-def test_cached_generation_equals_uncached_token_for_token(overrides):
+def test_cached_generation_equals_uncached_token_for_token(overrides, prompts):
     config = tiny_config(**overrides)
     params = tiny_params(config, mixing_random=True)
-    prompts = [[9, 17, 33, 70, 5], [12, 200, 41]]  # ragged: right-padded below
     steps = 7
     padded = np.zeros((2, 5), np.int32)
     for r, p in enumerate(prompts):
@@ -74,6 +80,7 @@ def test_cached_generation_equals_uncached_token_for_token(overrides):
         params,
         padded,
         ThoughtDecodeConfig(max_decode_length=steps, thinking=ThinkingSpec(N_A), eos_id=None),
+        lengths=np.array([len(p) for p in prompts], np.int32) if prompts is ZERO_PROMPTS else None,
     )
     for r, p in enumerate(prompts):
         tokens, thoughts, weights = _uncached(config, params, p, steps, padded.shape[1] + steps)
