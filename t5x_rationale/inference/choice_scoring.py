@@ -67,7 +67,9 @@ class ChoiceScorer:
         self.partitioner, self.batch_size = partitioner, batch_size
         self.model = build_model(model_config)
         ones = np.ones((batch_size, input_length), np.int32)
-        shape_batch = {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
+        shape_batch = {"decoder_input_tokens": ones}  # a decoder-only student's
+        if model_config.architecture == "encoder_decoder":
+            shape_batch = {"encoder_input_tokens": ones, "decoder_input_tokens": ones[:, :1]}
         self.params, self.step = restore_params(
             checkpoint_path, abstract_params(self.model, partitioner, shape_batch)
         )

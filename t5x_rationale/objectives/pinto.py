@@ -1,8 +1,11 @@
 """PINTO (Wang et al. 2023, arXiv 2211.01562): multiple choice with counterfactual rationales.
 
-An encoder-decoder student reads `question + choices + rationale` and scores each choice c by
+The student reads `question + choices + rationale` (the context) and scores each choice c by
 its length-normalised log-likelihood (the mean log-probability of c's target tokens, EOS
-included). A softmax over a row's real choices gives its prediction:
+included): an encoder-decoder encodes the context once per row and decodes each choice; a
+decoder-only student reads `context ++ c` as one sequence per choice (the context's padding
+moved after the choice, so a causal model never sees it) and scores the tokens after the
+context. A softmax over a row's real choices gives its prediction:
 
     L_task = CE(softmax(scores), label)
     L_cf   = CE_smoothed(softmax(scores of the perturbed copy), label),   smoothing 0.1
@@ -19,7 +22,7 @@ Choices made here (docs/methods.md, PINTO):
 - `mask_id` defaults to 2, the shipped tokenizer's `<unk>`: a visible token with no content,
   so the masked copy keeps the rationale's length and positions but none of its words. The
   pad id 0 would instead drop the positions from the encoder's attention (the rationale
-  deleted); pass `mask_id=0` for that.
+  deleted); pass `mask_id=0` for that (a decoder-only student reads id 0 as a token).
 - Random ids skip the special ids below `random_id_low` (5: pad, EOS, unk and the two thought
   tokens); `random_id_high` None is the model's vocabulary size. A drawn id may equal the
   token it replaces (about 1 in 2000 with the shipped vocabulary).
@@ -30,6 +33,8 @@ Choices made here (docs/methods.md, PINTO):
   probability. A row whose label points at no real choice is left out of every mean and
   counted in `skipped_rows`.
 - Without an rng (evaluation) there is no dropout and the perturbation uses the fixed key 0.
+- A decoder-only student recomputes the context once per choice (C sequences per row); the
+  context ends at its last non-zero token, as the converter right-pads it with 0.
 """
 
 from __future__ import annotations
@@ -90,11 +95,22 @@ def perturb_rationale(
     return out, masked
 
 
-def choice_scores(
-    model: nn.Module, params: Any, batch: dict, encoder_tokens: jax.Array, rng
-) -> jax.Array:
-    """[B, C] float32: each choice's mean target-token log-probability given `encoder_tokens`
-    [B, Le] (padded slots at `PADDED_CHOICE_SCORE`). The encoder runs once per row."""
+def choice_scores(model: nn.Module, params: Any, batch: dict, context: jax.Array, rng) -> jax.Array:
+    """[B, C] float32: each choice's mean target-token log-probability given `context`
+    [B, Le] (padded slots at `PADDED_CHOICE_SCORE`)."""
+    if model.config.architecture == "decoder":
+        log_likelihood, weights = _decoder_choice_log_likelihood(model, params, batch, context, rng)
+    else:
+        log_likelihood, weights = _encoder_decoder_log_likelihood(
+            model, params, batch, context, rng
+        )
+    scores = log_likelihood / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
+    return jnp.where(real_choices(batch), scores, PADDED_CHOICE_SCORE)
+
+
+def _encoder_decoder_log_likelihood(model, params, batch, encoder_tokens, rng):
+    """([B, C] summed log-probabilities of the choices' weighted tokens, weights [B, C, Lc]);
+    the encoder runs once per row."""
     rngs = {} if rng is None else {"dropout": rng}
     deterministic = rng is None
     targets = batch["choice_target_tokens"]
@@ -114,9 +130,43 @@ def choice_scores(
     )
     nll, _ = token_cross_entropy(logits, targets.reshape(rows * num_choices, length))
     weights = batch["choice_loss_weights"].astype(jnp.float32)
-    log_likelihood = -jnp.sum(nll.reshape(targets.shape) * weights, axis=-1)
-    scores = log_likelihood / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
-    return jnp.where(real_choices(batch), scores, PADDED_CHOICE_SCORE)
+    return -jnp.sum(nll.reshape(targets.shape) * weights, axis=-1), weights
+
+
+def joined_choice_rows(context: jax.Array, targets: jax.Array, weights: jax.Array):
+    """(sequences, weights), each [B, C, Le + Lc]: row b's context [B, Le] up to its last
+    non-zero token, then choice c's targets [B, C, Lc], then zeros; the choice's weights move
+    with its tokens (0 on the context and the padding)."""
+    rows, width_ctx = context.shape
+    num_choices, width_choice = targets.shape[1:]
+    columns = jnp.arange(width_ctx + width_choice)
+    positions = jnp.arange(1, width_ctx + 1)
+    lengths = jnp.max(jnp.where(context != 0, positions, 0), axis=-1, keepdims=True)  # [B, 1]
+    offset = columns[None, :] - lengths  # [B, W]: which choice token each column holds
+    in_context, in_choice = offset < 0, (offset >= 0) & (offset < width_choice)
+    from_context = context[:, jnp.minimum(columns, width_ctx - 1)]  # [B, W]
+    shape = (rows, num_choices, columns.size)
+    choice_column = jnp.broadcast_to(jnp.clip(offset, 0, width_choice - 1)[:, None], shape)
+    from_choice = jnp.take_along_axis(targets, choice_column, axis=-1)
+    moved_weights = jnp.take_along_axis(weights, choice_column, axis=-1)
+    sequences = jnp.where(
+        in_context[:, None], from_context[:, None], jnp.where(in_choice[:, None], from_choice, 0)
+    )
+    return sequences, jnp.where(in_choice[:, None], moved_weights, 0.0)
+
+
+def _decoder_choice_log_likelihood(model, params, batch, context, rng):
+    """([B, C] summed log-probabilities of the choices' weighted tokens after the context,
+    weights [B, C, W]) from one causal sequence per (row, choice)."""
+    weights = batch["choice_loss_weights"].astype(jnp.float32)
+    sequences, weights = joined_choice_rows(context, batch["choice_target_tokens"], weights)
+    rows, num_choices, width = sequences.shape
+    flat = sequences.reshape(rows * num_choices, width)
+    inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right with 0, as in training
+    rngs = {} if rng is None else {"dropout": rng}
+    logits = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
+    nll, _ = token_cross_entropy(logits, flat)
+    return -jnp.sum(nll.reshape(sequences.shape) * weights, axis=-1), weights
 
 
 def real_choices(batch: dict) -> jax.Array:
@@ -220,7 +270,11 @@ def _check(model: nn.Module, batch: dict, label_smoothing: float) -> None:
             f"pinto_loss needs {missing} in the batch (use ChoicesConverter on a "
             f"`*_choices` task); got {sorted(batch)}"
         )
-    if getattr(model.config, "architecture", None) != "encoder_decoder":
-        raise ValueError("pinto_loss scores choices with an encoder-decoder student (T5)")
+    architecture = getattr(model.config, "architecture", None)
+    if architecture not in ("encoder_decoder", "decoder"):
+        raise ValueError(
+            "pinto_loss scores choices with an encoder-decoder (T5) or a decoder-only student, "
+            f"got a {architecture} model"
+        )
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")

@@ -171,10 +171,14 @@ def qcrd_step_counts(model_config, batch: dict) -> tuple[int, int]:
 
 def pinto_step_counts(model_config, batch: dict) -> tuple[int, int]:
     """(token positions, model FLOPs) of one PINTO step: the batch and its perturbed copy, each
-    row encoded once and decoded once per choice slot (FLOPs are 3x the forward)."""
+    row encoded once and decoded once per choice slot, or for a decoder-only student one
+    sequence of context ++ choice per slot (FLOPs are 3x the forward)."""
     rows, choices, length = batch["choice_target_tokens"].shape
     rows *= 2  # the perturbed copy
     inputs = batch["encoder_input_tokens"].shape[1]
+    if model_config.architecture == "decoder":
+        forward = decoder_forward_flops(model_config, rows * choices, inputs + length)
+        return rows * choices * (inputs + length), 3 * forward
     forward = t5_forward_flops(model_config, rows * choices, inputs, length)
     forward -= (choices - 1) * t5_encoder_flops(model_config, rows, inputs)
     return rows * (inputs + choices * length), 3 * forward

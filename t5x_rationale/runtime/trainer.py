@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from t5x_rationale.architectures import model_inputs
+from t5x_rationale.architectures import init_inputs
 from t5x_rationale.runtime.partitioning import Partitioner
 
 Objective = Callable[[nn.Module, Any, dict, Optional[jax.Array]], tuple[jax.Array, dict]]
@@ -91,7 +91,8 @@ class Trainer:
     # --------------------------------------------------------------------- layout
 
     def _init_fn(self, example_batch: dict):
-        inputs = {k: jnp.asarray(v[:1]) for k, v in model_inputs(example_batch).items()}
+        example = init_inputs(self.model.config, example_batch)
+        inputs = {k: jnp.asarray(v[:1]) for k, v in example.items()}
 
         def init(rng, boxed=False):
             init_rng, state_rng = jax.random.split(rng)
