@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 
 from t5x_rationale.data import synthetic
 from t5x_rationale.data.choice_converter import ChoicesConverter
@@ -125,3 +126,26 @@ def test_converter_refuses_packing_and_a_task_without_labels():
     unlabelled = ds.map(lambda ex: {k: v for k, v in ex.items() if k != "choice_label"})
     with pytest.raises(ValueError, match="choice_label"):
         ChoicesConverter()(unlabelled, LENGTHS)
+
+
+def test_choice_weights_cover_every_choice_token_even_id_zero():
+    """Id 0 as a text token (byte-level BPE: "!") in a choice still gets its weight; only the
+    padding after each choice and the padded slot get none."""
+    choices = tf.ragged.constant([[[7, 0, 1], [0, 1], [5, 6, 0, 1]]], dtype=tf.int32)
+    ds = tf.data.Dataset.from_tensor_slices(
+        {
+            "inputs": tf.constant([[3, 4]], tf.int32),
+            "rationale": tf.constant([[0, 9]], tf.int32),
+            "choices": choices,
+            "choice_label": tf.constant([1], tf.int32),
+        }
+    )
+    lengths = {"inputs": 4, "rationale": 4, "choices": 5}
+    row = next(ChoicesConverter(num_choices=4)(ds, lengths).as_numpy_iterator())
+    lens = [3, 2, 4, 0]
+    want = np.array([[1.0] * n + [0.0] * (5 - n) for n in lens], np.float32)
+    np.testing.assert_array_equal(row["choice_loss_weights"], want)
+    np.testing.assert_array_equal(row["choice_mask"], [1, 1, 1, 0])
+    np.testing.assert_array_equal(row["decoder_loss_weights"], want[1])
+    np.testing.assert_array_equal(row["encoder_input_tokens"], [3, 4, 0, 9, 1, 0, 0, 0])
+    np.testing.assert_array_equal(row["rationale_mask"], [0, 0, 1, 1, 0, 0, 0, 0])

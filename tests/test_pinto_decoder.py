@@ -99,10 +99,11 @@ def test_decoder_gradients_are_finite_and_padding_is_invisible(decoder):
 
 
 def _train_steps(mesh_shape, devices=None):
-    """Two SGD steps of a decoder-only PINTO student from a fresh init (initialised from the
-    multiple-choice batch itself, which has no decoder rows); losses and params."""
+    """Two SGD steps of a decoder-only PINTO student from a fresh init; losses and params."""
     parts = [_batch(seed) for seed in range(4, 8)]
     batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}  # 12 rows
+    answer = (np.arange(len(batch["choice_label"])), batch["choice_label"])
+    batch["decoder_input_tokens"] = batch["choice_input_tokens"][answer]  # as the converter
     partitioner = Partitioner(create_mesh(MeshConfig(*mesh_shape), devices))
     model = build_model(get_preset("decoder-tiny", vocab_size=VOCAB))
     trainer = Trainer(model, pinto_loss, optax.sgd(0.5), partitioner)

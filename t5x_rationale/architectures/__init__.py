@@ -59,19 +59,12 @@ def model_inputs(batch: dict) -> dict:
 
 
 def init_inputs(config, batch: dict) -> dict:
-    """`model_inputs` for initialising params. A decoder-only model takes the `decoder_*`
-    ones; given a batch without `decoder_input_tokens` (PINTO's multiple-choice batch, whose
-    context is `encoder_input_tokens`), the context rows stand in: param shapes never depend
-    on them."""
+    """`model_inputs` for initialising params: a decoder-only model takes only the `decoder_*`
+    ones (PINTO's multiple-choice batch also holds its encoder-decoder context)."""
     inputs = model_inputs(batch)
     if config.architecture == "encoder_decoder":
         return inputs
-    decoder = {k: v for k, v in inputs.items() if k.startswith("decoder_")}
-    if "decoder_input_tokens" in decoder:
-        return decoder
-    if "encoder_input_tokens" not in inputs:
-        raise KeyError(f"no token rows to initialise the model from; batch has {sorted(batch)}")
-    return {"decoder_input_tokens": inputs["encoder_input_tokens"]}
+    return {k: v for k, v in inputs.items() if k.startswith("decoder_")}
 
 
 def dummy_batch(

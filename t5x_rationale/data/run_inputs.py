@@ -35,8 +35,8 @@ def load_vocabulary(path: Optional[str], model_config) -> seqio.Vocabulary:
 
 def _warn_if_id_zero_is_text(vocabulary: seqio.Vocabulary) -> None:
     """Where id 0 is a text token (byte-level BPE: "!" in Llama 3 and Qwen2), the parts that
-    still take id 0 for padding are named, once. The converters of `inputs`/`targets` tasks
-    and decoding tell it from padding; the contrastive converters and scorers do not yet."""
+    still take id 0 for padding are named, once. The converters of `inputs`/`targets` and
+    multiple-choice tasks and decoding tell it from padding; QCRD and thought scoring do not."""
     if isinstance(vocabulary, HFTokenizerVocabulary):
         special = vocabulary.tokenizer.get_added_tokens_decoder().get(0)
         text = (
@@ -49,9 +49,9 @@ def _warn_if_id_zero_is_text(vocabulary: seqio.Vocabulary) -> None:
         _WARNED.add(_source(vocabulary))
         message = (
             f"warning: id 0 of {_source(vocabulary)} is the text token {text!r}. Training and "
-            "decoding tell it from padding, but QCRD's candidates and discriminator, PINTO's "
-            "choices, an encoder's unpacked inputs and evaluate_thoughts still take id 0 for "
-            "padding (not modelled yet)"
+            "decoding tell it from padding, but QCRD's candidates and discriminator, an "
+            "encoder's unpacked inputs and evaluate_thoughts still take id 0 for padding "
+            "(not modelled yet)"
         )
         log.warning(message)
         print(message, file=sys.stderr)

@@ -34,7 +34,7 @@ Choices made here (docs/methods.md, PINTO):
   counted in `skipped_rows`.
 - Without an rng (evaluation) there is no dropout and the perturbation uses the fixed key 0.
 - A decoder-only student recomputes the context once per choice (C sequences per row); the
-  context ends at its last non-zero token, as the converter right-pads it with 0.
+  context ends at its last non-zero token: the EOS `ChoicesConverter` appends.
 """
 
 from __future__ import annotations
