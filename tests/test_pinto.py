@@ -95,22 +95,26 @@ def _masked(batch, mask_id):
     return np.where(batch["rationale_mask"] > 0, mask_id, batch["encoder_input_tokens"])
 
 
+def counterfactual_case(batch, case):
+    """(pinto_loss kwargs, the perturbed context the loss will score) without an rng."""
+    if case == "masked_whole":  # the counterfactual copy is known without the rng
+        return dict(mask_probability=1.0, mask_id=2), _masked(batch, 2)
+    # the loss draws its copy from the first half of split(key 0) when rng is None
+    key = jax.random.split(jax.random.PRNGKey(0))[0]
+    perturbed, _ = perturb_rationale(
+        key,
+        jnp.asarray(batch["encoder_input_tokens"]),
+        jnp.asarray(batch["rationale_mask"]),
+        random_id_high=VOCAB,
+    )
+    return {}, perturbed
+
+
 @pytest.mark.parametrize("case", ["masked_whole", "drawn"])
 def test_loss_matches_the_slow_reference(model_and_params, case):
     model, params = model_and_params
     batch = _batch()
-    if case == "masked_whole":  # the counterfactual copy is known without the rng
-        kwargs = dict(mask_probability=1.0, mask_id=2)
-        perturbed = _masked(batch, 2)
-    else:  # the loss draws its copy from the first half of split(key 0) when rng is None
-        kwargs = {}
-        key = jax.random.split(jax.random.PRNGKey(0))[0]
-        perturbed, _ = perturb_rationale(
-            key,
-            jnp.asarray(batch["encoder_input_tokens"]),
-            jnp.asarray(batch["rationale_mask"]),
-            random_id_high=VOCAB,
-        )
+    kwargs, perturbed = counterfactual_case(batch, case)
     loss, metrics = pinto_loss(model, params, batch, None, **kwargs)
     factual = _reference_scores(model, params, batch, batch["encoder_input_tokens"])
     counterfactual = _reference_scores(model, params, batch, perturbed)

@@ -7,10 +7,10 @@ import numpy as np
 import optax
 import pytest
 from random_params import random_params
-from test_pinto import LABELS, VOCAB, B, C, _batch, _masked, _reference_ce
+from test_pinto import LABELS, VOCAB, B, C, _batch, _reference_ce, counterfactual_case
 
 from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.objectives.pinto import choice_predictions, perturb_rationale, pinto_loss
+from t5x_rationale.objectives.pinto import choice_predictions, pinto_loss
 from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
 from t5x_rationale.runtime.trainer import Trainer
 
@@ -52,17 +52,7 @@ def _reference_scores(model, params, batch, context):
 def test_decoder_loss_matches_the_slow_reference(decoder, case):
     model, params = decoder
     batch = _batch()
-    if case == "masked_whole":
-        kwargs, perturbed = dict(mask_probability=1.0, mask_id=2), _masked(batch, 2)
-    else:
-        kwargs = {}
-        key = jax.random.split(jax.random.PRNGKey(0))[0]
-        perturbed, _ = perturb_rationale(
-            key,
-            jnp.asarray(batch["encoder_input_tokens"]),
-            jnp.asarray(batch["rationale_mask"]),
-            random_id_high=VOCAB,
-        )
+    kwargs, perturbed = counterfactual_case(batch, case)
     loss, metrics = pinto_loss(model, params, batch, None, **kwargs)
     factual = _reference_scores(model, params, batch, batch["encoder_input_tokens"])
     counterfactual = _reference_scores(model, params, batch, perturbed)
