@@ -3,9 +3,9 @@
 The student reads `question + choices + rationale` (the context) and scores each choice c by
 its length-normalised log-likelihood (the mean log-probability of c's target tokens, EOS
 included): an encoder-decoder encodes the context once per row and decodes each choice; a
-decoder-only student reads `context ++ c` as one sequence per choice (the context's padding
-moved after the choice, so a causal model never sees it) and scores the tokens after the
-context. A softmax over a row's real choices gives its prediction:
+decoder-only student reads `context ++ c` as one sequence per choice
+(`prompt_rows.prompt_continuation_rows`) and scores the tokens after the context. A softmax
+over a row's real choices gives its prediction:
 
     L_task = CE(softmax(scores), label)
     L_cf   = CE_smoothed(softmax(scores of the perturbed copy), label),   smoothing 0.1
@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from t5x_rationale.objectives.cross_entropy import token_cross_entropy
+from t5x_rationale.objectives.prompt_rows import prompt_continuation_rows
 
 PADDED_CHOICE_SCORE = -1e9
 BATCH_FEATURES = (
@@ -133,40 +134,17 @@ def _encoder_decoder_log_likelihood(model, params, batch, encoder_tokens, rng):
     return -jnp.sum(nll.reshape(targets.shape) * weights, axis=-1), weights
 
 
-def joined_choice_rows(context: jax.Array, targets: jax.Array, weights: jax.Array):
-    """(sequences, weights), each [B, C, Le + Lc]: row b's context [B, Le] up to its last
-    non-zero token, then choice c's targets [B, C, Lc], then zeros; the choice's weights move
-    with its tokens (0 on the context and the padding)."""
-    rows, width_ctx = context.shape
-    num_choices, width_choice = targets.shape[1:]
-    columns = jnp.arange(width_ctx + width_choice)
-    positions = jnp.arange(1, width_ctx + 1)
-    lengths = jnp.max(jnp.where(context != 0, positions, 0), axis=-1, keepdims=True)  # [B, 1]
-    offset = columns[None, :] - lengths  # [B, W]: which choice token each column holds
-    in_context, in_choice = offset < 0, (offset >= 0) & (offset < width_choice)
-    from_context = context[:, jnp.minimum(columns, width_ctx - 1)]  # [B, W]
-    shape = (rows, num_choices, columns.size)
-    choice_column = jnp.broadcast_to(jnp.clip(offset, 0, width_choice - 1)[:, None], shape)
-    from_choice = jnp.take_along_axis(targets, choice_column, axis=-1)
-    moved_weights = jnp.take_along_axis(weights, choice_column, axis=-1)
-    sequences = jnp.where(
-        in_context[:, None], from_context[:, None], jnp.where(in_choice[:, None], from_choice, 0)
-    )
-    return sequences, jnp.where(in_choice[:, None], moved_weights, 0.0)
-
-
 def _decoder_choice_log_likelihood(model, params, batch, context, rng):
     """([B, C] summed log-probabilities of the choices' weighted tokens after the context,
     weights [B, C, W]) from one causal sequence per (row, choice)."""
     weights = batch["choice_loss_weights"].astype(jnp.float32)
-    sequences, weights = joined_choice_rows(context, batch["choice_target_tokens"], weights)
-    rows, num_choices, width = sequences.shape
-    flat = sequences.reshape(rows * num_choices, width)
-    inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))  # shifted right with 0, as in training
+    inputs, targets, weights = prompt_continuation_rows(
+        context, batch["choice_target_tokens"], weights
+    )
     rngs = {} if rng is None else {"dropout": rng}
     logits = model.apply({"params": params}, inputs, deterministic=rng is None, rngs=rngs)
-    nll, _ = token_cross_entropy(logits, flat)
-    return -jnp.sum(nll.reshape(sequences.shape) * weights, axis=-1), weights
+    nll, _ = token_cross_entropy(logits, targets.reshape(inputs.shape))
+    return -jnp.sum(nll.reshape(targets.shape) * weights, axis=-1), weights
 
 
 def real_choices(batch: dict) -> jax.Array:

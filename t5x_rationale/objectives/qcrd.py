@@ -46,7 +46,7 @@ Hooks left for the rest of QCRD (issue 22):
   the candidate part as extra slots with `candidate_is_positive` 0 and `candidate_mask` 1;
   `contrastive_terms` takes any K.
 - `candidate_cross_entropy` is the one place that runs the student on candidates; a
-  decoder-only student gets `prompt ++ candidate` rows (`decoder_candidate_rows`).
+  decoder-only student gets `prompt ++ candidate` rows (`prompt_rows.prompt_continuation_rows`).
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ from t5x_rationale.objectives.cross_entropy import (
     weighted_mean,
 )
 from t5x_rationale.objectives.lm import forward_logits
+from t5x_rationale.objectives.prompt_rows import prompt_continuation_rows
 
 CANDIDATE_ENCODER_KEY = "candidate_encoder_input_tokens"
 # what `CandidatesConverter` makes (its truncation flags are popped by the data stream);
@@ -119,8 +120,8 @@ def candidate_cross_entropy(
     """(CE [B, K], token count [B, K]): each candidate's token-mean CE under the student.
 
     Encoder-decoder: the question is encoded once per row and its encoding repeated for the
-    K candidates. Decoder-only: each (question, candidate) pair is one row, the question's
-    valid tokens then the candidate (`decoder_candidate_rows`), with loss on the candidate.
+    K candidates. Decoder-only: each (question, candidate) pair is one row, the question
+    then the candidate (`prompt_continuation_rows`), with loss on the candidate.
     """
     targets = candidates["candidate_target_tokens"]
     batch, num, length = targets.shape
@@ -129,7 +130,7 @@ def candidate_cross_entropy(
     variables = {"params": params}
     encoder_tokens = candidates["encoder_input_tokens"]
     if model.config.architecture != "encoder_decoder":
-        inputs, targets, weights = decoder_candidate_rows(encoder_tokens, targets, weights)
+        inputs, targets, weights = prompt_continuation_rows(encoder_tokens, targets, weights)
         logits = model.apply(variables, inputs, deterministic=rng is None, rngs=rngs(0))
         logits = logits.reshape(batch, num, inputs.shape[-1], -1)
     else:
@@ -150,29 +151,6 @@ def candidate_cross_entropy(
     )
     tokens = jnp.sum(weights, axis=-1)
     return jnp.sum(per_token * weights, axis=-1) / jnp.maximum(tokens, 1e-8), tokens
-
-
-def decoder_candidate_rows(
-    question: jax.Array, candidates: jax.Array, weights: jax.Array
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Decoder-only rows for K candidates of B questions, as the prefix-LM converter lays
-    out `inputs ++ targets`: (inputs [B*K, L], targets [B, K, L], weights [B, K, L]) with
-    L = Lq + Lc. Row (b, k) holds question b's valid tokens, then candidate k, then padding;
-    inputs are the targets shifted right; only candidate tokens carry their weights."""
-    batch, num, cand_len = candidates.shape
-    length = question.shape[1] + cand_len
-    pos = jnp.arange(length)[None, None, :]
-    n_q = jnp.sum(question > 0, axis=1)[:, None, None]  # questions are left-justified
-    q_index = jnp.broadcast_to(jnp.minimum(pos, question.shape[1] - 1), (batch, 1, length))
-    q_tokens = jnp.take_along_axis(question[:, None, :], q_index, axis=-1)
-    c_index = jnp.broadcast_to(jnp.clip(pos - n_q, 0, cand_len - 1), (batch, num, length))
-    in_candidate = (pos >= n_q) & (pos - n_q < cand_len)
-    c_tokens = jnp.where(in_candidate, jnp.take_along_axis(candidates, c_index, axis=-1), 0)
-    targets = jnp.where(pos < n_q, q_tokens, c_tokens)
-    row_weights = jnp.where(in_candidate, jnp.take_along_axis(weights, c_index, axis=-1), 0.0)
-    flat = targets.reshape(batch * num, length)
-    inputs = jnp.pad(flat[:, :-1], ((0, 0), (1, 0)))
-    return inputs, targets, row_weights
 
 
 def _masked_argmin(values: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
