@@ -189,6 +189,23 @@ def test_candidates_converter_reference():
     assert row["candidate_truncated"].sum() == 1  # the negative lost its EOS
 
 
+def test_candidate_weights_cover_id_zero_tokens():
+    """Id 0 as a text token inside a candidate still gets its weight."""
+    ds = tf.data.Dataset.from_tensor_slices(
+        {
+            "inputs": tf.constant([[3, 0, 1]], tf.int32),
+            "positives": tf.ragged.constant([[[0, 6, 1], [0, 1]]], tf.int32),
+            "negatives": tf.ragged.constant([[[8, 0, 0, 1]]], tf.int32),
+        }
+    )
+    conv = qcrd_converter.CandidatesConverter(num_positives=2, num_negatives=2)
+    (row,) = list(conv(ds, {"inputs": 4, "positives": 5, "negatives": 5}).as_numpy_iterator())
+    lengths = [3, 2, 4, 0]
+    want = np.array([[1.0] * n + [0.0] * (5 - n) for n in lengths], np.float32)
+    np.testing.assert_array_equal(row["candidate_loss_weights"], want)
+    np.testing.assert_array_equal(row["candidate_target_tokens"][2], [8, 0, 0, 1, 0])
+
+
 def test_candidates_converter_refuses_packing():
     with pytest.raises(ValueError, match="does not pack"):
         qcrd_converter.CandidatesConverter(pack=True)

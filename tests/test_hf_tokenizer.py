@@ -314,12 +314,10 @@ def test_tokenizer_files_module_needs_no_tensorflow():
     subprocess.run([sys.executable, "-c", script], cwd=ROOT, check=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the converters take id 0 for padding (weights = targets > 0); in byte-level BPE "
-    "vocabularies (Llama 3, Qwen2, this fixture) id 0 is '!', a real token",
-)
-def test_id_zero_is_a_real_token_in_byte_level_bpe(bpe):
+@pytest.mark.parametrize("pack", [False, True])
+def test_id_zero_is_a_real_token_in_byte_level_bpe(bpe, pack):
+    """In byte-level BPE vocabularies (Llama 3, Qwen2, this fixture) id 0 is '!': the whole
+    training stream keeps it as a token with its loss weight, packed or not."""
     name = "hf_bpe_bang_test"
     source = seqio.FunctionDataSource(
         lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
@@ -330,7 +328,9 @@ def test_id_zero_is_a_real_token_in_byte_level_bpe(bpe):
     register_text_task(name, source, vocabulary=bpe, overwrite=True)
     assert 0 in bpe.encode("Hi!")
     spec = StreamSpec(name, "train", {"targets": 8}, 1, shuffle=False, num_epochs=1)
-    converter = DecoderConverter(pack=False, inputs=False, loss_on_targets_only=False)
+    converter = DecoderConverter(pack=pack, inputs=False, loss_on_targets_only=False)
     batch = next(TaskStream(spec, converter, host_rows=slice(0, 1)))
-    n = len(bpe.encode("Hi!")) + 1
-    assert batch["decoder_loss_weights"][0, :n].tolist() == [1.0] * n
+    ids = list(bpe.encode("Hi!")) + [bpe.eos_id]
+    n = len(ids)
+    assert batch["decoder_target_tokens"][0, :n].tolist() == ids
+    assert batch["decoder_loss_weights"][0].tolist() == [1.0] * n + [0.0] * (8 - n)

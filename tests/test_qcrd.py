@@ -9,7 +9,7 @@ import pytest
 from random_params import random_params
 
 from t5x_rationale.architectures import build_model, get_preset
-from t5x_rationale.architectures.discriminator import Discriminator, pair_rows
+from t5x_rationale.architectures.discriminator import Discriminator
 from t5x_rationale.objectives.discriminator import discriminator_loss
 from t5x_rationale.objectives.qcrd import (
     candidate_cross_entropy,
@@ -304,15 +304,6 @@ def test_discriminator_scores_ignore_padding(judge):
     moved = np.asarray(apply(q, changed, logits=True))
     assert abs(moved[0, 0] - logits[0, 0]) > 1e-6  # a valid token counts
     np.testing.assert_allclose(moved[1:], logits[1:], rtol=1e-6, atol=1e-6)
-
-
-def test_pair_rows_continue_positions_after_the_question():
-    tokens, segments, positions = pair_rows(
-        jnp.asarray([[5, 6, 0]]), jnp.asarray([[[7, 8, 9, 0], [4, 0, 0, 0]]])
-    )
-    np.testing.assert_array_equal(tokens[0], [5, 6, 0, 7, 8, 9, 0])
-    np.testing.assert_array_equal(segments[1], [1, 1, 0, 1, 0, 0, 0])
-    np.testing.assert_array_equal(positions[0], [0, 1, 0, 2, 3, 4, 0])
 
 
 def test_discriminator_loss_matches_the_reference(judge):

@@ -67,3 +67,14 @@ def test_quiet_star_takes_its_thought_ids_from_the_vocabulary():
     assert (from_file.thought_token_ids, from_file.thought_init_ids) == ((3, 4), (6,))
     with pytest.raises(ValueError, match="vocabulary_path or the thought ids, not both"):
         quiet_star_config(decoder, thought_token_ids=(3, 4), vocabulary_path=BPE)
+
+
+def test_text_before_eos_keeps_id_zero_and_stops_at_eos():
+    from t5x_rationale.data.vocab import text_before_eos
+
+    bpe = vocabulary_from_hf_dir(BPE)
+    ids = list(bpe.encode("Hi")) + [0]
+    assert text_before_eos(bpe, ids + [bpe.eos_id, 0, 0]) == "Hi!"
+    assert text_before_eos(bpe, ids) == "Hi!"  # a full row without EOS
+    shipped = get_vocabulary()
+    assert text_before_eos(shipped, list(shipped.encode("7")) + [1, 0, 0]) == "7"

@@ -26,21 +26,25 @@ from t5x_rationale.architectures.t5 import T5Encoder
 
 
 def pair_rows(
-    question_tokens: jax.Array, candidate_tokens: jax.Array
+    question_tokens: jax.Array, candidate_tokens: jax.Array, candidate_weights=None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(tokens, segment_ids, positions), each `[B * K, Lq + Lc]`: question then candidate.
 
-    Valid tokens (id > 0) get segment id 1 and positions that continue from the question's
-    last valid token into the candidate; padding gets segment id 0 (masked).
+    Valid tokens get segment id 1 and positions that continue from the question's last
+    valid token into the candidate; padding gets segment id 0 (masked). The question is valid
+    up to its last non-zero token (its EOS); a candidate's valid tokens are those with
+    `candidate_weights` [B, K, Lc] > 0, or without them its non-zero ones. Where id 0 is a
+    text token (byte-level BPE), pass the weights.
     """
     batch, num, cand_len = candidate_tokens.shape
     q = jnp.repeat(question_tokens.astype(jnp.int32), num, axis=0)  # [B*K, Lq]
     c = candidate_tokens.reshape(batch * num, cand_len).astype(jnp.int32)
-    q_len = jnp.sum(q > 0, axis=1, keepdims=True)
     q_pos = jnp.broadcast_to(jnp.arange(q.shape[1], dtype=jnp.int32)[None], q.shape)
+    q_len = jnp.max(jnp.where(q != 0, q_pos + 1, 0), axis=1, keepdims=True)
+    c_valid = c > 0 if candidate_weights is None else candidate_weights.reshape(c.shape) > 0
     c_pos = q_len + jnp.arange(cand_len, dtype=jnp.int32)[None]
     tokens = jnp.concatenate([q, c], axis=1)
-    segment_ids = (tokens > 0).astype(jnp.int32)
+    segment_ids = jnp.concatenate([q_pos < q_len, c_valid], axis=1).astype(jnp.int32)
     positions = jnp.concatenate([q_pos, c_pos], axis=1) * segment_ids
     return tokens, segment_ids, positions
 
@@ -54,8 +58,9 @@ def masked_max_pool(hidden: jax.Array, valid: jax.Array) -> jax.Array:
 
 
 class Discriminator(nn.Module):
-    """D(x, r): `__call__(question_tokens [B, Lq], candidate_tokens [B, K, Lc])` -> `[B, K]`
-    scores in [0, 1] (`logits=True`: the pre-sigmoid logits, for a stable BCE).
+    """D(x, r): `__call__(question_tokens [B, Lq], candidate_tokens [B, K, Lc],
+    candidate_weights [B, K, Lc] or None)` -> `[B, K]` scores in [0, 1] (`logits=True`: the
+    pre-sigmoid logits, for a stable BCE); see `pair_rows` for which tokens count.
 
     Attributes:
       config: the encoder's shape (`encoder`-side fields of a T5Config; vocab_size must cover
@@ -71,6 +76,7 @@ class Discriminator(nn.Module):
         self,
         question_tokens: jax.Array,
         candidate_tokens: jax.Array,
+        candidate_weights=None,
         *,
         deterministic: bool = True,
         logits: bool = False,
@@ -84,7 +90,9 @@ class Discriminator(nn.Module):
                 f"got {question_tokens.shape} and {candidate_tokens.shape}"
             )
         batch, num, _ = candidate_tokens.shape
-        tokens, segment_ids, positions = pair_rows(question_tokens, candidate_tokens)
+        tokens, segment_ids, positions = pair_rows(
+            question_tokens, candidate_tokens, candidate_weights
+        )
         dtype, param_dtype = resolve_dtype(c.dtype), resolve_dtype(c.param_dtype)
         embedder = Embed(c.vocab_size, c.emb_dim, dtype, param_dtype, name="token_embedder")
         hidden = T5Encoder(c, embedder, name="encoder")(

@@ -25,21 +25,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from t5x_rationale.data.converters import AUTOTUNE, FeatureSpec, _Converter, _cut, _flag_first
-
-
-def _choice_slots(choices, count: int, length: int):
-    """A ragged [n, None] choice set as a dense [count, length] block, its slot mask, a cut
-    flag and its real tokens [count, length] (1: a choice's token, which may be id 0)."""
-    if isinstance(choices, tf.Tensor):
-        choices = tf.RaggedTensor.from_tensor(choices)
-    n = choices.nrows(out_type=tf.int32)
-    kept = choices[:count]
-    too_long = tf.reduce_any(kept.row_lengths() > length)
-    dense = kept.to_tensor(default_value=0, shape=[count, length])
-    real = tf.ones_like(kept).to_tensor(default_value=0, shape=[count, length])
-    mask = tf.cast(tf.range(count) < n, tf.int32)
-    return dense, mask, tf.cast(tf.logical_or(n > count, too_long), tf.int32), real
+from t5x_rationale.data.converters import (
+    AUTOTUNE,
+    FeatureSpec,
+    _Converter,
+    _cut,
+    _flag_first,
+    ragged_slots,
+)
 
 
 class ChoicesConverter(_Converter):
@@ -108,7 +101,7 @@ class ChoicesConverter(_Converter):
 
         def convert(ex):
             encoder, rationale_mask, cut_enc = self._encoder(ex, n_in, n_r)
-            targets, mask, cut_c, real = _choice_slots(ex["choices"], self.num_choices, n_c)
+            targets, mask, cut_c, real = ragged_slots(ex["choices"], self.num_choices, n_c)
             label = tf.cast(ex["choice_label"], tf.int32)
             inputs = tf.pad(targets[:, :-1], [[0, 0], [1, 0]])
             answer = tf.minimum(label, self.num_choices - 1)

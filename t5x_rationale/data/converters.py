@@ -82,6 +82,21 @@ def _pack_or_pad(ds: tf.data.Dataset, lengths: Mapping[str, int], pack: bool) ->
     return ds.map(restore, num_parallel_calls=AUTOTUNE)
 
 
+def ragged_slots(sequences, count: int, length: int):
+    """A ragged [n, None] set of sequences (a dense [n, L] one is taken as ragged) as a dense
+    [count, length] block, padded or cut: (block, slot mask [count], cut flag, real tokens
+    [count, length]: 1 on a sequence's tokens, id 0 included)."""
+    if isinstance(sequences, tf.Tensor):
+        sequences = tf.RaggedTensor.from_tensor(sequences)
+    n = sequences.nrows(out_type=tf.int32)
+    kept = sequences[:count]
+    too_long = tf.reduce_any(kept.row_lengths() > length)
+    dense = kept.to_tensor(default_value=0, shape=[count, length])
+    real = tf.ones_like(kept).to_tensor(default_value=0, shape=[count, length])
+    mask = tf.cast(tf.range(count) < n, tf.int32)
+    return dense, mask, tf.cast(tf.logical_or(n > count, too_long), tf.int32), real
+
+
 def _require_scalar(ds: tf.data.Dataset, converter: str, feature: str) -> None:
     spec = ds.element_spec.get(feature)
     if spec is None or spec.shape.rank != 0 or not spec.dtype.is_integer:

@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from t5x_rationale.data.converters import AUTOTUNE, FeatureSpec, _Converter, _cut, _flag_first
+from t5x_rationale.data.converters import (
+    AUTOTUNE,
+    FeatureSpec,
+    _Converter,
+    _cut,
+    _flag_first,
+    ragged_slots,
+)
 
 
 class CandidatesConverter(_Converter):
@@ -53,21 +60,6 @@ class CandidatesConverter(_Converter):
         self.num_positives, self.num_negatives = num_positives, num_negatives
         super().__init__(pack=False)
 
-    def _slots(self, candidates, count: int, length: int):
-        """Pads/trims a ragged [n, None] candidate set to a dense [count, length] block."""
-        candidates = (
-            tf.RaggedTensor.from_tensor(candidates)
-            if isinstance(candidates, tf.Tensor)
-            else candidates
-        )
-        n = candidates.nrows(out_type=tf.int32)
-        kept = candidates[:count]
-        too_long = tf.reduce_any(kept.row_lengths() > length)
-        dense = kept.to_tensor(default_value=0, shape=[count, length])
-        mask = tf.cast(tf.range(count) < n, tf.int32)
-        cut = tf.cast(tf.logical_or(n > count, too_long), tf.int32)
-        return dense, mask, cut
-
     def _convert_features(self, ds, task_feature_lengths):
         if task_feature_lengths["negatives"] != task_feature_lengths["positives"]:
             raise ValueError(
@@ -81,15 +73,15 @@ class CandidatesConverter(_Converter):
         """One example's question and dense candidate block."""
         n_in, n_c = task_feature_lengths["inputs"], task_feature_lengths["positives"]
         inputs, cut_in = _cut(ex["inputs"], n_in)
-        pos, pos_mask, cut_p = self._slots(ex["positives"], self.num_positives, n_c)
-        neg, neg_mask, cut_n = self._slots(ex["negatives"], self.num_negatives, n_c)
+        pos, pos_mask, cut_p, pos_real = ragged_slots(ex["positives"], self.num_positives, n_c)
+        neg, neg_mask, cut_n, neg_real = ragged_slots(ex["negatives"], self.num_negatives, n_c)
         targets = tf.concat([pos, neg], 0)
         k = self.num_positives + self.num_negatives
         return {
             "encoder_input_tokens": tf.pad(inputs, [[0, n_in - tf.size(inputs)]]),
             "candidate_input_tokens": tf.pad(targets[:, :-1], [[0, 0], [1, 0]]),
             "candidate_target_tokens": targets,
-            "candidate_loss_weights": tf.cast(targets > 0, tf.float32),
+            "candidate_loss_weights": tf.cast(tf.concat([pos_real, neg_real], 0), tf.float32),
             "candidate_mask": tf.concat([pos_mask, neg_mask], 0),
             "candidate_is_positive": tf.cast(tf.range(k) < self.num_positives, tf.int32),
             "candidate_truncated": _flag_first(

@@ -16,6 +16,7 @@ import numpy as np
 import seqio
 
 from t5x_rationale.data.metrics import extract_answer, normalize_answer
+from t5x_rationale.data.vocab import text_before_eos
 
 
 def consistent_rationales(rationales: Sequence[str], label: str) -> list[bool]:
@@ -45,15 +46,12 @@ def filter_positives(
     dropped = 0
     for row in range(mask.shape[0]):
         slots = np.flatnonzero((batch["candidate_is_positive"][row] > 0) & (mask[row] > 0))
-        texts = [_text(batch["candidate_target_tokens"][row, s], vocabulary) for s in slots]
-        label = _text(batch["candidate_label_tokens"][row], vocabulary)
+        texts = [
+            text_before_eos(vocabulary, batch["candidate_target_tokens"][row, s]) for s in slots
+        ]
+        label = text_before_eos(vocabulary, batch["candidate_label_tokens"][row])
         for slot, keep in zip(slots, consistent_rationales(texts, label)):
             if not keep:
                 mask[row, slot] = 0
                 dropped += 1
     return {**batch, "candidate_mask": mask}, dropped
-
-
-def _text(tokens: np.ndarray, vocabulary: seqio.Vocabulary) -> str:
-    ids = [int(t) for t in tokens if t > 0]
-    return vocabulary.decode(ids)

@@ -105,3 +105,12 @@ def piece_id(vocabulary, piece: str) -> int:
 def thought_token_ids(vocabulary) -> tuple[int, int]:
     """The ids of "<thought>" and "</thought>" (Quiet-STaR thought start and end)."""
     return piece_id(vocabulary, THOUGHT_START), piece_id(vocabulary, THOUGHT_END)
+
+
+def text_before_eos(vocabulary: seqio.Vocabulary, tokens) -> str:
+    """The text of a right-padded token row up to its first EOS (padding follows the EOS, or
+    the row is full): a token at id 0 before it is text (byte-level BPE: "!"), not padding."""
+    ids = [int(t) for t in tokens]
+    if vocabulary.eos_id in ids:
+        ids = ids[: ids.index(vocabulary.eos_id)]
+    return vocabulary.decode(ids)

@@ -24,17 +24,18 @@ def discriminator_loss(
     rng: Optional[jax.Array],
 ) -> tuple[jax.Array, dict]:
     """Masked mean BCE of D on positives vs negatives; `denominator` is the valid count."""
-    targets = batch["candidate_target_tokens"]
+    targets, weights = batch["candidate_target_tokens"], batch["candidate_loss_weights"]
     rngs = {} if rng is None else {"dropout": rng}
     logits = discriminator.apply(
         {"params": params},
         batch["encoder_input_tokens"],
         targets,
+        weights,
         deterministic=rng is None,
         logits=True,
         rngs=rngs,
     )
-    valid = (batch["candidate_mask"] > 0) & jnp.any(targets > 0, axis=-1)
+    valid = (batch["candidate_mask"] > 0) & jnp.any(weights > 0, axis=-1)
     weights = valid.astype(jnp.float32)
     labels = (batch["candidate_is_positive"] > 0).astype(jnp.float32)
     bce = -(labels * jax.nn.log_sigmoid(logits) + (1.0 - labels) * jax.nn.log_sigmoid(-logits))

@@ -222,6 +222,7 @@ def candidate_scores(
             {"params": constants["discriminator"]},
             candidates["encoder_input_tokens"],
             candidates["candidate_target_tokens"],
+            candidates["candidate_loss_weights"],
         )
     else:
         scores = candidates.get("candidate_scores")

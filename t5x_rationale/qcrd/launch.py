@@ -15,6 +15,7 @@ from t5x_rationale.data.pipeline import StreamSpec, TaskStream
 from t5x_rationale.data.qcrd_converter import QcrdCandidatesConverter
 from t5x_rationale.data.qcrd_stream import QcrdStream
 from t5x_rationale.data.self_consistency import filter_positives
+from t5x_rationale.data.vocab import text_before_eos
 from t5x_rationale.objectives.qcrd import merge_qcrd_batches
 from t5x_rationale.qcrd.negatives import SelfAdversarialNegatives
 from t5x_rationale.qcrd.settings import QcrdSettings
@@ -74,10 +75,10 @@ class QcrdRun:
 
     def disagrees(self, sample: np.ndarray, label: np.ndarray):
         """A sample's stated answer against the gold label (None: it states none)."""
-        answer = extract_answer(self.vocabulary.decode([int(t) for t in sample if t > 0]))
+        answer = extract_answer(text_before_eos(self.vocabulary, sample))
         if answer is None:
             return None
-        return answer != extract_answer(self.vocabulary.decode([int(t) for t in label if t > 0]))
+        return answer != extract_answer(text_before_eos(self.vocabulary, label))
 
     def with_finish_init(self, trainer: QcrdTrainer, fresh: tuple, label_spec: StreamSpec):
         """`train`'s (fresh init, source) with `finish_init` after the init."""

@@ -63,11 +63,13 @@ class SelfAdversarialNegatives:
         rows, _, length = batch["candidate_target_tokens"].shape
         slots = np.zeros((rows, num, length), np.int32)
         keep = np.zeros((rows, num), np.int32)
+        weights = np.zeros((rows, num, length), np.float32)
         if state is not None and self.sampling_step(int(state.step)):
             slots = self.sample(state, batch["candidate_encoder_input_tokens"], length)
             keep = self._keep(slots, batch["candidate_label_tokens"])
             slots = slots * keep[..., None]
-        return _append_slots(batch, slots, keep)
+            weights = sample_weights(slots, self.eos_id) * keep[..., None]
+        return _append_slots(batch, slots, keep, weights)
 
     def sample(self, state: QcrdTrainState, questions: np.ndarray, length: int) -> np.ndarray:
         """[rows, num_samples, length] samples of this host's questions from the lagged params."""
@@ -109,12 +111,22 @@ class SelfAdversarialNegatives:
         return {f"self_adversarial/{k}": float(v) for k, v in self.counts.items()}
 
 
-def _append_slots(batch: dict, samples: np.ndarray, keep: np.ndarray) -> dict:
-    """The batch with `samples` [B, S, L] appended as negative candidate slots."""
+def sample_weights(samples: np.ndarray, eos_id: Optional[int]) -> np.ndarray:
+    """float32 [..., L]: 1 on a sample's tokens up to and including its first EOS (all of
+    them without one), 0 on the zeros decoding writes after it; a token at id 0 counts."""
+    if eos_id is None:
+        return np.ones(samples.shape, np.float32)
+    is_eos = samples == eos_id
+    after_eos = np.cumsum(is_eos, axis=-1) - is_eos > 0
+    return (~after_eos).astype(np.float32)
+
+
+def _append_slots(batch: dict, samples: np.ndarray, keep: np.ndarray, weights) -> dict:
+    """The batch with `samples` [B, S, L] and their `weights` appended as negative slots."""
     extra = {
         "candidate_input_tokens": np.pad(samples[:, :, :-1], ((0, 0), (0, 0), (1, 0))),
         "candidate_target_tokens": samples,
-        "candidate_loss_weights": (samples > 0).astype(np.float32),
+        "candidate_loss_weights": weights,
         "candidate_mask": keep,
         "candidate_is_positive": np.zeros_like(keep),
     }
