@@ -63,19 +63,19 @@ def perplexity_by_difficulty(base_nll: np.ndarray, mixed_nll: np.ndarray, num_bi
 
 
 def _batches(rows: Sequence[Sequence[int]], batch_size: int, length: int):
+    """(right-padded rows [n, length], their lengths [n]) per batch of `batch_size` rows."""
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+        chunk = [list(tokens)[:length] for tokens in rows[start : start + batch_size]]
         out = np.zeros((len(chunk), length), np.int32)
         for r, tokens in enumerate(chunk):
-            tokens = list(tokens)[:length]
             out[r, : len(tokens)] = tokens
-        yield out
+        yield out, np.array([len(tokens) for tokens in chunk], np.int32)
 
 
 def _score_all(scorer: ThoughtScorer, rows, batch_size: int, length: int) -> list[ThoughtScores]:
     return [
-        scorer.score(b, rng=jax.random.PRNGKey(i))
-        for i, b in enumerate(_batches(rows, batch_size, length))
+        scorer.score(b, rng=jax.random.PRNGKey(i), lengths=n)
+        for i, (b, n) in enumerate(_batches(rows, batch_size, length))
     ]
 
 

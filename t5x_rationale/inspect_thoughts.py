@@ -188,7 +188,8 @@ def inspect_thoughts(
         Partitioner(create_mesh(mesh)),
         spec=dataclasses.replace(thinking, sample_temperature=thought_temperature),
     )
-    scores = scorer.score(np.asarray([tokens], np.int32), rng=jax.random.PRNGKey(seed))
+    row = np.asarray([tokens], np.int32)
+    scores = scorer.score(row, rng=jax.random.PRNGKey(seed), lengths=[len(tokens)])
     rows = token_rows(scores, vocabulary)
     if jax.process_index() == 0:
         os.makedirs(output_dir, exist_ok=True)

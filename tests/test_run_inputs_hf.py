@@ -1,5 +1,6 @@
 """What a run checks about an imported tokenizer: decoding stops at its eos, and a text
-token at id 0 (padding to the parts that do not model it yet) is said out loud."""
+token at id 0 is said out loud where it is still taken for padding (an encoder's unpacked
+inputs)."""
 
 import os
 
@@ -24,16 +25,18 @@ def test_decoding_must_stop_at_the_tokenizers_eos():
     run_inputs.check_decode_eos(1, get_vocabulary())
 
 
-def test_a_text_token_at_id_zero_is_said_once(capsys, monkeypatch):
+def test_a_text_token_at_id_zero_is_said_once_for_an_encoder_decoder(capsys, monkeypatch):
     monkeypatch.setattr(run_inputs, "_WARNED", set())
-    model = get_preset("decoder-tiny", vocab_size=2048)
+    model = get_preset("t5-tiny", vocab_size=2048)
     run_inputs.load_vocabulary(None, model)  # the shipped model: id 0 is <pad>
     assert capsys.readouterr().err == ""
     run_inputs.load_vocabulary(BPE, model)
     err = capsys.readouterr().err
-    assert "id 0 of" in err and "'!'" in err and "still take id 0 for padding" in err
+    assert "id 0 of" in err and "'!'" in err and "unpacked encoder inputs" in err
     run_inputs.load_vocabulary(BPE, model)
     assert capsys.readouterr().err == ""
+    run_inputs.load_vocabulary(BPE, get_preset("decoder-tiny", vocab_size=2048))
+    assert capsys.readouterr().err == ""  # a decoder-only model tells id 0 from padding
 
 
 def test_thought_tables_show_tokens_of_either_tokenizer():

@@ -181,3 +181,25 @@ def test_infer_generates_with_thoughts(checkpoint, tmp_path):
     assert [r["id"] for r in rows] == ["q1", "2"]
     assert all(isinstance(r["prediction"], str) for r in rows)
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_scored_rows_take_their_lengths_so_a_final_id_zero_counts():
+    """Rows are scored with the weights of their lengths (id 0 as a text token may end one);
+    the scoring function itself is stood in for: it returns the weights it was given."""
+    import jax
+
+    from t5x_rationale.inference.thought_scoring import ThoughtScorer
+    from t5x_rationale.runtime.partitioning import MeshConfig, Partitioner, create_mesh
+
+    scorer = ThoughtScorer.__new__(ThoughtScorer)
+    scorer.partitioner = Partitioner(create_mesh(MeshConfig(), jax.devices()[:1]))
+    scorer.params = None
+    fields = ("base_logp", "mixed_logp", "mixing_weight", "thoughts", "delta_future")
+    scorer._score = lambda params, targets, weights, rng: {k: weights for k in fields}
+    rows = np.array([[5, 6, 0, 0], [7, 0, 8, 0]], np.int32)
+    scores = scorer.score(rows, lengths=[3, 3])
+    want = np.array([[1, 1, 1, 0], [1, 1, 1, 0]], bool)
+    np.testing.assert_array_equal(scores.valid, want)
+    np.testing.assert_array_equal(scores.base_logp, want.astype(np.int32))
+    inferred = scorer.score(rows)  # by default a row ends at its last non-zero token
+    np.testing.assert_array_equal(inferred.valid, [[1, 1, 0, 0], [1, 1, 1, 0]])

@@ -29,14 +29,15 @@ def load_vocabulary(path: Optional[str], model_config) -> seqio.Vocabulary:
             f"pieces but the model's vocab_size is {model_config.vocab_size}; set "
             f"model_config.vocab_size >= {vocabulary.vocab_size}"
         )
-    _warn_if_id_zero_is_text(vocabulary)
+    if model_config.architecture == "encoder_decoder":
+        _warn_if_id_zero_is_text(vocabulary)
     return vocabulary
 
 
 def _warn_if_id_zero_is_text(vocabulary: seqio.Vocabulary) -> None:
-    """Where id 0 is a text token (byte-level BPE: "!" in Llama 3 and Qwen2), the parts that
-    still take id 0 for padding are named, once. The converters of `inputs`/`targets` and
-    multiple-choice tasks and decoding tell it from padding; QCRD and thought scoring do not."""
+    """Where id 0 is a text token (byte-level BPE: "!" in Llama 3 and Qwen2), an
+    encoder-decoder's unpacked encoder inputs still take it for padding (the encoder masks
+    id 0 where no segment ids are given): said once. Everything else tells it from padding."""
     if isinstance(vocabulary, HFTokenizerVocabulary):
         special = vocabulary.tokenizer.get_added_tokens_decoder().get(0)
         text = (
@@ -48,10 +49,9 @@ def _warn_if_id_zero_is_text(vocabulary: seqio.Vocabulary) -> None:
     if text is not None and _source(vocabulary) not in _WARNED:
         _WARNED.add(_source(vocabulary))
         message = (
-            f"warning: id 0 of {_source(vocabulary)} is the text token {text!r}. Training and "
-            "decoding tell it from padding, but QCRD's candidates and discriminator, an "
-            "encoder's unpacked inputs and evaluate_thoughts still take id 0 for padding "
-            "(not modelled yet)"
+            f"warning: id 0 of {_source(vocabulary)} is the text token {text!r}, but an "
+            "encoder-decoder's unpacked encoder inputs take id 0 for padding (not modelled "
+            "yet): pack the inputs or use a decoder-only model"
         )
         log.warning(message)
         print(message, file=sys.stderr)

@@ -50,19 +50,21 @@ def score_rows(
     config: QuietStarConfig,
     params: Any,
     targets: jax.Array,
+    weights: jax.Array,
     *,
     spec: ThinkingSpec,
     rng: jax.Array,
 ) -> dict:
-    """The per-position scores above (jnp arrays) of right-padded target rows [N, T], one
-    thought per position (`spec.num_thoughts` is not used) sampled at `spec.sample_temperature`."""
+    """The per-position scores above (jnp arrays) of right-padded target rows [N, T] whose
+    real tokens `weights` [N, T] marks, one thought per position (`spec.num_thoughts` is not
+    used) sampled at `spec.sample_temperature`."""
     spec = dataclasses.replace(spec, num_thoughts=1)
     num_ahead = spec.num_ahead
     inputs = jnp.pad(targets[:, :-1], ((0, 0), (1, 0)))
     batch = {
         "decoder_target_tokens": targets,
         "decoder_input_tokens": inputs,
-        "decoder_loss_weights": (targets > 0).astype(jnp.float32),
+        "decoder_loss_weights": weights.astype(jnp.float32),
     }
     terms = quiet_star_terms(config, spec, params, batch, rng, clip_advantage=False)
     return {
@@ -106,20 +108,32 @@ class ThoughtScorer:
         )
         self._score = jax.jit(functools.partial(score_rows, model_config, spec=spec))
 
-    def score(self, targets: np.ndarray, rng: Optional[jax.Array] = None) -> ThoughtScores:
-        """Scores right-padded target rows [N, T] (0 = pad), the same rows on every process."""
+    def score(
+        self, targets: np.ndarray, rng: Optional[jax.Array] = None, lengths=None
+    ) -> ThoughtScores:
+        """Scores right-padded target rows [N, T] of `lengths` [N] tokens each (by default up
+        to the last non-zero token, which is wrong where id 0 is a text token ending a row),
+        the same rows on every process."""
         targets = np.asarray(targets, np.int32)
-        rows = len(targets)
+        rows, width = targets.shape
+        columns = np.arange(width)
+        if lengths is None:
+            lengths = np.max(np.where(targets != 0, columns + 1, 0), axis=1)
+        valid = columns[None, :] < np.asarray(lengths)[:, None]
         shards = self.partitioner.batch_shards
-        padded = np.concatenate([targets, np.zeros((-rows % shards, targets.shape[1]), np.int32)])
+        extra = np.zeros((-rows % shards, width), np.int32)
+        host = self.partitioner.host_rows(rows + len(extra))
         batch = self.partitioner.host_batch_to_global(
-            {"targets": padded[self.partitioner.host_rows(len(padded))]}
+            {
+                "targets": np.concatenate([targets, extra])[host],
+                "weights": np.concatenate([valid.astype(np.int32), extra])[host],
+            }
         )
         rng = jax.random.PRNGKey(0) if rng is None else rng
         with self.partitioner.context():
-            out = self._score(self.params, batch["targets"], rng=rng)
+            out = self._score(self.params, batch["targets"], batch["weights"], rng=rng)
         out = {
             k: np.asarray(multihost_utils.process_allgather(v, tiled=True))[:rows]
             for k, v in out.items()
         }
-        return ThoughtScores(targets=targets, valid=targets > 0, **out)
+        return ThoughtScores(targets=targets, valid=valid, **out)
