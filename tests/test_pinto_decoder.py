@@ -27,7 +27,11 @@ def _log_softmax(x):
 
 def _reference_scores(model, params, batch, context):
     """[B][C] mean log-probability of each real choice's tokens after the row's context (up to
-    its last non-zero token), float64, one plain forward per (row, choice); None: padded."""
+    its last non-zero token), float64, one plain forward per (row, choice); None: padded.
+    Each sequence is padded after its end to one width, so the forward compiles once (the
+    model is causal: what follows a position does not change it)."""
+    width = np.shape(context)[1] + batch["choice_target_tokens"].shape[-1]
+    forward = jax.jit(lambda p, x: model.apply({"params": p}, x))
     scores = []
     for b in range(B):
         ctx = [int(t) for t in np.asarray(context)[b]]
@@ -40,8 +44,9 @@ def _reference_scores(model, params, batch, context):
             weighted = batch["choice_loss_weights"][b, c] > 0
             choice = [int(t) for t in batch["choice_target_tokens"][b, c][weighted]]
             seq = ctx[:n] + choice
-            inputs = np.asarray([[0] + seq[:-1]], np.int32)
-            logits = np.asarray(model.apply({"params": params}, inputs), np.float64)[0]
+            inputs = np.zeros((1, width), np.int32)
+            inputs[0, : len(seq)] = [0] + seq[:-1]
+            logits = np.asarray(forward(params, inputs), np.float64)[0]
             total = sum(_log_softmax(logits[n + k])[t] for k, t in enumerate(choice))
             row.append(total / len(choice))
         scores.append(row)

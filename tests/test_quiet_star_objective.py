@@ -309,9 +309,15 @@ def _train_steps(mesh, devices, steps=2):
     return np.array(losses), jax.device_get(state.params)
 
 
+@pytest.fixture(scope="module")
+def one_device_steps():
+    """The one-device run every mesh is compared with (run once per test process)."""
+    return _train_steps("1x1x1", jax.devices()[:1])
+
+
 @pytest.mark.parametrize("mesh", ["8x1x1", "2x2x2", "1x2x4"])
-def test_sharded_quiet_star_steps_match_one_device(mesh):
-    want_losses, want = _train_steps("1x1x1", jax.devices()[:1])
+def test_sharded_quiet_star_steps_match_one_device(mesh, one_device_steps):
+    want_losses, want = one_device_steps
     got_losses, got = _train_steps(mesh, jax.devices()[:8])
     np.testing.assert_allclose(got_losses, want_losses, rtol=1e-5)
     # Parameters after two steps from the trainer's init, whose zero mixing head makes the
